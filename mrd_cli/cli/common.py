@@ -1,0 +1,109 @@
+"""What every subcommand shares: option types, consoles, error handling, run set-up.
+
+People read Rich output on stderr (progress, messages) and stdout (tables); with ``--json``
+stdout carries exactly one JSON object and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from mrd_cli.errors import MRDError
+
+# Progress bars, warnings and errors: never on stdout, so --json output stays clean.
+err_console = Console(stderr=True)
+
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="Dataset: iemocap, meld, synthetic, or the path to a dataset YAML file.",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML file whose keys override the dataset's config."),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Directory holding the dataset's feature files [default: data/<dataset>].",
+    ),
+]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir", help="Run directory for checkpoints and results [default: runs/<dataset>]."
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed [default: from the config].")
+]
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option("--epochs", help="Number of training epochs [default: from the config]."),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout only.")
+]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", help="Show the full traceback when something goes wrong.")
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Turn project errors into one message on stderr and an exit code, without a traceback.
+
+    A ``debug=True`` keyword argument re-raises instead, for developers.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug", False))
+        try:
+            return func(*args, **kwargs)
+        except MRDError as exc:
+            if debug:
+                raise
+            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            err_console.print(
+                "[yellow]Interrupted.[/] Finished files were kept; rerun the command with "
+                "--resume (pretrain, distill) to continue where it stopped."
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """Write one JSON object to stdout (and nothing else)."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def out_console() -> Console:
+    """Console for result tables on stdout; wide when redirected, so tables stay whole in
+    a file or a log instead of being squeezed into 80 columns."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=220)

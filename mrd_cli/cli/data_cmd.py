@@ -1,0 +1,204 @@
+"""``mrd data``: write synthetic feature files and inspect a dataset before training on it.
+
+Thin layer over ``mrd_cli.data``: ``synth`` calls the generator and the community-format
+writers, ``inspect`` loads a corpus exactly as the training commands do and tabulates it.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mrd_cli.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DebugOpt,
+    JsonOpt,
+    err_console,
+    handle_errors,
+    print_json,
+)
+from mrd_cli.config import load_config
+from mrd_cli.data.corpus import SPLITS, Corpus
+from mrd_cli.data.formats import FILE_NAMES, load_corpus
+from mrd_cli.data.synthetic import PRESETS, generate, write_generated
+from mrd_cli.errors import MRDError
+
+app = typer.Typer(
+    help="Make and inspect datasets: synthetic feature files in the community layouts, and "
+    "split / class / dimension statistics of any dataset.",
+    no_args_is_help=True,
+)
+
+console = Console()
+
+
+class PresetName(str, Enum):
+    small = "small"
+    iemocap = "iemocap"
+    meld = "meld"
+
+
+def _size(path: Path) -> str:
+    n = float(path.stat().st_size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@app.command("synth")
+@handle_errors
+def synth(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Directory to write the feature files into (created)."),
+    ],
+    preset: Annotated[
+        PresetName,
+        typer.Option(
+            "--preset",
+            help="small: IEMOCAP layout, small dimensions (what --dataset synthetic uses); "
+            "iemocap / meld: full-size files with the real counts and dimensions.",
+        ),
+    ] = PresetName.small,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the generated data: same seed, same files.")
+    ] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite feature files that already exist in --out.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a synthetic corpus as community feature files (pickles) into --out."""
+    p = PRESETS[preset.value]
+    existing = [out / name for name in FILE_NAMES[p.layout] if (out / name).exists()]
+    if existing and not force:
+        raise MRDError(
+            f"{', '.join(str(e) for e in existing)} already exist(s); these may be the real "
+            "corpus. Choose another --out or pass --force to overwrite."
+        )
+    start = time.perf_counter()
+    with err_console.status(f"Generating the '{p.name}' preset (seed {seed})..."):
+        layout, features, roberta = generate(p.name, seed)
+    generated = time.perf_counter()
+    with err_console.status(f"Writing the {layout} feature files to {out}..."):
+        paths = write_generated(out, p.name, seed, layout, features, roberta)
+    written = time.perf_counter()
+
+    table = Table(title=f"Synthetic '{p.name}' data (seed {seed}, {layout} layout)")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for path in paths:
+        table.add_row(str(path), _size(path))
+    console.print(table)
+    split_text = ", ".join(f"{s} {nd} dialogues / {nu} utterances" for s, nd, nu in p.splits)
+    console.print(f"{split_text}.", highlight=False)
+    console.print(
+        f"Generated in {generated - start:.1f} s, written in {written - generated:.1f} s. "
+        f"Use it with: mrd <command> --dataset {layout} --data-dir {out}",
+        highlight=False,
+    )
+
+
+def corpus_summary(corpus: Corpus) -> dict[str, Any]:
+    """Counts per split and class, speakers, dimensions and provenance of a loaded corpus."""
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        dialogues = corpus.split(split)
+        lengths = np.array([len(d) for d in dialogues])
+        labels = np.concatenate([d.labels for d in dialogues])
+        counts = np.bincount(labels, minlength=corpus.num_classes)
+        splits[split] = {
+            "dialogues": len(dialogues),
+            "utterances": int(lengths.sum()),
+            "dialogue_length": {
+                "min": int(lengths.min()),
+                "mean": round(float(lengths.mean()), 1),
+                "max": int(lengths.max()),
+            },
+            "class_counts": dict(zip(corpus.label_names, counts.tolist(), strict=True)),
+        }
+    return {
+        "dataset": corpus.name,
+        "fingerprint": corpus.fingerprint(),
+        "labels": corpus.label_names,
+        "num_speakers": corpus.num_speakers,
+        "input_dims": corpus.input_dims,
+        "val_source": corpus.val_source,
+        "extra": dict(corpus.extra),
+        "splits": splits,
+    }
+
+
+@app.command("inspect")
+@handle_errors
+def inspect(
+    dataset: DatasetOpt,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Load a dataset as training would and show its splits, classes and dimensions."""
+    cfg, yaml_dir = load_config(dataset, config)
+    with err_console.status(f"Loading dataset '{cfg.dataset.name}'..."):
+        corpus = load_corpus(cfg.dataset, data_dir, yaml_dir)
+    summary = corpus_summary(corpus)
+    if json_out:
+        print_json(summary)
+        return
+
+    about = Table(title=f"Dataset '{corpus.name}'", show_header=False)
+    about.add_column("key", style="bold")
+    about.add_column("value")
+    extra = dict(summary["extra"])
+    speakers = extra.pop("speakers", "")
+    for key, value in extra.items():
+        about.add_row(key.replace("_", " "), str(value))
+    about.add_row("speakers", f"{corpus.num_speakers}" + (f" ({speakers})" if speakers else ""))
+    about.add_row("validation split", corpus.val_source)
+    about.add_row("data fingerprint", summary["fingerprint"])
+    console.print(about)
+
+    sizes = Table(title="Splits")
+    for col in ("split", "dialogues", "utterances", "utterances per dialogue (min / mean / max)"):
+        sizes.add_column(col, justify="left" if col == "split" else "right")
+    for split, s in summary["splits"].items():
+        dl = s["dialogue_length"]
+        sizes.add_row(
+            split,
+            str(s["dialogues"]),
+            str(s["utterances"]),
+            f"{dl['min']} / {dl['mean']} / {dl['max']}",
+        )
+    console.print(sizes)
+
+    classes = Table(title="Classes (count and share of the split)")
+    classes.add_column("class")
+    for split in SPLITS:
+        classes.add_column(split, justify="right")
+    for name in corpus.label_names:
+        row = [name]
+        for split in SPLITS:
+            s = summary["splits"][split]
+            n = s["class_counts"][name]
+            row.append(f"{n} ({100 * n / max(s['utterances'], 1):.1f}%)")
+        classes.add_row(*row)
+    console.print(classes)
+
+    dims = Table(title="Features per utterance")
+    dims.add_column("modality")
+    dims.add_column("dimension", justify="right")
+    for modality, dim in corpus.input_dims.items():
+        dims.add_row(modality, str(dim))
+    console.print(dims)

@@ -1,0 +1,89 @@
+"""`mrd pretrain`: supervised pretraining of the multimodal and the text model."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from mrd_cli.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DebugOpt,
+    DeviceOpt,
+    EpochsOpt,
+    JsonOpt,
+    RunDirOpt,
+    SeedOpt,
+    err_console,
+    handle_errors,
+    print_json,
+)
+from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.session import open_session
+from mrd_cli.core import pipeline
+
+
+class Modality(str, Enum):
+    multi = "multi"
+    text = "text"
+    both = "both"
+
+
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch.")
+]
+
+
+@handle_errors
+def pretrain(
+    dataset: DatasetOpt = "synthetic",
+    modality: Annotated[
+        Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
+    ] = Modality.both,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    epochs: EpochsOpt = None,
+    resume: ResumeOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Pretrain M_multi and M_text; the epoch is chosen by validation W-F1.
+
+    Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
+    """
+    session = open_session(
+        dataset, config, data_dir, run_dir, device, {"seed": seed, "pretrain": {"epochs": epochs}}
+    )
+    roles = ("multi", "text") if modality == Modality.both else (modality.value,)
+    err_console.print(
+        f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
+        f"({session.corpus.num_utterances('train')} train / {session.corpus.num_utterances('val')} "
+        f"val utterances; val: {session.corpus.val_source}) on {session.device}, "
+        f"seed {session.cfg.seed}."
+    )
+    with epoch_bars() as bars:
+        for role in roles:
+            bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
+        results = pipeline.pretrain(session, roles, resume=resume, on_epoch=bars.update)
+    summary = {
+        role: {
+            "checkpoint": str(session.run.pretrained(role)),
+            "epoch": sel.epoch,
+            "val_weighted_f1": sel.val_metrics["weighted_f1"],
+        }
+        for role, sel in results.items()
+    }
+    if json_out:
+        print_json({"dataset": session.corpus.name, "pretrain": summary})
+        return
+    for role, s in summary.items():
+        err_console.print(
+            f"[green]✓[/] {role}: epoch {s['epoch']} chosen on validation "
+            f"(val W-F1 {s['val_weighted_f1']:.2f}) -> {s['checkpoint']}"
+        )

@@ -1,0 +1,80 @@
+"""`mrd run`: pretrain -> partition -> distill -> evaluate in one command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mrd_cli.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    RunDirOpt,
+    SeedOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+)
+from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.render import print_evaluation
+from mrd_cli.cli.session import open_session
+from mrd_cli.core import pipeline
+from mrd_cli.core.ablation import ensure_base
+
+
+@handle_errors
+def run(
+    dataset: DatasetOpt = "synthetic",
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo every step even if its outputs are current.")
+    ] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    no_confusion: Annotated[
+        bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
+    ] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
+
+    Pretrained checkpoints and the partition are reused when they match the data and config
+    (use --force to redo them).
+    """
+    session = open_session(
+        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out
+    )
+    err_console.print(
+        f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
+        f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
+        f"utterances, device {session.device}, run directory {session.run.root}"
+    )
+    with epoch_bars() as bars:
+        ensure_base(
+            session,
+            force=force,
+            on_epoch=bars.update,
+            on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+        )
+        err_console.print("[bold]step:[/] distill")
+        bars.add("distill", "distill", session.cfg.distill.epochs)
+        pipeline.distill(
+            session,
+            on_epoch=lambda log: bars.update("distill", log),
+            on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
+        )
+    result = pipeline.evaluate_checkpoints(session, pipeline.find_checkpoints(session.run))
+    path = pipeline.save_metrics(session, result)
+    if json_out:
+        print_json(result)
+        return
+    print_evaluation(out_console(), result, confusion=not no_confusion)
+    err_console.print(f"Saved to {path}")

@@ -1,0 +1,287 @@
+"""The ablation study (paper Table 5): MRD and MRD without MIC / ILC / RCL over seeds.
+
+Each (variant, seed) cell is distilled, evaluated on the test split and saved on its own
+(``RUN/ablation/cells/``), so an interrupted study continues where it stopped. The summary
+gives mean ± std over seeds, each variant's W-F1 difference from MRD, a paired t-test over
+seeds and a paired bootstrap interval over test utterances.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from mrd_cli.config import Config
+from mrd_cli.core import pipeline
+from mrd_cli.core.io import atomic_write_json, atomic_write_text
+from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.pipeline import Session
+from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
+from mrd_cli.core.training import predict
+from mrd_cli.errors import MRDError
+
+COMPONENTS = ("mic", "ilc", "rcl")
+
+
+def apply_without(cfg: Config, without: Iterable[str]) -> Config:
+    """A copy of ``cfg`` with components switched off: mic -> alpha = beta = 0;
+    ilc -> gamma = delta = 0; rcl -> curriculum none."""
+    cfg = copy.deepcopy(cfg)
+    for comp in without:
+        comp = comp.lower()
+        if comp == "mic":
+            cfg.distill.alpha = cfg.distill.beta = 0.0
+        elif comp == "ilc":
+            cfg.distill.gamma = cfg.distill.delta = 0.0
+        elif comp == "rcl":
+            cfg.distill.curriculum = "none"
+        else:
+            raise MRDError(f"Unknown component '{comp}' for --without; use mic, ilc or rcl.")
+    return cfg
+
+
+def variant_name(without: tuple[str, ...]) -> str:
+    return "MRD" if not without else "MRD w/o " + " & ".join(c.upper() for c in without)
+
+
+def ensure_base(
+    session: Session,
+    force: bool = False,
+    on_epoch: Callable[[str, Any], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> None:
+    """Pretrain and partition unless current outputs are already in the run directory."""
+    if force or not pipeline.pretrained_is_current(session):
+        if on_step:
+            on_step("pretrain")
+        pipeline.pretrain(session, on_epoch=on_epoch)
+    elif on_step:
+        on_step("pretrain (reused)")
+    if force or not pipeline.partition_is_current(session):
+        if on_step:
+            on_step("partition")
+        pipeline.partition(session, on_epoch=on_epoch)
+    elif on_step:
+        on_step("partition (reused)")
+
+
+def run_cell(
+    session: Session, without: tuple[str, ...], seed: int, base: RunDir, on_epoch=None
+) -> dict[str, Any]:
+    """Distil one variant with one seed from the pretrained pair in ``base``; test metrics
+    and predictions of both distilled models."""
+    cfg = apply_without(session.cfg, without)
+    cfg.seed = seed
+    cell_dir = session.run.ablation / "models" / f"{_slug(without)}_seed{seed}"
+    sub = replace(session, cfg=cfg, run=base)
+    sub.__dict__["_tensors"] = session.__dict__.setdefault("_tensors", {})
+    pipeline.distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
+    test = session.tensors("test")
+    y_true = test.labels[test.mask].cpu().numpy()
+    out: dict[str, Any] = {}
+    for role in ROLES:
+        model, ckpt = pipeline.load_model(session, cell_dir / f"{role}.pt", "mrd distill")
+        pred = predict(model, test)[test.mask].cpu().numpy()
+        report = classification_report(y_true, pred, session.corpus.label_names)
+        out[role] = {
+            "weighted_f1": report["weighted_f1"],
+            "per_class_f1": report["per_class_f1"],
+            "epoch": ckpt["epoch"],
+            "predictions": pred.tolist(),
+        }
+    return out
+
+
+def _slug(without: tuple[str, ...]) -> str:
+    return "mrd" if not without else "without_" + "_".join(without)
+
+
+def run_ablation(
+    session: Session,
+    variants: list[tuple[str, ...]],
+    seeds: int,
+    on_cell: Callable[[str, int, bool], None] | None = None,
+    on_epoch=None,
+    on_step=None,
+) -> dict[str, Any]:
+    """Run (or reuse) every (variant, seed) cell and summarise. ``variants`` excludes MRD
+    itself, which is always run."""
+    cfg = session.cfg
+    all_variants = [()] + [v for v in variants if v]
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    cells_dir = session.run.ablation / "cells"
+    cells: dict[tuple[tuple[str, ...], int], dict[str, Any]] = {}
+    base_metrics: dict[int, dict[str, Any]] = {}
+    for seed in seed_list:
+        if cfg.ablate.repretrain:
+            base = RunDir(session.run.ablation / f"base_seed{seed}")
+            base_cfg = copy.deepcopy(cfg)
+            base_cfg.seed = seed
+            base_session = replace(session, cfg=base_cfg, run=base)
+            base_session.__dict__["_tensors"] = session.__dict__.setdefault("_tensors", {})
+        else:
+            base, base_session = session.run, session
+        ensure_base(base_session, on_epoch=on_epoch, on_step=on_step)
+        base_metrics[seed] = _pretrained_test(base_session)
+        sig = pipeline.signature(
+            cfg.to_dict()["dataset"],
+            cfg.to_dict()["model"],
+            cfg.to_dict()["pretrain"],
+            cfg.to_dict()["partition"],
+            cfg.to_dict()["distill"],
+            cfg.ablate.repretrain,
+            session.corpus.fingerprint(),
+            [pipeline.file_sha256(base.pretrained(r)) for r in ROLES],
+        )
+        for without in all_variants:
+            name = variant_name(without)
+            path = cells_dir / f"{_slug(without)}_seed{seed}.json"
+            cached = _read_cell(path, sig)
+            if on_cell:
+                on_cell(name, seed, cached is not None)
+            if cached is None:
+                result = run_cell(session, without, seed, base, on_epoch=on_epoch)
+                cached = {"signature": sig, "variant": name, "seed": seed, "result": result}
+                atomic_write_json(path, cached)
+            cells[(without, seed)] = cached["result"]
+    summary = summarise(session, all_variants, seed_list, cells, base_metrics)
+    atomic_write_json(session.run.ablation / "results.json", summary)
+    atomic_write_text(session.run.ablation / "results.csv", to_csv(summary))
+    return summary
+
+
+def _read_cell(path, sig: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        cell = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return cell if cell.get("signature") == sig else None
+
+
+def _pretrained_test(session: Session) -> dict[str, Any]:
+    test = session.tensors("test")
+    y_true = test.labels[test.mask].cpu().numpy()
+    out = {}
+    for role in ROLES:
+        model, _ = pipeline.load_model(session, session.run.pretrained(role), "mrd pretrain")
+        pred = predict(model, test)[test.mask].cpu().numpy()
+        report = classification_report(y_true, pred, session.corpus.label_names)
+        out[role] = {"weighted_f1": report["weighted_f1"], "per_class_f1": report["per_class_f1"]}
+    return out
+
+
+def summarise(
+    session: Session,
+    variants: list[tuple[str, ...]],
+    seeds: list[int],
+    cells: dict,
+    base_metrics: dict[int, dict[str, Any]],
+) -> dict[str, Any]:
+    labels = session.corpus.label_names
+    test = session.tensors("test")
+    y_true = test.labels[test.mask].cpu().numpy()
+
+    def stats_of(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+        wf1 = [c["weighted_f1"] for c in per_seed]
+        m, s = mean_std(wf1)
+        per_class = {}
+        for lab in labels:
+            cm, cs = mean_std([c["per_class_f1"][lab] for c in per_seed])
+            per_class[lab] = {"mean": cm, "std": cs}
+        return {"weighted_f1": {"mean": m, "std": s, "values": wf1}, "per_class_f1": per_class}
+
+    rows = []
+    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
+        rows.append(
+            {
+                "name": label,
+                "variant": "pretrained",
+                "role": role,
+                **stats_of([base_metrics[s][role] for s in seeds]),
+            }
+        )
+    mrd_multi = [cells[((), s)]["multi"] for s in seeds]
+    for without in variants:
+        for role in ("multi", "text") if not without else ("multi",):
+            per_seed = [cells[(without, s)][role] for s in seeds]
+            name = variant_name(without) + (" (text model)" if role == "text" else "")
+            row = {
+                "name": name,
+                "variant": variant_name(without),
+                "role": role,
+                **stats_of(per_seed),
+            }
+            if without:
+                delta, p_t = paired_t_test(
+                    [c["weighted_f1"] for c in per_seed], [c["weighted_f1"] for c in mrd_multi]
+                )
+                lo, hi, p_boot = (
+                    paired_bootstrap_wf1(
+                        y_true,
+                        [np.asarray(c["predictions"]) for c in per_seed],
+                        [np.asarray(c["predictions"]) for c in mrd_multi],
+                        len(labels),
+                        session.cfg.ablate.bootstrap,
+                        seed=session.cfg.seed,
+                    )
+                    if session.cfg.ablate.bootstrap > 0
+                    else (None, None, None)
+                )
+                row.update(
+                    {
+                        "delta_wf1": delta,
+                        "p_paired_t": p_t,
+                        "bootstrap_ci95": [lo, hi],
+                        "p_bootstrap": p_boot,
+                    }
+                )
+            rows.append(row)
+    return {
+        "dataset": session.corpus.name,
+        "split": "test",
+        "labels": labels,
+        "seeds": seeds,
+        "repretrain": session.cfg.ablate.repretrain,
+        "bootstrap_resamples": session.cfg.ablate.bootstrap,
+        "rows": rows,
+    }
+
+
+def to_csv(summary: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    labels = summary["labels"]
+    writer = csv.writer(buf)
+    writer.writerow(
+        ["name", "role"]
+        + [f"f1_{lab}_{s}" for lab in labels for s in ("mean", "std")]
+        + ["wf1_mean", "wf1_std", "delta_wf1", "p_paired_t", "ci95_lo", "ci95_hi", "p_bootstrap"]
+    )
+    for row in summary["rows"]:
+        ci = row.get("bootstrap_ci95") or [None, None]
+        writer.writerow(
+            [row["name"], row["role"]]
+            + [f"{row['per_class_f1'][lab][s]:.4f}" for lab in labels for s in ("mean", "std")]
+            + [f"{row['weighted_f1']['mean']:.4f}", f"{row['weighted_f1']['std']:.4f}"]
+            + [
+                _fmt(row.get("delta_wf1")),
+                _fmt(row.get("p_paired_t")),
+                _fmt(ci[0]),
+                _fmt(ci[1]),
+                _fmt(row.get("p_bootstrap")),
+            ]
+        )
+    return buf.getvalue()
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"

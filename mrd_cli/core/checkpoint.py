@@ -1,0 +1,108 @@
+"""Checkpoints: a model's weights plus everything needed to trust and rebuild it.
+
+A checkpoint carries the model spec, label names, the data fingerprint, the seed, the epoch
+chosen and its validation metrics, and the effective config. Loading uses
+``torch.load(weights_only=True)``; ``check_matches_corpus`` refuses a checkpoint made from
+other data instead of combining it silently.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrd_cli.core.io import atomic_torch_save
+from mrd_cli.data.corpus import Corpus
+from mrd_cli.errors import MRDError
+from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+
+FORMAT = "mrd-checkpoint/1"
+REQUIRED = (
+    "format",
+    "stage",
+    "role",
+    "label_names",
+    "model_spec",
+    "data_fingerprint",
+    "state_dict",
+)
+
+
+def save_checkpoint(path: Path, model: DialogueModel, state_dict: dict, **meta: Any) -> None:
+    """Write a checkpoint atomically. ``state_dict`` is the selected epoch's weights."""
+    payload = {
+        "format": FORMAT,
+        "model_spec": model.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        **meta,
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: Path, made_by: str = "mrd pretrain") -> dict[str, Any]:
+    """Read a checkpoint, refusing missing, corrupt or foreign files with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise MRDError(f"Checkpoint not found: {path}. Run `{made_by}` first to create it.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise MRDError(
+            f"Checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}). "
+            f"Delete it and run `{made_by}` again."
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise MRDError(f"{path} is not an mrd checkpoint (expected format {FORMAT}).")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise MRDError(f"Checkpoint {path} lacks {', '.join(missing)}; run `{made_by}` again.")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
+    """Refuse a checkpoint whose labels, dimensions or data differ from the loaded corpus."""
+    path = ckpt.get("path", "checkpoint")
+    spec = ckpt["model_spec"]
+    if list(ckpt["label_names"]) != corpus.label_names:
+        raise MRDError(
+            f"{path} was trained with labels {ckpt['label_names']} but dataset "
+            f"'{corpus.name}' has {corpus.label_names}. Use a checkpoint of this dataset."
+        )
+    dims = corpus.input_dims
+    for m, d in spec["input_dims"].items():
+        if m not in dims:
+            raise MRDError(f"{path} needs modality '{m}', which the loaded data lacks.")
+        if dims[m] != d:
+            raise MRDError(
+                f"{path} expects {m} features of dimension {d}, the data has {dims[m]}. "
+                "The checkpoint was made from other feature files."
+            )
+    if spec["num_speakers"] != corpus.num_speakers:
+        raise MRDError(
+            f"{path} was built for {spec['num_speakers']} speakers, the data has "
+            f"{corpus.num_speakers}."
+        )
+    if ckpt["data_fingerprint"] != corpus.fingerprint():
+        raise MRDError(
+            f"{path} was made from other data (fingerprint {ckpt['data_fingerprint']}, the data "
+            f"loaded now is {corpus.fingerprint()}). Rerun `mrd pretrain` on this data, or "
+            "point --data-dir / --config at the data it was made from."
+        )
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> DialogueModel:
+    """Rebuild the network of a checkpoint on ``device``, in eval mode."""
+    spec = ModelSpec(**ckpt["model_spec"])
+    model = DialogueModel(spec)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise MRDError(
+            f"Checkpoint {ckpt.get('path')} does not fit its own model spec: {exc}"
+        ) from None
+    return model.to(device).eval()

@@ -1,0 +1,172 @@
+"""Every loss term of MRD, one function per equation of the paper (DESIGN.md section 2).
+
+All terms take logits shaped [B, L, C] and an ``active`` weight [B, L] (1 for utterances of
+the current curriculum stage, 0 for padding and inactive ones) and return the mean over the
+active utterances. Masked means instead of boolean indexing keep shapes static (no host
+synchronisation on CUDA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masked_mean(values: Tensor, active: Tensor) -> Tensor:
+    """Mean of per-utterance ``values`` [B, L] over the active utterances (0 if none)."""
+    active = active.to(values.dtype)
+    return (values * active).sum() / active.sum().clamp_min(1.0)
+
+
+def classification_loss(
+    logits: Tensor,
+    labels: Tensor,
+    active: Tensor,
+    class_weights: Tensor | None = None,
+    focal_gamma: float | None = None,
+) -> Tensor:
+    """L_cls of Eq. 15: cross-entropy, optionally class-weighted, or focal loss.
+
+    With class weights the mean is weighted as in ``F.cross_entropy(weight=...)``:
+    sum_i w_{y_i} * ce_i / sum_i w_{y_i}.
+    """
+    logp = F.log_softmax(logits, dim=-1)
+    logp_true = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    per_utt = -logp_true
+    if focal_gamma is not None:
+        per_utt = per_utt * (1.0 - logp_true.exp()).pow(focal_gamma)
+    weight = active.to(logits.dtype)
+    if class_weights is not None:
+        weight = weight * class_weights[labels]
+    return (per_utt * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def distillation_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    active: Tensor,
+    temperature: float,
+    t2_scaling: bool = False,
+) -> Tensor:
+    """KL(stopgrad(p_teacher^T) || p_student^T), averaged over active utterances.
+
+    This is L_dm (Eq. 3: student = multimodal, teacher = text) and L_dt (Eq. 4: student =
+    text, teacher = multimodal). The teacher is detached, so the gradient reaches only the
+    student. KL differs from the paper's soft cross-entropy by the teacher's entropy, a
+    constant for the student: same gradient, and a perfect match reads 0.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    loss = masked_mean(kl, active)
+    return loss * (t * t) if t2_scaling else loss
+
+
+def mutual_distillation_loss(
+    multi_logits: Tensor,
+    text_logits: Tensor,
+    active: Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float,
+    t2_scaling: bool = False,
+) -> dict[str, Tensor]:
+    """MIC, Eq. 5: L_distill = alpha * L_dm + beta * L_dt.
+
+    Returns ``{"dm": L_dm, "dt": L_dt, "distill": L_distill}``.
+    """
+    l_dm = distillation_kl(multi_logits, text_logits, active, temperature, t2_scaling)
+    l_dt = distillation_kl(text_logits, multi_logits, active, temperature, t2_scaling)
+    return {"dm": l_dm, "dt": l_dt, "distill": alpha * l_dm + beta * l_dt}
+
+
+def refactoring_loss(logits: Tensor, frozen_logits: Tensor, active: Tensor) -> Tensor:
+    """L_rm (Eq. 6) / L_rt (Eq. 7): mean over active utterances of ||z - z^0||^2.
+
+    ``frozen_logits`` come from the model's frozen pre-distillation copy.
+    """
+    sq = (logits - frozen_logits.detach()).pow(2).sum(-1)
+    return masked_mean(sq, active)
+
+
+def interactive_constraint_loss(
+    multi_logits: Tensor,
+    multi_frozen: Tensor,
+    text_logits: Tensor,
+    text_frozen: Tensor,
+    active: Tensor,
+    gamma: float,
+    delta: float,
+) -> dict[str, Tensor]:
+    """ILC, Eq. 8: L_ref = gamma * L_rm + delta * L_rt.
+
+    Returns ``{"rm": L_rm, "rt": L_rt, "ref": L_ref}``.
+    """
+    l_rm = refactoring_loss(multi_logits, multi_frozen, active)
+    l_rt = refactoring_loss(text_logits, text_frozen, active)
+    return {"rm": l_rm, "rt": l_rt, "ref": gamma * l_rm + delta * l_rt}
+
+
+def l2_penalty(parameters: Iterable[Tensor], weight: float) -> Tensor:
+    """L_reg of Eq. 15: ``weight`` times the sum of squared trainable parameters."""
+    params = [p for p in parameters if p.requires_grad]
+    if weight == 0 or not params:
+        return torch.zeros((), device=params[0].device if params else None)
+    return weight * sum(p.pow(2).sum() for p in params)
+
+
+def class_weights_from_labels(labels: Tensor, mask: Tensor, num_classes: int) -> Tensor:
+    """Inverse-frequency class weights n / (C * n_c) over real training utterances.
+
+    Classes absent from the data get weight 0 (they cannot appear as a target).
+    """
+    counts = torch.bincount(labels[mask], minlength=num_classes).to(torch.float32)
+    total = counts.sum()
+    weights = torch.where(counts > 0, total / (num_classes * counts.clamp_min(1)), 0.0)
+    return weights
+
+
+def mrd_total_loss(
+    multi_logits: Tensor,
+    text_logits: Tensor,
+    multi_frozen: Tensor,
+    text_frozen: Tensor,
+    labels: Tensor,
+    active: Tensor,
+    *,
+    cls_loss,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    delta: float,
+    temperature: float,
+    t2_scaling: bool,
+    l_reg: Tensor,
+) -> dict[str, Tensor]:
+    """Eq. 15: L_total = L_cls(multi) + L_cls(text) + L_distill + L_ref + L_reg.
+
+    ``cls_loss(logits, labels, active)`` is the configured L_cls; ``l_reg`` the L2 term of
+    both models. Every term is averaged over the ``active`` utterances of the curriculum
+    stage. Returns every term by name, ``total`` included.
+    """
+    terms: dict[str, Tensor] = {
+        "cls_m": cls_loss(multi_logits, labels, active),
+        "cls_t": cls_loss(text_logits, labels, active),
+    }
+    terms.update(
+        mutual_distillation_loss(
+            multi_logits, text_logits, active, alpha, beta, temperature, t2_scaling
+        )
+    )
+    terms.update(
+        interactive_constraint_loss(
+            multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta
+        )
+    )
+    terms["reg"] = l_reg
+    terms["total"] = terms["cls_m"] + terms["cls_t"] + terms["distill"] + terms["ref"] + l_reg
+    return terms

@@ -1,0 +1,51 @@
+"""The run directory layout (DESIGN.md section 5): what flows between the steps.
+
+```
+RUN/config.yaml  pretrain/{multi,text}.pt  partition.json  distill/{multi,text}.pt
+    metrics/*.json  ablation/...
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrd_cli.config import Config
+from mrd_cli.core.io import atomic_write_text
+
+ROLES = ("multi", "text")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def pretrained(self, role: str) -> Path:
+        return self.root / "pretrain" / f"{role}.pt"
+
+    def distilled(self, role: str) -> Path:
+        return self.root / "distill" / f"{role}.pt"
+
+    def training_state(self, stage: str, role: str) -> Path:
+        """Per-epoch resumable state (model, optimizer, RNG, best so far)."""
+        return self.root / stage / f".{role}.state.pt"
+
+    @property
+    def partition(self) -> Path:
+        return self.root / "partition.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def ablation(self) -> Path:
+        return self.root / "ablation"
+
+    def save_config(self, cfg: Config) -> None:
+        atomic_write_text(self.config, cfg.to_yaml())

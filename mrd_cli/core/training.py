@@ -1,0 +1,267 @@
+"""The training loop shared by pretraining and distillation, plus prediction.
+
+``train_epochs`` runs epochs of a given step function, validates after each one, keeps each
+model's best epoch by validation W-F1 (never the test set), saves a resumable state after
+every epoch, and stops on a non-finite loss naming the term. Losses and predictions stay on
+the device; the host reads them once per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mrd_cli.config import PretrainConfig
+from mrd_cli.core.io import atomic_torch_save
+from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
+from mrd_cli.core.metrics import classification_report
+from mrd_cli.data.tensors import SplitTensors
+from mrd_cli.errors import MRDError, MRDRunError
+from mrd_cli.models.dialogue import DialogueModel, run_model
+
+EVAL_BATCH = 64
+
+
+@dataclass
+class Selected:
+    """A model's chosen epoch: its weights and validation metrics."""
+
+    state_dict: dict[str, Tensor]
+    epoch: int
+    val_metrics: dict[str, Any]
+
+
+@dataclass
+class EpochLog:
+    """What the progress display shows after each epoch."""
+
+    epoch: int  # 1-based
+    epochs: int
+    losses: dict[str, float]
+    val_wf1: dict[str, float]
+    best_wf1: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+StepFn = Callable[[int, torch.Generator], dict[str, Tensor]]
+
+
+@torch.no_grad()
+def predict(model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BATCH) -> Tensor:
+    """Predicted class of every utterance, [D, L] on the device (padding positions 0)."""
+    was_training = model.training
+    model.eval()
+    preds = torch.zeros_like(data.labels)
+    for batch in data.batches(batch_size):
+        logits = run_model(model, batch)
+        preds[batch.index, : logits.shape[1]] = logits.argmax(-1)
+    model.train(was_training)
+    return preds
+
+
+@torch.no_grad()
+def predict_logits(
+    model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BATCH
+) -> Tensor:
+    """Logits of every utterance, [D, L, C] on the device (eval mode, no dropout)."""
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(*data.labels.shape, model.spec.num_classes, device=data.labels.device)
+    for batch in data.batches(batch_size):
+        logits = run_model(model, batch)
+        out[batch.index, : logits.shape[1]] = logits
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: DialogueModel, data: SplitTensors, label_names: list[str]) -> dict[str, Any]:
+    """Metrics of ``model`` on a split; the labels are used only to score predictions."""
+    preds = predict(model, data)
+    y_pred = preds[data.mask].cpu().numpy()
+    y_true = data.labels[data.mask].cpu().numpy()
+    return classification_report(y_true, y_pred, label_names)
+
+
+def _cpu_rng_states(generator: torch.Generator) -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    generator.set_state(states["shuffle"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def train_epochs(
+    *,
+    models: dict[str, DialogueModel],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    step: StepFn,
+    val: SplitTensors,
+    label_names: list[str],
+    seed: int,
+    state_path: Path | None = None,
+    resume: bool = False,
+    signature: str = "",
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> dict[str, Selected]:
+    """Run ``epochs`` epochs of ``step`` and return each model's best epoch on validation.
+
+    ``step(epoch, generator)`` trains one epoch and returns its mean loss terms as device
+    tensors. ``signature`` identifies config + data; a saved state with another signature
+    is refused on resume.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    best: dict[str, Selected | None] = {n: None for n in models}
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("signature") != signature:
+            raise MRDError(
+                f"The saved training state {state_path} comes from another config, data or "
+                "seed; run without --resume to start over."
+            )
+        for name, model in models.items():
+            model.load_state_dict(state["models"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        for name, sel in state["best"].items():
+            best[name] = Selected(**sel) if sel is not None else None
+        history = state["history"]
+        _restore_rng(state["rng"], generator)
+        start = int(state["epoch"])
+
+    for epoch in range(start, epochs):
+        terms = step(epoch, generator)
+        names = list(terms)
+        values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
+        losses = dict(zip(names, values))
+        bad = [n for n, v in losses.items() if not np.isfinite(v)]
+        if bad:
+            where = f" The last good state (epoch {epoch}) is in {state_path}." if epoch else ""
+            raise MRDRunError(
+                f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
+                f"and nothing from this epoch was saved.{where} Lower the learning rate or "
+                "check the features."
+            )
+        val_wf1: dict[str, float] = {}
+        for name, model in models.items():
+            report = evaluate(model, val, label_names)
+            val_wf1[name] = report["weighted_f1"]
+            current = best[name]
+            if current is None or report["weighted_f1"] > current.val_metrics["weighted_f1"]:
+                best[name] = Selected(
+                    state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                    epoch=epoch + 1,
+                    val_metrics=report,
+                )
+        history.append({"epoch": epoch + 1, "losses": losses, "val_wf1": val_wf1})
+        if state_path is not None:
+            atomic_torch_save(
+                {
+                    "signature": signature,
+                    "epoch": epoch + 1,
+                    "models": {n: m.state_dict() for n, m in models.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "best": {
+                        n: None if s is None else copy.copy(s.__dict__) for n, s in best.items()
+                    },
+                    "history": history,
+                    "rng": _cpu_rng_states(generator),
+                },
+                state_path,
+            )
+        if on_epoch is not None:
+            on_epoch(
+                EpochLog(
+                    epoch=epoch + 1,
+                    epochs=epochs,
+                    losses=losses,
+                    val_wf1=val_wf1,
+                    best_wf1={n: s.val_metrics["weighted_f1"] for n, s in best.items() if s},
+                )
+            )
+    result = {n: s for n, s in best.items() if s is not None}
+    if len(result) != len(models):
+        raise MRDRunError("Training finished without a single epoch; check 'epochs'.")
+    return result
+
+
+def make_classification_loss(
+    loss: str, focal_gamma: float, train: SplitTensors, num_classes: int
+) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The configured L_cls as a function of (logits, labels, active)."""
+    weights = (
+        class_weights_from_labels(train.labels, train.mask, num_classes)
+        if loss == "weighted_ce"
+        else None
+    )
+    gamma = focal_gamma if loss == "focal" else None
+
+    def fn(logits: Tensor, labels: Tensor, active: Tensor) -> Tensor:
+        return classification_loss(logits, labels, active, weights, gamma)
+
+    return fn
+
+
+def fit_classifier(
+    model: DialogueModel,
+    train: SplitTensors,
+    val: SplitTensors,
+    cfg: PretrainConfig,
+    label_names: list[str],
+    seed: int,
+    state_path: Path | None = None,
+    resume: bool = False,
+    signature: str = "",
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> Selected:
+    """Supervised pretraining of one model (L_cls + L_reg), epoch chosen on validation W-F1."""
+    torch.manual_seed(seed)
+    model.set_input_stats(train.features, train.mask)
+    cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, len(label_names))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def step(epoch: int, generator: torch.Generator) -> dict[str, Tensor]:
+        model.train()
+        sums = torch.zeros(3, device=train.mask.device)
+        count = 0
+        for batch in train.batches(cfg.batch_size, generator):
+            logits = run_model(model, batch)
+            l_cls = cls_loss(logits, batch.labels, batch.mask)
+            l_reg = l2_penalty(model.parameters(), cfg.l2)
+            loss = l_cls + l_reg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([loss.detach(), l_cls.detach(), l_reg.detach()])
+            count += 1
+        sums /= max(count, 1)
+        return {"total": sums[0], "cls": sums[1], "reg": sums[2]}
+
+    selected = train_epochs(
+        models={"model": model},
+        optimizer=optimizer,
+        epochs=cfg.epochs,
+        step=step,
+        val=val,
+        label_names=label_names,
+        seed=seed,
+        state_path=state_path,
+        resume=resume,
+        signature=signature,
+        on_epoch=on_epoch,
+    )
+    return selected["model"]

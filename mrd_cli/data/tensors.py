@@ -1,0 +1,149 @@
+"""A corpus split as padded tensors on the device, built once per command.
+
+Training and evaluation loop over *batches of dialogues* sliced from these tensors; nothing
+loops over utterances or dialogues in Python. ``mask`` marks real utterances; padding never
+reaches a loss or a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mrd_cli.data.corpus import Corpus, Dialogue
+
+
+@dataclass
+class Batch:
+    """A batch of dialogues, trimmed to its longest dialogue."""
+
+    index: Tensor  # [B] rows of the split these dialogues come from
+    features: dict[str, Tensor]  # modality -> [B, L, d]
+    speakers: Tensor  # [B, L] long
+    labels: Tensor  # [B, L] long (0 at padding)
+    mask: Tensor  # [B, L] bool, True for real utterances
+    lengths: Tensor  # [B] long, on the CPU (what pack_padded_sequence needs)
+
+
+@dataclass
+class SplitTensors:
+    """Every dialogue of one split, padded to the longest, on one device."""
+
+    ids: list[str]
+    features: dict[str, Tensor]  # modality -> [D, L, d] float32
+    speakers: Tensor  # [D, L] long
+    labels: Tensor  # [D, L] long
+    mask: Tensor  # [D, L] bool
+    lengths: Tensor  # [D] long, CPU
+
+    @property
+    def num_dialogues(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_utterances(self) -> int:
+        return int(self.lengths.sum())
+
+    def to(self, device: torch.device) -> SplitTensors:
+        return SplitTensors(
+            ids=self.ids,
+            features={m: x.to(device) for m, x in self.features.items()},
+            speakers=self.speakers.to(device),
+            labels=self.labels.to(device),
+            mask=self.mask.to(device),
+            lengths=self.lengths,
+        )
+
+    def subset(self, rows: list[int] | np.ndarray) -> SplitTensors:
+        """The dialogues at ``rows`` (e.g. one cross-fitting fold), still padded."""
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        length = int(self.lengths[idx].max()) if len(idx) else 0
+        dev = self.mask.device
+        didx = idx.to(dev)
+        return SplitTensors(
+            ids=[self.ids[i] for i in idx.tolist()],
+            features={m: x[didx, :length] for m, x in self.features.items()},
+            speakers=self.speakers[didx, :length],
+            labels=self.labels[didx, :length],
+            mask=self.mask[didx, :length],
+            lengths=self.lengths[idx],
+        )
+
+    def batch(self, rows: Tensor) -> Batch:
+        """Gather dialogues ``rows`` (a CPU long tensor) and trim to their longest."""
+        lengths = self.lengths[rows]
+        length = int(lengths.max())
+        idx = rows.to(self.mask.device)
+        return Batch(
+            index=idx,
+            features={m: x[idx, :length] for m, x in self.features.items()},
+            speakers=self.speakers[idx, :length],
+            labels=self.labels[idx, :length],
+            mask=self.mask[idx, :length],
+            lengths=lengths,
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        rows: Tensor | None = None,
+    ) -> Iterator[Batch]:
+        """Batches of ``batch_size`` dialogues; shuffled when a generator is given.
+
+        Without a generator (evaluation) dialogues are sorted by length so that each batch
+        carries little padding; the order of rows does not matter since every prediction is
+        scattered back to its own row. ``rows`` (CPU long tensor) restricts the batches to
+        those dialogues.
+        """
+        if rows is None:
+            rows = torch.arange(self.num_dialogues)
+        if generator is not None:
+            order = rows[torch.randperm(len(rows), generator=generator)]
+        else:
+            order = rows[torch.argsort(self.lengths[rows], descending=True, stable=True)]
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+def pad_dialogues(dialogues: list[Dialogue], modalities: list[str]) -> SplitTensors:
+    """Stack dialogues into padded CPU tensors (one numpy copy per modality, no Python per
+    utterance)."""
+    lengths = np.array([len(d) for d in dialogues], dtype=np.int64)
+    num, length = len(dialogues), int(lengths.max())
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    speakers = np.zeros((num, length), dtype=np.int64)
+    labels = np.zeros((num, length), dtype=np.int64)
+    speakers[mask] = np.concatenate([d.speakers for d in dialogues])
+    labels[mask] = np.concatenate([d.labels for d in dialogues])
+    features = {}
+    for m in modalities:
+        dim = dialogues[0].features[m].shape[1]
+        x = np.zeros((num, length, dim), dtype=np.float32)
+        x[mask] = np.concatenate([d.features[m] for d in dialogues])
+        features[m] = torch.from_numpy(x)
+    return SplitTensors(
+        ids=[d.id for d in dialogues],
+        features=features,
+        speakers=torch.from_numpy(speakers),
+        labels=torch.from_numpy(labels),
+        mask=torch.from_numpy(mask),
+        lengths=torch.from_numpy(lengths),
+    )
+
+
+def split_tensors(
+    corpus: Corpus, split: str, device: torch.device, modalities: list[str] | None = None
+) -> SplitTensors:
+    """One split of the corpus as padded tensors on ``device``."""
+    mods = modalities if modalities is not None else corpus.modalities
+    return pad_dialogues(corpus.split(split), mods).to(device)
+
+
+def flat(values: Tensor, mask: Tensor) -> Tensor:
+    """Real utterances of a [D, L, ...] tensor in dialogue order, utterance order."""
+    return values[mask]

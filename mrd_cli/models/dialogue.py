@@ -1,0 +1,127 @@
+"""The speaker-aware dialogue network used for both M_multi and M_text.
+
+Per-modality input standardisation and projection, fusion of the modalities, a speaker
+embedding, a context encoder over the whole dialogue (bidirectional GRU, or a Transformer
+encoder), and a classifier. The text model is the same network built with ``["text"]``.
+Padding never changes the prediction of a real utterance: the GRU runs on packed sequences
+and the Transformer masks padded keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model from a checkpoint."""
+
+    modalities: list[str]
+    input_dims: dict[str, int]
+    num_speakers: int
+    num_classes: int
+    hidden: int = 128
+    encoder: str = "gru"
+    layers: int = 1
+    heads: int = 4
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DialogueModel(nn.Module):
+    """Utterance-level emotion classifier over a dialogue; returns logits [B, L, C]."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        h = spec.hidden
+        self.modalities = list(spec.modalities)
+        for m in self.modalities:
+            # Standardisation statistics from the training split (set_input_stats); the
+            # community audio features span several orders of magnitude.
+            self.register_buffer(f"mean_{m}", torch.zeros(spec.input_dims[m]))
+            self.register_buffer(f"std_{m}", torch.ones(spec.input_dims[m]))
+        self.project = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    nn.Dropout(spec.dropout), nn.Linear(spec.input_dims[m], h), nn.ReLU()
+                )
+                for m in self.modalities
+            }
+        )
+        self.fuse = nn.Sequential(nn.Linear(h * len(self.modalities), h), nn.ReLU())
+        self.speaker = nn.Embedding(spec.num_speakers, h)
+        self.dropout = nn.Dropout(spec.dropout)
+        if spec.encoder == "gru":
+            self.context = nn.GRU(
+                h, h // 2, num_layers=spec.layers, batch_first=True, bidirectional=True
+            )
+            ctx_dim = 2 * (h // 2)
+        elif spec.encoder == "transformer":
+            layer = nn.TransformerEncoderLayer(
+                h, spec.heads, dim_feedforward=2 * h, dropout=spec.dropout, batch_first=True
+            )
+            self.context = nn.TransformerEncoder(
+                layer, num_layers=spec.layers, enable_nested_tensor=False
+            )
+            ctx_dim = h
+        else:  # validated by the config; kept for direct use of the library
+            raise ValueError(f"unknown encoder {spec.encoder!r}")
+        self.classify = nn.Sequential(
+            nn.Linear(h + ctx_dim, h),
+            nn.ReLU(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(h, spec.num_classes),
+        )
+
+    @torch.no_grad()
+    def set_input_stats(self, features: dict[str, Tensor], mask: Tensor) -> None:
+        """Standardise each input feature with its mean / std over real training utterances."""
+        for m in self.modalities:
+            x = features[m][mask]
+            getattr(self, f"mean_{m}").copy_(x.mean(0))
+            getattr(self, f"std_{m}").copy_(x.std(0).clamp_min(1e-5))
+
+    def forward(
+        self, features: dict[str, Tensor], speakers: Tensor, mask: Tensor, lengths: Tensor
+    ) -> Tensor:
+        parts = []
+        for m in self.modalities:
+            x = (features[m] - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+            parts.append(self.project[m](x))
+        fused = self.fuse(torch.cat(parts, dim=-1)) + self.speaker(speakers)
+        fused = self.dropout(fused)
+        if self.spec.encoder == "gru":
+            packed = pack_padded_sequence(
+                fused, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.context(packed)
+            ctx, _ = pad_packed_sequence(out, batch_first=True, total_length=fused.shape[1])
+        else:
+            ctx = self.context(fused + _positions(fused), src_key_padding_mask=~mask)
+        return self.classify(torch.cat([fused, ctx], dim=-1))
+
+
+def _positions(x: Tensor) -> Tensor:
+    """Sinusoidal position encodings [1, L, H] for the Transformer context encoder."""
+    length, dim = x.shape[1], x.shape[2]
+    pos = torch.arange(length, device=x.device, dtype=x.dtype)[:, None]
+    freq = torch.exp(
+        torch.arange(0, dim, 2, device=x.device, dtype=x.dtype) * (-math.log(10000.0) / dim)
+    )
+    enc = torch.zeros(length, dim, device=x.device, dtype=x.dtype)
+    enc[:, 0::2] = torch.sin(pos * freq)
+    enc[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return enc[None]
+
+
+def run_model(model: DialogueModel, batch) -> Tensor:
+    """Logits of ``model`` on a ``Batch`` (features restricted to the model's modalities)."""
+    return model(batch.features, batch.speakers, batch.mask, batch.lengths)

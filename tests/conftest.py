@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny in-memory corpus for unit tests of the core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrd_cli.data.corpus import Corpus, Dialogue
+
+LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]
+
+
+def make_toy_corpus(num_dialogues: int = 30, seed: int = 0) -> Corpus:
+    """Random dialogues whose classes are separable (prototype + noise) in every modality."""
+    rng = np.random.default_rng(seed)
+    dims = {"text": 12, "audio": 8, "visual": 6}
+    protos = {m: rng.normal(size=(len(LABELS), d)) * 2 for m, d in dims.items()}
+    dialogues = {}
+    for i in range(num_dialogues):
+        n = int(rng.integers(3, 12))
+        y = rng.integers(0, len(LABELS), n)
+        feats = {
+            m: (p[y] + rng.normal(size=(n, p.shape[1]))).astype(np.float32)
+            for m, p in protos.items()
+        }
+        dialogues[f"d{i}"] = Dialogue(f"d{i}", rng.integers(0, 2, n), y, feats)
+    ids = list(dialogues)
+    a, b = int(num_dialogues * 0.6), int(num_dialogues * 0.8)
+    corpus = Corpus(
+        "toy", LABELS, dialogues, {"train": ids[:a], "val": ids[a:b], "test": ids[b:]}, 2
+    )
+    corpus.validate()
+    return corpus
+
+
+@pytest.fixture
+def toy_corpus() -> Corpus:
+    return make_toy_corpus()
