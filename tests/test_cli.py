@@ -36,8 +36,15 @@ def fast_config(tmp_path_factory) -> Path:
 def pretrained_run(tmp_path_factory, fast_config) -> Path:
     run = tmp_path_factory.mktemp("run")
     res = _invoke(
-        "pretrain", "--dataset", "synthetic", "--config", str(fast_config),
-        "--run-dir", str(run), "--device", "cpu",
+        "pretrain",
+        "--dataset",
+        "synthetic",
+        "--config",
+        str(fast_config),
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
     )
     assert res.exit_code == 0, res.output
     return run
@@ -58,8 +65,14 @@ def test_pretrain_writes_both_checkpoints_with_provenance(pretrained_run):
 
 def test_evaluate_json_has_documented_keys_and_full_confusion(pretrained_run, fast_config):
     res = _invoke(
-        "evaluate", "--dataset", "synthetic", "--run-dir", str(pretrained_run), "--json",
-        "--device", "cpu",
+        "evaluate",
+        "--dataset",
+        "synthetic",
+        "--run-dir",
+        str(pretrained_run),
+        "--json",
+        "--device",
+        "cpu",
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)  # stdout holds the JSON object and nothing else
@@ -101,31 +114,70 @@ def test_distill_without_partition_names_the_command(pretrained_run, tmp_path):
 def test_run_end_to_end_then_provenance_refusal(tmp_path, fast_config):
     run = tmp_path / "run"
     res = _invoke(
-        "run", "--dataset", "synthetic", "--config", str(fast_config), "--run-dir", str(run),
-        "--json", "--device", "cpu",
+        "run",
+        "--dataset",
+        "synthetic",
+        "--config",
+        str(fast_config),
+        "--run-dir",
+        str(run),
+        "--json",
+        "--device",
+        "cpu",
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out["models"]) == {"pretrain/multi", "pretrain/text", "distill/multi", "distill/text"}
+    assert set(out["models"]) == {
+        "pretrain/multi",
+        "pretrain/text",
+        "distill/multi",
+        "distill/text",
+    }
     partition = json.loads((run / "partition.json").read_text())
     assert partition["method"] == "cross_fit" and partition["folds"] == 2
     assert sum(partition["totals"].values()) == sum(len(g) for g in partition["groups"].values())
     # A second run reuses pretrain and partition.
     res2 = _invoke(
-        "run", "--dataset", "synthetic", "--config", str(fast_config), "--run-dir", str(run),
-        "--device", "cpu", "--no-confusion",
+        "run",
+        "--dataset",
+        "synthetic",
+        "--config",
+        str(fast_config),
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-confusion",
     )
     assert res2.exit_code == 0, res2.output
     assert "pretrain (reused)" in res2.stderr and "partition (reused)" in res2.stderr
     # Re-pretraining the text model changes its checkpoint: the old partition is refused.
     res3 = _invoke(
-        "pretrain", "--dataset", "synthetic", "--config", str(fast_config), "--run-dir",
-        str(run), "--modality", "text", "--seed", "7", "--device", "cpu",
+        "pretrain",
+        "--dataset",
+        "synthetic",
+        "--config",
+        str(fast_config),
+        "--run-dir",
+        str(run),
+        "--modality",
+        "text",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
     )
     assert res3.exit_code == 0, res3.output
     res4 = _invoke(
-        "distill", "--dataset", "synthetic", "--config", str(fast_config), "--run-dir", str(run),
-        "--device", "cpu",
+        "distill",
+        "--dataset",
+        "synthetic",
+        "--config",
+        str(fast_config),
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
     )
     assert res4.exit_code == 2
     assert "Rerun `mrd partition" in res4.stderr
@@ -135,8 +187,19 @@ def test_run_end_to_end_then_provenance_refusal(tmp_path, fast_config):
 def test_ablate_with_two_seeds_prints_table_and_reuses_cells(tmp_path, fast_config):
     run = tmp_path / "run"
     args = [
-        "ablate", "--dataset", "synthetic", "--config", str(fast_config), "--run-dir", str(run),
-        "--seeds", "2", "--without", "rcl", "--device", "cpu",
+        "ablate",
+        "--dataset",
+        "synthetic",
+        "--config",
+        str(fast_config),
+        "--run-dir",
+        str(run),
+        "--seeds",
+        "2",
+        "--without",
+        "rcl",
+        "--device",
+        "cpu",
     ]
     res = _invoke(*args)
     assert res.exit_code == 0, res.output
@@ -144,7 +207,10 @@ def test_ablate_with_two_seeds_prints_table_and_reuses_cells(tmp_path, fast_conf
     summary = json.loads((run / "ablation" / "results.json").read_text())
     names = [r["name"] for r in summary["rows"]]
     assert names == [
-        "Pretrained (multimodal)", "Pretrained (text model)", "MRD", "MRD (text model)",
+        "Pretrained (multimodal)",
+        "Pretrained (text model)",
+        "MRD",
+        "MRD (text model)",
         "MRD w/o RCL",
     ]
     assert len(summary["rows"][2]["weighted_f1"]["values"]) == 2

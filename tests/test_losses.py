@@ -98,7 +98,9 @@ def test_weighted_cross_entropy_matches_torch():
     labels = torch.randint(0, 4, (2, 6))
     w = torch.tensor([1.0, 2.0, 0.5, 3.0])
     got = classification_loss(logits, labels, torch.ones(2, 6), class_weights=w)
-    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 4), labels.reshape(-1), weight=w)
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 4), labels.reshape(-1), weight=w
+    )
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -120,8 +122,20 @@ def test_total_loss_is_the_sum_of_eq15_terms():
         return classification_loss(lg, lb, a)
 
     t = mrd_total_loss(
-        zm, zt, zm0, zt0, labels, active, cls_loss=cls, alpha=0.5, beta=0.5, gamma=0.5,
-        delta=0.5, temperature=2.0, t2_scaling=False, l_reg=torch.tensor(0.1),
+        zm,
+        zt,
+        zm0,
+        zt0,
+        labels,
+        active,
+        cls_loss=cls,
+        alpha=0.5,
+        beta=0.5,
+        gamma=0.5,
+        delta=0.5,
+        temperature=2.0,
+        t2_scaling=False,
+        l_reg=torch.tensor(0.1),
     )
     parts = t["cls_m"] + t["cls_t"] + 0.5 * (t["dm"] + t["dt"]) + 0.5 * (t["rm"] + t["rt"]) + 0.1
     assert t["total"].item() == pytest.approx(parts.item(), rel=1e-6)

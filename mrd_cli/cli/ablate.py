@@ -32,14 +32,14 @@ def ablate(
     dataset: DatasetOpt = "synthetic",
     without: WithoutOpt = None,
     seeds: Annotated[
-        int | None, typer.Option("--seeds", help="Number of seeds [default: config, 5].", min=1)
+        int | None, typer.Option("--seeds", help="Number of seeds (default: config, 5).", min=1)
     ] = None,
     repretrain: Annotated[
         bool | None,
         typer.Option(
             "--repretrain/--reuse-pretrained",
             help="Pretrain and partition anew for every seed, or reuse one pretrained pair "
-            "[default: config ablate.repretrain].",
+            "(default: config ablate.repretrain).",
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -50,9 +50,11 @@ def ablate(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run full MRD and each variant named with --without (all three when none is named)
-    over N seeds; print per-class F1 and W-F1 as mean ± std, each variant's difference from
-    MRD with a paired t-test over seeds and a paired bootstrap interval.
+    """Ablation table: MRD vs MRD without MIC / ILC / RCL over several seeds.
+
+    Runs full MRD and each variant named with --without (all three when none is named) over
+    N seeds; prints per-class F1 and W-F1 as mean ± std, each variant's difference from MRD
+    with a paired t-test over seeds and a paired bootstrap interval over test utterances.
 
     Results go to RUN/ablation/results.json and results.csv; finished (variant, seed) cells
     are reused when the command is run again.
@@ -89,7 +91,7 @@ def ablate(
             variants,
             a.seeds,
             on_cell=on_cell,
-            on_epoch=None,
+            on_epoch=bars.update,
             on_step=lambda step: err_console.print(f"  {step}"),
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")

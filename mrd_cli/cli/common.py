@@ -37,13 +37,13 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Directory holding the dataset's feature files [default: data/<dataset>].",
+        help="Directory holding the dataset's feature files (default: data/<dataset>).",
     ),
 ]
 RunDirOpt = Annotated[
     Path | None,
     typer.Option(
-        "--run-dir", help="Run directory for checkpoints and results [default: runs/<dataset>]."
+        "--run-dir", help="Run directory for checkpoints and results (default: runs/<dataset>)."
     ),
 ]
 DeviceOpt = Annotated[
@@ -51,11 +51,11 @@ DeviceOpt = Annotated[
     typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
 ]
 SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Random seed [default: from the config].")
+    int | None, typer.Option("--seed", help="Random seed (default: from the config).")
 ]
 EpochsOpt = Annotated[
     int | None,
-    typer.Option("--epochs", help="Number of training epochs [default: from the config]."),
+    typer.Option("--epochs", help="Number of training epochs (default: from the config)."),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout only.")

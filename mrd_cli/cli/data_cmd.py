@@ -58,7 +58,7 @@ def _size(path: Path) -> str:
 
 @app.command("synth")
 @handle_errors
-def synth(
+def synth_cmd(
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Directory to write the feature files into (created)."),
@@ -95,18 +95,22 @@ def synth(
         paths = write_generated(out, p.name, seed, layout, features, roberta)
     written = time.perf_counter()
 
-    table = Table(title=f"Synthetic '{p.name}' data (seed {seed}, {layout} layout)")
+    table = Table(title=f"Synthetic '{p.name}' data (seed {seed}, {layout} layout) in {out}")
     table.add_column("file")
     table.add_column("size", justify="right")
     for path in paths:
-        table.add_row(str(path), _size(path))
+        table.add_row(path.name, _size(path))
     console.print(table)
     split_text = ", ".join(f"{s} {nd} dialogues / {nu} utterances" for s, nd, nu in p.splits)
-    console.print(f"{split_text}.", highlight=False)
+    console.print(f"{split_text}.", highlight=False, soft_wrap=True)
     console.print(
-        f"Generated in {generated - start:.1f} s, written in {written - generated:.1f} s. "
+        f"Generated in {generated - start:.1f} s, written in {written - generated:.1f} s.",
+        highlight=False,
+    )
+    console.print(
         f"Use it with: mrd <command> --dataset {layout} --data-dir {out}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -142,8 +146,8 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
 
 @app.command("inspect")
 @handle_errors
-def inspect(
-    dataset: DatasetOpt,
+def inspect_cmd(
+    dataset: DatasetOpt = "synthetic",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     json_out: JsonOpt = False,

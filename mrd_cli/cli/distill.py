@@ -55,7 +55,7 @@ def distill(
     without: WithoutOpt = None,
     curriculum: Annotated[
         CurriculumChoice | None,
-        typer.Option("--curriculum", help="reverse (RCL), forward, or none [default: config]."),
+        typer.Option("--curriculum", help="reverse (RCL), forward, or none (default: config)."),
     ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -69,8 +69,11 @@ def distill(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Distil the pretrained models into each other (MRD) and choose each one's epoch on
-    validation W-F1. Writes RUN/distill/multi.pt and RUN/distill/text.pt."""
+    """Distil the pretrained models into each other (MRD: MIC + ILC + RCL).
+
+    Each model's epoch is chosen on its own validation W-F1. Writes RUN/distill/multi.pt
+    and RUN/distill/text.pt.
+    """
     overrides = {
         "seed": seed,
         "distill": {

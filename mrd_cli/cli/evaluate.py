@@ -38,7 +38,7 @@ def evaluate(
         list[Path] | None,
         typer.Option(
             "--checkpoint",
-            help="Checkpoint to evaluate (repeatable) [default: all found in the run directory].",
+            help="Checkpoint to evaluate (repeatable) (default: all found in the run directory).",
         ),
     ] = None,
     split: Annotated[Split, typer.Option("--split", help="Split to evaluate on.")] = Split.test,

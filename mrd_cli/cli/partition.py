@@ -35,7 +35,7 @@ def partition(
         typer.Option(
             "--cross-fit",
             help="Use out-of-fold predictions of K fold-model pairs (K >= 2) "
-            "[default: the config's partition.method, cross_fit with 5 folds on real data].",
+            "(default: the config's partition.method, cross_fit with 5 folds on real data).",
         ),
     ] = None,
     in_sample: Annotated[

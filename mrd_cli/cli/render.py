@@ -109,11 +109,14 @@ def ambiguity_rich(result: dict[str, Any]) -> Table | None:
         return None
     who = result.get("ambiguity_models", {})
     table = Table(
-        title=(
-            f"Ambiguity ({result['split']}): MCTI = {who.get('multi', 'multi')} right, "
-            f"{who.get('text', 'text')} wrong; MITC = the reverse"
+        title=f"Ambiguity ({result['split']})",
+        caption=(
+            f"MCTI: {who.get('multi', 'multi')} right, {who.get('text', 'text')} wrong\n"
+            "MITC: the reverse"
         ),
         title_justify="left",
+        caption_justify="left",
+        min_width=64,
     )
     table.add_column("class")
     table.add_column("MCTI", justify="right")

@@ -148,7 +148,13 @@ def run_ablation(
             if on_cell:
                 on_cell(name, seed, cached is not None)
             if cached is None:
-                result = run_cell(session, without, seed, base, on_epoch=on_epoch)
+                result = run_cell(
+                    session,
+                    without,
+                    seed,
+                    base,
+                    on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,
+                )
                 cached = {"signature": sig, "variant": name, "seed": seed, "result": result}
                 atomic_write_json(path, cached)
             cells[(without, seed)] = cached["result"]

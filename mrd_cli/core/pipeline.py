@@ -220,8 +220,9 @@ def evaluate_checkpoints(
     preds: dict[str, np.ndarray] = {}
     roles: dict[str, str] = {}
     for name, path in checkpoints.items():
-        model, ckpt = load_model(session, path, "mrd pretrain")
-        y_pred = predict(model, _restrict(data, model))[data.mask].cpu().numpy()
+        made_by = "mrd distill" if name.startswith("distill") else "mrd pretrain"
+        model, ckpt = load_model(session, path, made_by)
+        y_pred = predict(model, data)[data.mask].cpu().numpy()
         preds[name] = y_pred
         roles[name] = ckpt["role"]
         report = classification_report(y_true, y_pred, labels)

@@ -4,12 +4,17 @@
 model's best epoch by validation W-F1 (never the test set), saves a resumable state after
 every epoch, and stops on a non-finite loss naming the term. Losses and predictions stay on
 the device; the host reads them once per epoch.
+
+A step is an ``EpochStep``: it builds an epoch's batches (``batches``) and makes one optimizer
+step per batch (``update``). The two halves are separate so that a benchmark can time the
+updates alone on batches built beforehand (``benchmarks/throughput.py``); ``ClassifierStep``
+is the pretraining step, ``mrd.DistillStep`` the distillation step.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from mrd_cli.config import PretrainConfig
 from mrd_cli.core.io import atomic_torch_save
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
 from mrd_cli.core.metrics import classification_report
-from mrd_cli.data.tensors import SplitTensors
+from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.models.dialogue import DialogueModel, run_model
 
@@ -58,6 +63,7 @@ def predict(model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BAT
     """Predicted class of every utterance, [D, L] on the device (padding positions 0)."""
     was_training = model.training
     model.eval()
+    data = data.select(model.modalities)
     preds = torch.zeros_like(data.labels)
     for batch in data.batches(batch_size):
         logits = run_model(model, batch)
@@ -73,6 +79,7 @@ def predict_logits(
     """Logits of every utterance, [D, L, C] on the device (eval mode, no dropout)."""
     was_training = model.training
     model.eval()
+    data = data.select(model.modalities)
     out = torch.zeros(*data.labels.shape, model.spec.num_classes, device=data.labels.device)
     for batch in data.batches(batch_size):
         logits = run_model(model, batch)
@@ -87,6 +94,120 @@ def evaluate(model: DialogueModel, data: SplitTensors, label_names: list[str]) -
     y_pred = preds[data.mask].cpu().numpy()
     y_true = data.labels[data.mask].cpu().numpy()
     return classification_report(y_true, y_pred, label_names)
+
+
+def make_classification_loss(
+    loss: str, focal_gamma: float, train: SplitTensors, num_classes: int
+) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The configured L_cls as a function of (logits, labels, active)."""
+    weights = (
+        class_weights_from_labels(train.labels, train.mask, num_classes)
+        if loss == "weighted_ce"
+        else None
+    )
+    gamma = focal_gamma if loss == "focal" else None
+
+    def fn(logits: Tensor, labels: Tensor, active: Tensor) -> Tensor:
+        return classification_loss(logits, labels, active, weights, gamma)
+
+    return fn
+
+
+class EpochStep:
+    """One training epoch of ``models``: ``step(epoch, generator)`` returns its mean loss terms.
+
+    Subclasses say how an epoch's batches are built (``batches``: the data handling, drawing
+    the shuffle from ``generator``) and what one optimizer step on a batch is (``update``:
+    forward, backward, step; returns the loss terms stacked in the order of ``terms``).
+    """
+
+    terms: tuple[str, ...]
+    models: dict[str, DialogueModel]
+    optimizer: torch.optim.Optimizer
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def update(self, batch: Any) -> Tensor:
+        raise NotImplementedError
+
+    def run(self, batches: Iterable[Any]) -> dict[str, Tensor]:
+        """Train on ``batches``; the mean of each loss term, still on the device."""
+        for model in self.models.values():
+            model.train()
+        device = next(next(iter(self.models.values())).parameters()).device
+        sums = torch.zeros(len(self.terms), device=device)
+        count = 0
+        for batch in batches:
+            sums += self.update(batch)
+            count += 1
+        return dict(zip(self.terms, sums / max(count, 1)))
+
+    def __call__(self, epoch: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.run(self.batches(epoch, generator))
+
+
+class ClassifierStep(EpochStep):
+    """A pretraining epoch of one model: L_cls + L_reg over shuffled batches of dialogues.
+
+    Building the step takes the model's input standardisation statistics from ``train``.
+    """
+
+    terms = ("total", "cls", "reg")
+
+    def __init__(
+        self, model: DialogueModel, train: SplitTensors, cfg: PretrainConfig, num_classes: int
+    ):
+        self.model = model
+        self.models = {"model": model}
+        self.train = train.select(model.modalities)
+        self.cfg = cfg
+        model.set_input_stats(self.train.features, self.train.mask)
+        self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        return self.train.batches(self.cfg.batch_size, generator)
+
+    def update(self, batch: Batch) -> Tensor:
+        logits = run_model(self.model, batch)
+        l_cls = self.cls_loss(logits, batch.labels, batch.mask)
+        l_reg = l2_penalty(self.model.parameters(), self.cfg.l2)
+        loss = l_cls + l_reg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return torch.stack([loss, l_cls, l_reg]).detach()
+
+
+def run_epoch(
+    step: StepFn,
+    models: dict[str, DialogueModel],
+    epoch: int,
+    generator: torch.Generator,
+    val: SplitTensors,
+    label_names: list[str],
+    state_path: Path | None = None,
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Train one epoch with ``step`` and validate every model: (mean losses, val reports).
+
+    Reading the losses is the epoch's one synchronisation with the device. A non-finite loss
+    stops training before anything of this epoch is kept.
+    """
+    terms = step(epoch, generator)
+    names = list(terms)
+    values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
+    losses = dict(zip(names, values))
+    bad = [n for n, v in losses.items() if not np.isfinite(v)]
+    if bad:
+        where = f" The last good state (epoch {epoch}) is in {state_path}." if epoch else ""
+        raise MRDRunError(
+            f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
+            f"and nothing from this epoch was saved.{where} Lower the learning rate or "
+            "check the features."
+        )
+    reports = {name: evaluate(model, val, label_names) for name, model in models.items()}
+    return losses, reports
 
 
 def _cpu_rng_states(generator: torch.Generator) -> dict[str, Any]:
@@ -144,21 +265,10 @@ def train_epochs(
         start = int(state["epoch"])
 
     for epoch in range(start, epochs):
-        terms = step(epoch, generator)
-        names = list(terms)
-        values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
-        losses = dict(zip(names, values))
-        bad = [n for n, v in losses.items() if not np.isfinite(v)]
-        if bad:
-            where = f" The last good state (epoch {epoch}) is in {state_path}." if epoch else ""
-            raise MRDRunError(
-                f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
-                f"and nothing from this epoch was saved.{where} Lower the learning rate or "
-                "check the features."
-            )
+        losses, reports = run_epoch(step, models, epoch, generator, val, label_names, state_path)
         val_wf1: dict[str, float] = {}
         for name, model in models.items():
-            report = evaluate(model, val, label_names)
+            report = reports[name]
             val_wf1[name] = report["weighted_f1"]
             current = best[name]
             if current is None or report["weighted_f1"] > current.val_metrics["weighted_f1"]:
@@ -199,23 +309,6 @@ def train_epochs(
     return result
 
 
-def make_classification_loss(
-    loss: str, focal_gamma: float, train: SplitTensors, num_classes: int
-) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The configured L_cls as a function of (logits, labels, active)."""
-    weights = (
-        class_weights_from_labels(train.labels, train.mask, num_classes)
-        if loss == "weighted_ce"
-        else None
-    )
-    gamma = focal_gamma if loss == "focal" else None
-
-    def fn(logits: Tensor, labels: Tensor, active: Tensor) -> Tensor:
-        return classification_loss(logits, labels, active, weights, gamma)
-
-    return fn
-
-
 def fit_classifier(
     model: DialogueModel,
     train: SplitTensors,
@@ -230,30 +323,10 @@ def fit_classifier(
 ) -> Selected:
     """Supervised pretraining of one model (L_cls + L_reg), epoch chosen on validation W-F1."""
     torch.manual_seed(seed)
-    model.set_input_stats(train.features, train.mask)
-    cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, len(label_names))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    def step(epoch: int, generator: torch.Generator) -> dict[str, Tensor]:
-        model.train()
-        sums = torch.zeros(3, device=train.mask.device)
-        count = 0
-        for batch in train.batches(cfg.batch_size, generator):
-            logits = run_model(model, batch)
-            l_cls = cls_loss(logits, batch.labels, batch.mask)
-            l_reg = l2_penalty(model.parameters(), cfg.l2)
-            loss = l_cls + l_reg
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach(), l_cls.detach(), l_reg.detach()])
-            count += 1
-        sums /= max(count, 1)
-        return {"total": sums[0], "cls": sums[1], "reg": sums[2]}
-
+    step = ClassifierStep(model, train, cfg, len(label_names))
     selected = train_epochs(
-        models={"model": model},
-        optimizer=optimizer,
+        models=step.models,
+        optimizer=step.optimizer,
         epochs=cfg.epochs,
         step=step,
         val=val,

@@ -32,6 +32,7 @@ __all__ = [
     "parse_iemocap",
     "parse_meld",
     "resolve_feature_files",
+    "seeded_val_split",
     "load_corpus",
     "write_iemocap",
     "write_meld",
@@ -234,21 +235,21 @@ def _matrix(value: Any, did: str, modality: str, source: str) -> np.ndarray:
 
 
 def _labels(value: Any, did: str, source: str) -> np.ndarray:
+    """One dialogue's labels as int64 (integral floats are accepted; some files store them)."""
     try:
         x = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as exc:
         raise MRDError(
             f"Dialogue '{did}': the labels ({source}) are not readable ({exc})."
         ) from None
-    if (
-        x.ndim != 1
-        or x.dtype.kind not in "iuf"
-        or (
-            x.dtype.kind == "f"
-            and x.size
-            and not (np.isfinite(x).all() and (x == np.round(x)).all())
-        )
-    ):
+    integral = x.dtype.kind in "iu" or (
+        x.dtype.kind == "f"
+        and bool(np.isfinite(x).all())
+        and bool((x == np.round(x)).all())
+        # Beyond this the cast to int64 is undefined; no class index is that large anyway.
+        and bool((np.abs(x) < 2**31).all())
+    )
+    if x.ndim != 1 or not integral:
         raise MRDError(
             f"Dialogue '{did}': the labels ({source}) must be one integer class index per "
             f"utterance, got {x.dtype} values of shape {x.shape}."

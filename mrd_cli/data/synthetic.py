@@ -42,7 +42,10 @@ regression on each utterance's features concatenated with the previous utterance
 on train+val and scored on test (weighted F1, seed 0): ``small`` multimodal 71.8 / text-only
 56.7; ``iemocap`` 70.8 / 57.7; ``meld`` 76.2 / 59.8. The multimodal proxy is right where the
 text one is wrong on about a fifth of the test utterances, and the reverse on about 8%.
-A dialogue model, which sees the whole context, should land higher but well short of 100.
+The project's GRU dialogue model (``mrd pretrain`` then ``mrd evaluate``, CPU, seed 0) scored
+74.6 multimodal / 61.4 text-only test W-F1 on ``small`` (configs/synthetic.yaml) and
+69.7 / 62.8 on ``iemocap`` (configs/iemocap.yaml, 30 epochs), disagreeing both ways
+(MCTI 21% / MITC 8% and 15% / 8% of the test utterances).
 """
 
 from __future__ import annotations

@@ -17,6 +17,19 @@ from torch import Tensor
 from mrd_cli.data.corpus import Corpus, Dialogue
 
 
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """Copy a small CPU tensor (batch indices) to ``device`` without waiting for the device.
+
+    A plain copy to CUDA waits for the stream to drain; from pinned memory it is queued like
+    any kernel, so building a batch never stalls the device. On the CPU it is a no-op.
+    """
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 @dataclass
 class Batch:
     """A batch of dialogues, trimmed to its longest dialogue."""
@@ -58,6 +71,18 @@ class SplitTensors:
             lengths=self.lengths,
         )
 
+    def select(self, modalities: list[str]) -> SplitTensors:
+        """The same split with only ``modalities`` (no copy), so that batches gather no
+        feature a model does not read."""
+        return SplitTensors(
+            ids=self.ids,
+            features={m: self.features[m] for m in modalities},
+            speakers=self.speakers,
+            labels=self.labels,
+            mask=self.mask,
+            lengths=self.lengths,
+        )
+
     def subset(self, rows: list[int] | np.ndarray) -> SplitTensors:
         """The dialogues at ``rows`` (e.g. one cross-fitting fold), still padded."""
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
@@ -77,7 +102,7 @@ class SplitTensors:
         """Gather dialogues ``rows`` (a CPU long tensor) and trim to their longest."""
         lengths = self.lengths[rows]
         length = int(lengths.max())
-        idx = rows.to(self.mask.device)
+        idx = to_device(rows, self.mask.device)
         return Batch(
             index=idx,
             features={m: x[idx, :length] for m, x in self.features.items()},
