@@ -4,10 +4,11 @@ Writes full-size synthetic feature files in the community layout to a temporary 
 reads them through the real readers with the dataset's default config, and times, with that
 config, one of each: loading, a pretraining epoch of each model, a distillation epoch (both
 models, frozen copies, every loss term, reverse curriculum), the same distillation epoch's
-updates alone on batches built beforehand (the floor that data handling is compared with),
-and evaluation on the test split. Every time is the median of ``--repeats`` repetitions after
-one warm-up. The epochs are those of the library (``ClassifierStep``, ``DistillStep``,
-``run_epoch``): nothing here re-implements a training loop.
+compute alone (training updates and validation forward passes on batches built beforehand:
+the floor that data handling is compared with), and evaluation on the test split. Every
+time is the median of ``--repeats`` repetitions after one warm-up. The epochs are the
+library's own (``ClassifierStep``, ``DistillStep``, ``run_epoch``): nothing here
+re-implements a training loop.
 
     python benchmarks/throughput.py                    # IEMOCAP size, default device
     python benchmarks/throughput.py --preset meld --json
@@ -40,7 +41,14 @@ from mrd_cli.core.device import resolve_device, seed_everything
 from mrd_cli.core.mrd import DistillStep
 from mrd_cli.core.partition import GROUP_CODE, group_counts, partition_by_agreement
 from mrd_cli.core.pipeline import build_model
-from mrd_cli.core.training import ClassifierStep, evaluate, predict, run_epoch
+from mrd_cli.core.training import (
+    EVAL_BATCH,
+    ClassifierStep,
+    batch_logits,
+    evaluate,
+    predict,
+    run_epoch,
+)
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.synthetic import write_synthetic
 from mrd_cli.data.tensors import SplitTensors, split_tensors
@@ -196,12 +204,22 @@ def measure(
             lambda: run_epoch(step, step.models, epoch, generator, val, labels), device
         )
         epoch_s.append(seconds)
-        batches = list(step.batches(epoch, generator))
-        seconds, _ = _timed(
-            lambda batches=batches: torch.stack(list(step.run(batches).values())).cpu(), device
-        )
+        # The same epoch's compute alone: training updates and validation forward passes on
+        # batches built beforehand; no batch building, no metrics.
+        train_batches = list(step.batches(epoch, generator))
+        val_batches = {
+            r: list(val.select(m.modalities).batches(EVAL_BATCH)) for r, m in models.items()
+        }
+
+        def compute(train_batches=train_batches, val_batches=val_batches) -> None:
+            losses = torch.stack(list(step.run(train_batches).values()))
+            for role, model in models.items():
+                batch_logits(model, val_batches[role], val.labels.shape)
+            losses.cpu()
+
+        seconds, _ = _timed(compute, device)
         compute_s.append(seconds)
-        del batches
+        del train_batches, val_batches
 
     progress("Evaluating on the test split")
     evaluate_s, _ = _median_after_warmup(

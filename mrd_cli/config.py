@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -211,6 +212,9 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise MRDError(f"Config key '{path}' must be {_describe(hints[key])}, got {value!r}.")
+        numbers = coerced if isinstance(coerced, list) else [coerced]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise MRDError(f"Config key '{path}' must be a finite number, got {value!r}.")
         setattr(obj, key, coerced)
 
 
@@ -261,10 +265,12 @@ def _get(cfg: Config, dotted: str) -> Any:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a clear MRDError."""
     if not path.is_file():
-        raise MRDError(f"Config file not found: {path}")
+        raise MRDError(
+            f"Config file not found: {path}. Check the path given to --config or --dataset."
+        )
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MRDError(f"Config file {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}

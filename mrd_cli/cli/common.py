@@ -11,12 +11,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mrd_cli.errors import MRDError
+
+if TYPE_CHECKING:
+    from mrd_cli.core.pipeline import Session
 
 # Progress bars, warnings and errors: never on stdout, so --json output stays clean.
 err_console = Console(stderr=True)
@@ -70,7 +74,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def handle_errors(func: F) -> F:
     """Turn project errors into one message on stderr and an exit code, without a traceback.
 
-    A ``debug=True`` keyword argument re-raises instead, for developers.
+    ``MRDError`` exits with its own code (2 or 1), a file-system ``OSError`` with 1, Ctrl-C
+    with 130 after saying how to resume. A ``debug=True`` keyword argument re-raises instead,
+    for developers.
     """
 
     @functools.wraps(func)
@@ -81,14 +87,34 @@ def handle_errors(func: F) -> F:
         except MRDError as exc:
             if debug:
                 raise
-            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            # Escaped: a message may quote values in brackets ("got [inf, 0, 0]") that Rich
+            # would otherwise take for markup and drop.
+            err_console.print(
+                f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # A full disk or a permission problem while a file is read or written: the atomic
+            # writes leave the previous files in place.
+            if debug:
+                raise
+            where = f" {escape(str(exc.filename))}" if exc.filename else ""
+            err_console.print(
+                f"[bold red]Error:[/] could not read or write{where}: "
+                f"{escape(exc.strerror or str(exc))}. "
+                "Check the path, its permissions and the free disk space; files written "
+                "before were kept.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if debug:
                 raise
             err_console.print(
-                "[yellow]Interrupted.[/] Finished files were kept; rerun the command with "
-                "--resume (pretrain, distill) to continue where it stopped."
+                "[yellow]Interrupted.[/] Finished files were kept. To continue where it "
+                "stopped, rerun `mrd pretrain` / `mrd distill` with --resume; `mrd run` and "
+                "`mrd ablate` reuse finished steps when rerun as they were."
             )
             raise typer.Exit(130) from None
 
@@ -107,3 +133,29 @@ def out_console() -> Console:
     if sys.stdout.isatty():
         return Console()
     return Console(width=220)
+
+
+def report_selected(
+    session: Session,
+    stage: str,
+    selected: dict[str, Any],
+    path_of: Callable[[str], Path],
+    json_out: bool,
+) -> None:
+    """Say which epoch was chosen for each trained model, for people or as JSON."""
+    summary = {
+        role: {
+            "checkpoint": str(path_of(role)),
+            "epoch": sel.epoch,
+            "val_weighted_f1": sel.val_metrics["weighted_f1"],
+        }
+        for role, sel in selected.items()
+    }
+    if json_out:
+        print_json({"dataset": session.corpus.name, stage: summary})
+        return
+    for role, s in summary.items():
+        err_console.print(
+            f"[green]✓[/] {stage} {role}: epoch {s['epoch']} chosen on validation "
+            f"(val W-F1 {s['val_weighted_f1']:.2f}) -> {s['checkpoint']}"
+        )

@@ -19,7 +19,7 @@ from mrd_cli.cli.common import (
     SeedOpt,
     err_console,
     handle_errors,
-    print_json,
+    report_selected,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -96,19 +96,4 @@ def distill(
             on_epoch=lambda log: bars.update("distill", log),
             on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
         )
-    summary = {
-        role: {
-            "checkpoint": str(session.run.distilled(role)),
-            "epoch": sel.epoch,
-            "val_weighted_f1": sel.val_metrics["weighted_f1"],
-        }
-        for role, sel in selected.items()
-    }
-    if json_out:
-        print_json({"dataset": session.corpus.name, "distill": summary})
-        return
-    for role, s in summary.items():
-        err_console.print(
-            f"[green]✓[/] {role}: epoch {s['epoch']} chosen on validation "
-            f"(val W-F1 {s['val_weighted_f1']:.2f}) -> {s['checkpoint']}"
-        )
+    report_selected(session, "distill", selected, session.run.distilled, json_out)

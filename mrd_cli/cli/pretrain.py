@@ -19,7 +19,7 @@ from mrd_cli.cli.common import (
     SeedOpt,
     err_console,
     handle_errors,
-    print_json,
+    report_selected,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -71,19 +71,4 @@ def pretrain(
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
         results = pipeline.pretrain(session, roles, resume=resume, on_epoch=bars.update)
-    summary = {
-        role: {
-            "checkpoint": str(session.run.pretrained(role)),
-            "epoch": sel.epoch,
-            "val_weighted_f1": sel.val_metrics["weighted_f1"],
-        }
-        for role, sel in results.items()
-    }
-    if json_out:
-        print_json({"dataset": session.corpus.name, "pretrain": summary})
-        return
-    for role, s in summary.items():
-        err_console.print(
-            f"[green]✓[/] {role}: epoch {s['epoch']} chosen on validation "
-            f"(val W-F1 {s['val_weighted_f1']:.2f}) -> {s['checkpoint']}"
-        )
+    report_selected(session, "pretrain", results, session.run.pretrained, json_out)

@@ -8,8 +8,6 @@ other data instead of combining it silently.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +48,39 @@ def load_checkpoint(path: Path, made_by: str = "mrd pretrain") -> dict[str, Any]
         raise MRDError(f"Checkpoint not found: {path}. Run `{made_by}` first to create it.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:
+        # A damaged file fails anywhere in torch's zip reader or unpickler (RuntimeError,
+        # OSError for a truncated archive, UnpicklingError, UnicodeDecodeError...); they all
+        # mean the same thing to the user.
         raise MRDError(
             f"Checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}). "
             f"Delete it and run `{made_by}` again."
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise MRDError(f"{path} is not an mrd checkpoint (expected format {FORMAT}).")
+        raise MRDError(
+            f"{path} is not an mrd checkpoint (expected format {FORMAT}). Pass a checkpoint "
+            f"written by `{made_by}`."
+        )
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise MRDError(f"Checkpoint {path} lacks {', '.join(missing)}; run `{made_by}` again.")
+    if not _spec_is_valid(ckpt["model_spec"]) or not isinstance(ckpt["state_dict"], dict):
+        raise MRDError(
+            f"Checkpoint {path} has a malformed model spec or weights; run `{made_by}` again."
+        )
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _spec_is_valid(spec: Any) -> bool:
+    """The model spec rebuilds a ``ModelSpec`` whose input dimensions are a mapping."""
+    if not isinstance(spec, dict):
+        return False
+    try:
+        built = ModelSpec(**spec)
+    except TypeError:
+        return False
+    return isinstance(built.input_dims, dict) and isinstance(built.modalities, list)
 
 
 def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
@@ -76,7 +95,10 @@ def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
     dims = corpus.input_dims
     for m, d in spec["input_dims"].items():
         if m not in dims:
-            raise MRDError(f"{path} needs modality '{m}', which the loaded data lacks.")
+            raise MRDError(
+                f"{path} needs modality '{m}', which the loaded data lacks; add it to "
+                "dataset.modalities or use a checkpoint made without it."
+            )
         if dims[m] != d:
             raise MRDError(
                 f"{path} expects {m} features of dimension {d}, the data has {dims[m]}. "
@@ -85,7 +107,7 @@ def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
     if spec["num_speakers"] != corpus.num_speakers:
         raise MRDError(
             f"{path} was built for {spec['num_speakers']} speakers, the data has "
-            f"{corpus.num_speakers}."
+            f"{corpus.num_speakers}. The checkpoint was made from other feature files."
         )
     if ckpt["data_fingerprint"] != corpus.fingerprint():
         raise MRDError(
@@ -97,11 +119,10 @@ def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> DialogueModel:
     """Rebuild the network of a checkpoint on ``device``, in eval mode."""
-    spec = ModelSpec(**ckpt["model_spec"])
-    model = DialogueModel(spec)
     try:
+        model = DialogueModel(ModelSpec(**ckpt["model_spec"]))
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise MRDError(
             f"Checkpoint {ckpt.get('path')} does not fit its own model spec: {exc}"
         ) from None

@@ -156,11 +156,24 @@ def pretrain(
     resume: bool = False,
     on_epoch: Callable[[str, EpochLog], None] | None = None,
 ) -> dict[str, Selected]:
-    """Pretrain M_multi and/or M_text; writes ``RUN/pretrain/<role>.pt``."""
+    """Pretrain M_multi and/or M_text; writes ``RUN/pretrain/<role>.pt``.
+
+    With ``resume``, a role with a saved training state continues from its last finished
+    epoch, and a role whose checkpoint was already finished with this data, config and seed
+    is kept as it is.
+    """
     results = {}
     train, val = session.tensors("train"), session.tensors("val")
     for role in roles:
         state_path = session.run.training_state("pretrain", role)
+        finished = _current_pretrained(session, role) if resume else None
+        if finished is not None and not state_path.is_file():
+            results[role] = Selected(
+                state_dict=finished["state_dict"],
+                epoch=finished["epoch"],
+                val_metrics=finished["val_metrics"],
+            )
+            continue
         model, selected = pretrain_role(
             session,
             role,
@@ -374,6 +387,11 @@ def load_partition(session: Session, paths: dict[str, Path]) -> dict[str, Any]:
         raise MRDError(f"{path} is corrupt. Run `mrd partition --dataset {name}` again.") from None
     if not isinstance(doc, dict) or doc.get("format") != "mrd-partition/1":
         raise MRDError(f"{path} is not an mrd partition file. Run `mrd partition` again.")
+    if not _partition_is_well_formed(doc):
+        raise MRDError(
+            f"{path} is incomplete or was edited by hand. Run `mrd partition --dataset {name}` "
+            "again."
+        )
     prov = doc["provenance"]
     if prov["data_fingerprint"] != session.corpus.fingerprint():
         raise MRDError(
@@ -387,6 +405,24 @@ def load_partition(session: Session, paths: dict[str, Path]) -> dict[str, Any]:
                 f"Rerun `mrd partition --dataset {name}` after pretraining."
             )
     return doc
+
+
+def _partition_is_well_formed(doc: dict[str, Any]) -> bool:
+    """The keys and types ``load_partition`` and ``distill`` read, with known group names."""
+    prov = doc.get("provenance")
+    groups = doc.get("groups")
+    totals = doc.get("totals")
+    if not (isinstance(prov, dict) and isinstance(groups, dict) and isinstance(totals, dict)):
+        return False
+    checkpoints = prov.get("checkpoints")
+    return (
+        "data_fingerprint" in prov
+        and isinstance(checkpoints, dict)
+        and all(isinstance(checkpoints.get(r), dict) and "sha256" in checkpoints[r] for r in ROLES)
+        and set(totals) == set(GROUPS)
+        and all(isinstance(v, int) for v in totals.values())
+        and all(isinstance(g, list) and set(g) <= set(GROUPS) for g in groups.values())
+    )
 
 
 def partition_codes(doc: dict[str, Any], train: SplitTensors) -> torch.Tensor:
@@ -444,6 +480,9 @@ def distill(
             )
     seed_everything(cfg.seed)
     state_path = (out_dir or session.run.root / "distill") / ".pair.state.pt"
+    # The partition's own hash: a state saved under another partition (other method or
+    # folds, same checkpoints) must not be resumed.
+    part_sha = file_sha256(session.run.partition)
     sig = signature(
         "distill",
         cfg.dataset,
@@ -451,6 +490,7 @@ def distill(
         cfg.seed,
         session.corpus.fingerprint(),
         doc["provenance"],
+        part_sha,
     )
     selected = distill_pair(
         models["multi"],
@@ -467,7 +507,6 @@ def distill(
         signature=sig,
         on_epoch=on_epoch,
     )
-    part_sha = file_sha256(session.run.partition)
     for role in ROLES:
         target = (out_dir / f"{role}.pt") if out_dir else session.run.distilled(role)
         save_checkpoint(
@@ -495,23 +534,28 @@ def distill(
 
 def pretrained_is_current(session: Session) -> bool:
     """Both pretrained checkpoints exist and were made from this data, config and seed."""
+    return all(_current_pretrained(session, role) is not None for role in ROLES)
+
+
+def _current_pretrained(session: Session, role: str) -> dict[str, Any] | None:
+    """``RUN/pretrain/<role>.pt`` if it exists and was made from this data, config and seed."""
+    path = session.run.pretrained(role)
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except MRDError:
+        return None
     cfg = session.cfg.to_dict()
-    for role in ROLES:
-        path = session.run.pretrained(role)
-        if not path.is_file():
-            return False
-        try:
-            ckpt = load_checkpoint(path)
-        except MRDError:
-            return False
-        made = ckpt.get("config", {})
-        if (
-            ckpt["data_fingerprint"] != session.corpus.fingerprint()
-            or made.get("seed") != cfg["seed"]
-            or any(made.get(k) != cfg[k] for k in ("dataset", "model", "pretrain"))
-        ):
-            return False
-    return True
+    made = ckpt.get("config")
+    if (
+        not isinstance(made, dict)
+        or ckpt["data_fingerprint"] != session.corpus.fingerprint()
+        or made.get("seed") != cfg["seed"]
+        or any(made.get(k) != cfg[k] for k in ("dataset", "model", "pretrain"))
+    ):
+        return None
+    return ckpt
 
 
 def partition_is_current(session: Session) -> bool:

@@ -14,6 +14,7 @@ is the pretraining step, ``mrd.DistillStep`` the distillation step.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,33 +60,31 @@ StepFn = Callable[[int, torch.Generator], dict[str, Tensor]]
 
 
 @torch.no_grad()
-def predict(model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BATCH) -> Tensor:
-    """Predicted class of every utterance, [D, L] on the device (padding positions 0)."""
+def batch_logits(model: DialogueModel, batches: Iterable[Batch], shape: torch.Size) -> Tensor:
+    """Logits of ``model`` (eval mode, no dropout) on ``batches`` of a split whose labels are
+    ``shape`` [D, L], scattered back to their rows: [D, L, C] on the device, 0 at padding."""
     was_training = model.training
     model.eval()
-    data = data.select(model.modalities)
-    preds = torch.zeros_like(data.labels)
-    for batch in data.batches(batch_size):
-        logits = run_model(model, batch)
-        preds[batch.index, : logits.shape[1]] = logits.argmax(-1)
-    model.train(was_training)
-    return preds
-
-
-@torch.no_grad()
-def predict_logits(
-    model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BATCH
-) -> Tensor:
-    """Logits of every utterance, [D, L, C] on the device (eval mode, no dropout)."""
-    was_training = model.training
-    model.eval()
-    data = data.select(model.modalities)
-    out = torch.zeros(*data.labels.shape, model.spec.num_classes, device=data.labels.device)
-    for batch in data.batches(batch_size):
+    device = next(model.parameters()).device
+    out = torch.zeros(*shape, model.spec.num_classes, device=device)
+    for batch in batches:
         logits = run_model(model, batch)
         out[batch.index, : logits.shape[1]] = logits
     model.train(was_training)
     return out
+
+
+def predict_logits(
+    model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BATCH
+) -> Tensor:
+    """Logits of every utterance, [D, L, C] on the device (eval mode, no dropout)."""
+    batches = data.select(model.modalities).batches(batch_size)
+    return batch_logits(model, batches, data.labels.shape)
+
+
+def predict(model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BATCH) -> Tensor:
+    """Predicted class of every utterance, [D, L] on the device (padding positions 0)."""
+    return predict_logits(model, data, batch_size).argmax(-1)
 
 
 def evaluate(model: DialogueModel, data: SplitTensors, label_names: list[str]) -> dict[str, Any]:
@@ -113,7 +112,7 @@ def make_classification_loss(
     return fn
 
 
-class EpochStep:
+class EpochStep(ABC):
     """One training epoch of ``models``: ``step(epoch, generator)`` returns its mean loss terms.
 
     Subclasses say how an epoch's batches are built (``batches``: the data handling, drawing
@@ -125,11 +124,13 @@ class EpochStep:
     models: dict[str, DialogueModel]
     optimizer: torch.optim.Optimizer
 
+    @abstractmethod
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
-        raise NotImplementedError
+        """The batches of 0-based ``epoch``, built on the device as they are consumed."""
 
+    @abstractmethod
     def update(self, batch: Any) -> Tensor:
-        raise NotImplementedError
+        """One optimizer step on ``batch``; its loss terms stacked as in ``terms``."""
 
     def run(self, batches: Iterable[Any]) -> dict[str, Tensor]:
         """Train on ``batches``; the mean of each loss term, still on the device."""

@@ -100,7 +100,8 @@ class Corpus:
             if bad.any():
                 raise MRDError(
                     f"Dialogue '{did}': label {int(d.labels[bad][0])} is outside the "
-                    f"{self.num_classes} classes of '{self.name}' ({', '.join(self.label_names)})."
+                    f"{self.num_classes} classes of '{self.name}' ({', '.join(self.label_names)}). "
+                    "Fix the labels in the file, or set dataset.label_names to its classes."
                 )
             if (d.speakers < 0).any() or (d.speakers >= self.num_speakers).any():
                 raise MRDError(f"Dialogue '{did}': speaker index out of range.")
@@ -126,7 +127,10 @@ class Corpus:
         for split in SPLITS:
             ids = self.splits.get(split, [])
             if not ids:
-                raise MRDError(f"Dataset '{self.name}': the {split} split is empty.")
+                raise MRDError(
+                    f"Dataset '{self.name}': the {split} split is empty. Every split needs at "
+                    "least one dialogue; check the split's id list in the feature files."
+                )
             missing = [d for d in ids if d not in self.dialogues]
             if missing:
                 raise MRDError(

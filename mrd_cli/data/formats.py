@@ -129,10 +129,12 @@ def average_roberta_layers(layers: list[np.ndarray]) -> np.ndarray:
     if len(shapes) != 1:
         raise MRDError(f"The RoBERTa layers differ in shape: {sorted(shapes)}.")
     stack = np.stack(arrays)
-    mean = stack.mean(axis=-1, keepdims=True)
-    var = stack.var(axis=-1, keepdims=True)
-    normed = (stack - mean) / np.sqrt(var + _LN_EPS)
-    return normed.mean(axis=0).astype(np.float32)
+    # NaN / Inf in a layer propagate quietly; Corpus.validate refuses them, naming the dialogue.
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = stack.mean(axis=-1, keepdims=True)
+        var = stack.var(axis=-1, keepdims=True)
+        normed = (stack - mean) / np.sqrt(var + _LN_EPS)
+        return normed.mean(axis=0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -212,7 +214,8 @@ def _entry(fields: dict[str, Any], name: str, did: str, split: str, layout: _Tup
     except KeyError:
         raise MRDError(
             f"Dialogue '{did}' of the {split} split is missing from '{name}' in {layout.file}; "
-            "the file is incomplete or its dicts and id lists come from different versions."
+            "the file is incomplete or its dicts and id lists come from different versions. "
+            "Use a complete copy of the file."
         ) from None
 
 
@@ -410,7 +413,8 @@ def _build_corpus(
                     if len({x.shape for x in layers}) != 1:
                         raise MRDError(
                             f"Dialogue '{did}': the four RoBERTa layers differ in shape "
-                            f"({', '.join(str(x.shape) for x in layers)})."
+                            f"({', '.join(str(x.shape) for x in layers)}); the RoBERTa file is "
+                            "damaged or mixes versions. Use a complete copy of it."
                         )
                     features[m] = average_roberta_layers(layers)
                 else:

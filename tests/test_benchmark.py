@@ -1,0 +1,89 @@
+"""The throughput benchmark runs end to end from a checkout and reports every figure.
+
+Functional only: nothing here depends on how fast the machine is.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+KEYS = {
+    "preset",
+    "load_s",
+    "pretrain_multi_epoch_s",
+    "pretrain_text_epoch_s",
+    "distill_epoch_s",
+    "distill_compute_only_s",
+    "evaluate_s",
+    "peak_rss_mb",
+    "cuda_max_allocated_mb",
+    "device",
+    "torch_threads",
+}
+
+
+def test_benchmark_json_reports_every_figure_on_the_tiny_preset():
+    # One torch thread: the figures do not matter here, and a second thread only competes
+    # with the other tests for the CPU.
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "tiny", "--repeats", "1", "--threads", "1"]
+        + ["--device", "cpu", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)  # stdout holds the JSON object and nothing else
+    assert set(result) == KEYS
+    assert result["preset"] == "tiny"
+    assert result["device"] == "cpu"
+    assert result["torch_threads"] == 1
+    assert result["cuda_max_allocated_mb"] is None
+    for key in KEYS - {"preset", "device", "torch_threads", "cuda_max_allocated_mb"}:
+        assert isinstance(result[key], float) and result[key] > 0, key
+
+
+def _load_benchmark_module():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_table_marks_each_iemocap_target_met_or_missed():
+    bench = _load_benchmark_module()
+    result = {
+        "preset": "iemocap",
+        "load_s": 1.0,
+        "pretrain_multi_epoch_s": 3.0,  # met (<= 4 s)
+        "pretrain_text_epoch_s": 5.0,  # missed
+        "distill_epoch_s": 6.0,  # met (<= 7 s)
+        "distill_compute_only_s": 5.0,  # 6 / 5 = 1.2: data handling costs too much
+        "evaluate_s": 0.1,
+        "peak_rss_mb": 900.0,
+        "cuda_max_allocated_mb": None,
+        "device": "cpu",
+        "torch_threads": 2,
+    }
+    assert set(result) == set(bench.KEYS)
+    met = bench.target_status(result)
+    assert met == {
+        "pretrain_multi_epoch_s": True,
+        "pretrain_text_epoch_s": False,
+        "distill_epoch_s": True,
+        "peak_rss_mb": True,
+        "distill_epoch_s / distill_compute_only_s": False,
+    }
+    console = bench.Console(width=200, record=True)
+    console.print(bench.render(result, 3, (0.5, 0.5)))
+    cells = [line.split("│")[1:-1] for line in console.export_text().splitlines()]
+    row = {c[0].strip(): [x.strip() for x in c[1:]] for c in cells if c}
+    assert row["pretrain_multi_epoch_s"] == ["3.00 s", "<= 4 s", "yes"]
+    assert row["pretrain_text_epoch_s"][-1] == "no"
+    assert row["distill_epoch_s"][-1] == "yes"
+    assert row["distill_epoch_s / distill_compute_only_s"] == ["1.200", "<= 1.10", "no"]
+    assert row["evaluate_s"][-1] == ""  # no target
