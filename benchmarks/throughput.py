@@ -77,6 +77,8 @@ TARGETS = {
     "peak_rss_mb": 1500.0,
 }
 MAX_DATA_OVERHEAD = 1.10  # distill_epoch_s / distill_compute_only_s
+# 1-minute load average (before the run) above which the machine counts as shared.
+BUSY_LOAD = 0.5
 
 KEYS = (
     "preset",
@@ -112,13 +114,14 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 def _median_after_warmup(
     fn: Callable[[int], Any], repeats: int, device: torch.device
 ) -> tuple[float, Any]:
-    """Median wall time of ``fn(i)`` over ``repeats`` calls after one warm-up call (i = 0)."""
-    _, result = _timed(lambda: fn(0), device)
-    times = []
-    for i in range(1, repeats + 1):
+    """Median wall time of ``fn(i)`` over ``repeats`` calls after one warm-up call (i = 0),
+    and the last call's result."""
+    times, result = [], None
+    for i in range(repeats + 1):
+        result = None  # let the last result go first: two loaded corpora would inflate the peak
         seconds, result = _timed(lambda i=i: fn(i), device)
         times.append(seconds)
-    return statistics.median(times), result
+    return statistics.median(times[1:]), result
 
 
 def peak_rss_mb() -> float:
@@ -257,7 +260,7 @@ def render(result: dict[str, Any], repeats: int, load_avg: tuple[float, float]) 
     table = Table(
         title=f"mrd throughput, {result['preset']} preset, default config",
         caption=(
-            f"device {result['device']}, {result['torch_threads']} torch threads, "
+            f"device {result['device']}, torch threads {result['torch_threads']}, "
             f"{os.cpu_count()} CPUs; median of {repeats} after a warm-up; "
             f"load average {load_avg[0]:.1f} before, {load_avg[1]:.1f} after"
         ),
@@ -323,6 +326,13 @@ def main(
         print(json.dumps({k: _plain(result[k]) for k in KEYS}))
     else:
         Console().print(render(result, repeats, (load_before, os.getloadavg()[0])))
+    if dev.type == "cpu" and torch.get_num_threads() > 1 and load_before >= BUSY_LOAD:
+        err_console.print(
+            f"[yellow]Note:[/yellow] other processes were using the CPUs (load average "
+            f"{load_before:.1f}). With more than one torch thread, OpenMP threads wait for "
+            "each other on a busy machine and an epoch can take several times longer; "
+            "compare with --threads 1."
+        )
 
 
 def _plain(value: Any) -> Any:

@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mrd_cli.cli.app import app
 from mrd_cli.config import DatasetConfig
@@ -688,3 +687,16 @@ def test_feature_file_on_disk_raises_only_mrd_error(content: bytes) -> None:
             load_corpus(cfg, data_dir=data)
         except MRDError:
             pass
+
+
+def test_corrupt_resume_state_is_refused_with_advice(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    state = run / "pretrain" / ".multi.state.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a torch file at all")
+    _fails(
+        ["pretrain", "--run-dir", str(run), "--modality", "multi", "--resume", "--device", "cpu"],
+        2,
+        "is unreadable",
+        "run without --resume",
+    )

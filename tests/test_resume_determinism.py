@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mrd_cli.cli.app import app
 from mrd_cli.cli.progress import EpochBars

@@ -199,7 +199,10 @@ def run_epoch(
     names = list(terms)
     values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
     losses = dict(zip(names, values))
-    bad = [n for n, v in losses.items() if not np.isfinite(v)]
+    # Name the term that broke, not the total that merely inherits it.
+    bad = [n for n, v in losses.items() if n != "total" and not np.isfinite(v)] or [
+        n for n, v in losses.items() if not np.isfinite(v)
+    ]
     if bad:
         where = f" The last good state (epoch {epoch}) is in {state_path}." if epoch else ""
         raise MRDRunError(
@@ -250,8 +253,15 @@ def train_epochs(
     history: list[dict[str, Any]] = []
     start = 0
     if resume and state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("signature") != signature:
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            stored_signature = state.get("signature")
+        except Exception as exc:  # any unreadable file: corrupt, truncated, foreign
+            raise MRDError(
+                f"The saved training state {state_path} is unreadable ({type(exc).__name__}); "
+                "delete it or run without --resume to start over."
+            ) from None
+        if stored_signature != signature:
             raise MRDError(
                 f"The saved training state {state_path} comes from another config, data or "
                 "seed; run without --resume to start over."

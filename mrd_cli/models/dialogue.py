@@ -118,34 +118,53 @@ class DialogueModel(nn.Module):
         self, features: dict[str, Tensor], speakers: Tensor, mask: Tensor, lengths: Tensor
     ) -> Tensor:
         batch, length = mask.shape
-        real = real_positions(lengths, length, mask.device)
+        where = UtteranceLayout.of(lengths, length, mask.device)
         parts = []
         for m in self.modalities:
-            x = _gather(features[m], real)
+            x = _gather(features[m], where.real)
             x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
             parts.append(self.project[m](x))
-        fused = self.fuse(torch.cat(parts, dim=-1)) + self.speaker(_gather(speakers, real))
+        fused = self.fuse(torch.cat(parts, dim=-1)) + self.speaker(_gather(speakers, where.real))
         fused = self.dropout(fused)  # [N, H], the N real utterances of the batch
-        padded = _scatter(fused, real, batch, length)
         if self.spec.encoder == "gru":
-            packed = pack_padded_sequence(
-                padded, lengths.cpu(), batch_first=True, enforce_sorted=False
-            )
+            # Packed with the dialogues laid out longest first, as packing wants them: the
+            # GRU never sees padding, and no permutation is left to do on the device.
+            padded = _scatter(fused, where.longest_first, batch, length)
+            packed = pack_padded_sequence(padded, where.sorted_lengths, batch_first=True)
             out, _ = self.context(packed)
             ctx, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+            ctx = _gather(ctx, where.longest_first)
         else:
+            padded = _scatter(fused, where.real, batch, length)
             ctx = self.context(padded + _positions(padded), src_key_padding_mask=~mask)
-        logits = self.classify(torch.cat([fused, _gather(ctx, real)], dim=-1))
-        return _scatter(logits, real, batch, length)
+            ctx = _gather(ctx, where.real)
+        logits = self.classify(torch.cat([fused, ctx], dim=-1))
+        return _scatter(logits, where.real, batch, length)
 
 
-def real_positions(lengths: Tensor, length: int, device: torch.device) -> Tensor:
-    """Flat indices (into ``[B * length]``) of the real utterances, in dialogue order.
+@dataclass
+class UtteranceLayout:
+    """Where the N real utterances of a padded batch [B, L] are, in dialogue order.
 
-    Computed from the lengths on the CPU, so that the device is never asked for a size.
+    ``real`` holds their flat indices into [B * L]; ``longest_first`` their flat indices in
+    the same batch with its dialogues sorted longest first (stable), whose lengths are
+    ``sorted_lengths``. Both are computed from the lengths on the CPU and reach the device in
+    one non-blocking copy, so the device is never asked for a size or an order.
     """
-    keep = torch.arange(length) < lengths.cpu()[:, None]
-    return to_device(torch.nonzero(keep.flatten()).flatten(), device)
+
+    real: Tensor  # [N] long, on the device
+    longest_first: Tensor  # [N] long, on the device
+    sorted_lengths: Tensor  # [B] long, on the CPU
+
+    @classmethod
+    def of(cls, lengths: Tensor, length: int, device: torch.device) -> UtteranceLayout:
+        lengths = lengths.cpu()
+        rows, steps = torch.nonzero(torch.arange(length) < lengths[:, None], as_tuple=True)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        both = to_device(torch.stack([rows * length + steps, rank[rows] * length + steps]), device)
+        return cls(both[0], both[1], lengths[order])
 
 
 def _gather(x: Tensor, real: Tensor) -> Tensor:
