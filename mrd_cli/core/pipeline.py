@@ -124,8 +124,8 @@ def pretrain_role(
     )
     selected = fit_classifier(
         model,
-        _restrict(train, model),
-        _restrict(val, model),
+        train,
+        val,
         cfg.pretrain,
         session.corpus.label_names,
         seed,
@@ -136,18 +136,6 @@ def pretrain_role(
     )
     model.load_state_dict(selected.state_dict)
     return model, selected
-
-
-def _restrict(data: SplitTensors, model: DialogueModel) -> SplitTensors:
-    """The same split with only the modalities the model reads (no copy)."""
-    return SplitTensors(
-        ids=data.ids,
-        features={m: data.features[m] for m in model.modalities},
-        speakers=data.speakers,
-        labels=data.labels,
-        mask=data.mask,
-        lengths=data.lengths,
-    )
 
 
 def pretrain(

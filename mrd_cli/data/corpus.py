@@ -66,8 +66,12 @@ class Corpus:
         """A short hash of labels, speakers, features and split: equal iff the data is equal.
 
         Checkpoints and partition files carry it so that files made from different data are
-        never combined silently.
+        never combined silently. Computed once per corpus (a corpus is not changed after
+        loading).
         """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha256()
         h.update(repr(self.label_names).encode())
         for split in SPLITS:
@@ -80,7 +84,8 @@ class Corpus:
                 for m in sorted(d.features):
                     h.update(m.encode())
                     h.update(np.ascontiguousarray(d.features[m], dtype=np.float32).tobytes())
-        return h.hexdigest()[:16]
+        self.__dict__["_fingerprint"] = h.hexdigest()[:16]
+        return self.__dict__["_fingerprint"]
 
     def validate(self) -> None:
         """Refuse inconsistent data with a message naming the dialogue and what is wrong."""

@@ -63,7 +63,8 @@ class ModelSpec:
 
 
 class DialogueModel(nn.Module):
-    """Utterance-level emotion classifier over a dialogue; returns logits [B, L, C]."""
+    """Utterance-level emotion classifier over a dialogue; returns logits [B, L, C] (0 at
+    padding)."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
