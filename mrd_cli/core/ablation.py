@@ -13,7 +13,6 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -81,8 +80,7 @@ def run_cell(
     cfg = apply_without(session.cfg, without)
     cfg.seed = seed
     cell_dir = session.run.ablation / "models" / f"{_slug(without)}_seed{seed}"
-    sub = replace(session, cfg=cfg, run=base)
-    sub.__dict__["_tensors"] = session.__dict__.setdefault("_tensors", {})
+    sub = session.derive(cfg, base)
     pipeline.distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
     test = session.tensors("test")
     y_true = test.labels[test.mask].cpu().numpy()
@@ -125,12 +123,15 @@ def run_ablation(
             base = RunDir(session.run.ablation / f"base_seed{seed}")
             base_cfg = copy.deepcopy(cfg)
             base_cfg.seed = seed
-            base_session = replace(session, cfg=base_cfg, run=base)
-            base_session.__dict__["_tensors"] = session.__dict__.setdefault("_tensors", {})
+            base_session = session.derive(base_cfg, base)
         else:
             base, base_session = session.run, session
         ensure_base(base_session, on_epoch=on_epoch, on_step=on_step)
-        base_metrics[seed] = _pretrained_test(base_session)
+        # A reused pretrained pair gives the same test metrics for every seed.
+        if cfg.ablate.repretrain or not base_metrics:
+            base_metrics[seed] = _pretrained_test(base_session)
+        else:
+            base_metrics[seed] = next(iter(base_metrics.values()))
         sig = pipeline.signature(
             cfg.to_dict()["dataset"],
             cfg.to_dict()["model"],

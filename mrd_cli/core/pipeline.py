@@ -60,6 +60,13 @@ class Session:
             cache[split] = split_tensors(self.corpus, split, self.device)
         return cache[split]
 
+    def derive(self, cfg: Config, run: RunDir) -> Session:
+        """The same data and device with another config or run directory, sharing the
+        device tensors already built (same corpus, so the same tensors)."""
+        other = Session(cfg=cfg, corpus=self.corpus, run=run, device=self.device)
+        other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
+        return other
+
 
 def role_modalities(cfg: Config, role: str) -> list[str]:
     """M_multi sees every configured modality; M_text sees the text alone."""
@@ -283,17 +290,15 @@ def partition(
     method = method or cfg.partition.method
     folds = folds or cfg.partition.folds
     paths = checkpoints or {r: session.run.pretrained(r) for r in ROLES}
-    ckpts = {}
-    for role in ROLES:
-        _, ckpts[role] = load_model(
-            session, paths[role], f"mrd pretrain --dataset {cfg.dataset.name}"
-        )
+    # Loading also checks both checkpoints against the data, whichever method runs.
+    models = {
+        role: load_model(session, paths[role], f"mrd pretrain --dataset {cfg.dataset.name}")[0]
+        for role in ROLES
+    }
     train = session.tensors("train")
     preds = {}
     if method == "in_sample":
-        for role in ROLES:
-            model = model_from_checkpoint(ckpts[role], session.device)
-            preds[role] = predict(model, train)
+        preds = {role: predict(models[role], train) for role in ROLES}
     else:
         preds = _cross_fitted_predictions(session, train, folds, on_epoch, on_fold)
     y_true = train.labels[train.mask].cpu().numpy()
