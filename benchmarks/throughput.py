@@ -6,9 +6,10 @@ config, one of each: loading, a pretraining epoch of each model, a distillation 
 models, frozen copies, every loss term, reverse curriculum), the same distillation epoch's
 compute alone (training updates and validation forward passes on batches built beforehand:
 the floor that data handling is compared with), and evaluation on the test split. Every
-time is the median of ``--repeats`` repetitions after one warm-up. The epochs are the
-library's own (``ClassifierStep``, ``DistillStep``, ``run_epoch``): nothing here
-re-implements a training loop.
+time is the median of ``--repeats`` repetitions after one warm-up. The steps are the
+recipes' own (``recipes.pretrain.ClassifierStep``, ``recipes.distill.DistillStep``: their
+batches, loss, backward and optimizer step); an epoch here is those steps over an epoch's
+batches followed by validation, as in the recipes' loops.
 
     python benchmarks/throughput.py                    # IEMOCAP size, default device
     python benchmarks/throughput.py --preset meld --json
@@ -38,22 +39,31 @@ from rich.table import Table
 from mrd_cli.config import load_config
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import resolve_device, seed_everything
-from mrd_cli.core.mrd import DistillStep
 from mrd_cli.core.partition import GROUP_CODE, group_counts, partition_by_agreement
-from mrd_cli.core.pipeline import build_model
-from mrd_cli.core.training import (
-    EVAL_BATCH,
-    ClassifierStep,
-    batch_logits,
-    evaluate,
-    predict,
-    run_epoch,
-)
+from mrd_cli.core.session import build_model
+from mrd_cli.core.training import EVAL_BATCH, batch_logits, evaluate, predict
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.synthetic import write_synthetic
 from mrd_cli.data.tensors import SplitTensors, split_tensors
 from mrd_cli.errors import MRDError
 from mrd_cli.models.dialogue import DialogueModel
+from mrd_cli.recipes.distill import DistillStep
+from mrd_cli.recipes.pretrain import ClassifierStep
+
+Step = ClassifierStep | DistillStep
+
+
+def train_steps(step: Step, batches) -> torch.Tensor:
+    """The recipes' inner loop: one optimizer step per batch; the loss terms' sums."""
+    for model in step.models.values():
+        model.train()
+    return torch.stack([step.update(b) for b in batches]).sum(0)
+
+
+def run_epoch(step: Step, epoch: int, generator, val: SplitTensors, labels: list[str]):
+    """One epoch as the recipes run it: the steps, one read of the losses, validation."""
+    losses = train_steps(step, step.batches(epoch, generator)).cpu()
+    return losses, {name: evaluate(m, val, labels) for name, m in step.models.items()}
 
 
 class Preset(str, Enum):
@@ -185,7 +195,7 @@ def measure(
         progress(f"Pretraining epochs of M_{role}")
         pretrain_s[role], _ = _median_after_warmup(
             lambda epoch, step=step, generator=generator: run_epoch(
-                step, step.models, epoch, generator, val, labels
+                step, epoch, generator, val, labels
             ),
             repeats,
             device,
@@ -204,7 +214,7 @@ def measure(
     for i in range(repeats + 1):  # the first of each is the warm-up
         progress(f"Distillation epochs ({i + 1}/{repeats + 1})")
         seconds, _ = _timed(
-            lambda: run_epoch(step, step.models, epoch, generator, val, labels), device
+            lambda: run_epoch(step, epoch, generator, val, labels), device
         )
         epoch_s.append(seconds)
         # The same epoch's compute alone: training updates and validation forward passes on
@@ -215,7 +225,7 @@ def measure(
         }
 
         def compute(train_batches=train_batches, val_batches=val_batches) -> None:
-            losses = torch.stack(list(step.run(train_batches).values()))
+            losses = train_steps(step, train_batches)
             for role, model in models.items():
                 batch_logits(model, val_batches[role], val.labels.shape)
             losses.cpu()

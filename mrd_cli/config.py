@@ -23,6 +23,8 @@ import yaml
 from mrd_cli.errors import MRDError
 
 BUILTIN_DATASETS = ("iemocap", "meld", "synthetic")
+# The curriculum stages (partition groups at the curriculum's level), by name.
+STAGES = ("difficult", "general", "simple")
 
 
 @dataclass
@@ -92,10 +94,10 @@ class DistillConfig:
     epochs: int = 30
     lr: float = 5e-5
     batch_size: int = 16
-    alpha: float = 0.5  # weight of L_dm, text -> multimodal (Eq. 5)
-    beta: float = 0.5  # weight of L_dt, multimodal -> text (Eq. 5)
-    gamma: float = 0.5  # weight of L_rm, multimodal refactoring (Eq. 8)
-    delta: float = 0.5  # weight of L_rt, text refactoring (Eq. 8)
+    alpha: float = 0.5  # weight of L_dm (kd_m), text -> multimodal (Eq. 5)
+    beta: float = 0.5  # weight of L_dt (kd_t), multimodal -> text (Eq. 5)
+    gamma: float = 0.5  # weight of L_rm (ref_m), multimodal refactoring (Eq. 8)
+    delta: float = 0.5  # weight of L_rt (ref_t), text refactoring (Eq. 8)
     temperature: float = 2.0
     # Multiply the distillation terms by T^2 (Hinton); off in the paper.
     t2_scaling: bool = False
@@ -105,8 +107,11 @@ class DistillConfig:
     # Order of the curriculum stages: reverse = difficult, general, simple (Eq. 14);
     # forward = simple, general, difficult; none = every utterance in every epoch.
     curriculum: Literal["reverse", "forward", "none"] = "reverse"
-    # Share of the distillation epochs given to each stage, in visiting order.
-    stage_fractions: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])
+    # Share of the distillation epochs given to each stage, keyed by stage name (so the
+    # meaning does not depend on the curriculum order); normalised to sum 1.
+    stage_fractions: dict[str, float] = field(
+        default_factory=lambda: {"difficult": 0.3, "general": 0.3, "simple": 0.4}
+    )
     # True: a stage adds its group to the earlier ones (the last stage sees all data).
     # False: a stage trains on its own group only.
     cumulative: bool = True
@@ -163,6 +168,18 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
                 return False, value
             out.append(item)
         return True, out
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            return False, value
+        mapped = {}
+        for k, item in value.items():
+            ok_key, k = _type_ok(k, key_type)
+            ok, item = _type_ok(item, value_type)
+            if not (ok_key and ok):
+                return False, value
+            mapped[k] = item
+        return True, mapped
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             ok, coerced = _type_ok(value, arg)
@@ -188,6 +205,9 @@ def _describe(annotation: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (list, typing.List):  # noqa: UP006
         return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        key_type, value_type = typing.get_args(annotation)
+        return f"a mapping of {_describe(key_type)} to {_describe(value_type)}"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -212,7 +232,13 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise MRDError(f"Config key '{path}' must be {_describe(hints[key])}, got {value!r}.")
-        numbers = coerced if isinstance(coerced, list) else [coerced]
+        numbers = (
+            list(coerced.values())
+            if isinstance(coerced, dict)
+            else coerced
+            if isinstance(coerced, list)
+            else [coerced]
+        )
         if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
             raise MRDError(f"Config key '{path}' must be a finite number, got {value!r}.")
         setattr(obj, key, coerced)
@@ -236,9 +262,14 @@ def validate(cfg: Config) -> Config:
     need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
     fr = cfg.distill.stage_fractions
     need(
-        len(fr) == 3 and all(f >= 0 for f in fr) and sum(fr) > 0,
+        set(fr) == set(STAGES),
         "distill.stage_fractions",
-        "must be three non-negative numbers with a positive sum",
+        f"must give a fraction for each stage, {', '.join(STAGES)}, and nothing else",
+    )
+    need(
+        all(f >= 0 for f in fr.values()) and sum(fr.values()) > 0,
+        "distill.stage_fractions",
+        "must hold non-negative numbers with a positive sum",
     )
     need(cfg.partition.folds >= 2, "partition.folds", "must be >= 2")
     need(cfg.ablate.seeds >= 1, "ablate.seeds", "must be >= 1")
@@ -289,12 +320,6 @@ def builtin_config_path(name: str) -> Path:
     if checkout.is_file():
         return checkout
     return Path(str(resources.files("mrd_cli.configs").joinpath(f"{name}.yaml")))
-
-
-def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    cfg = base if base is not None else Config()
-    _apply(cfg, data, "")
-    return validate(cfg)
 
 
 def load_config(

@@ -24,7 +24,8 @@ from mrd_cli.cli.common import (
 from mrd_cli.cli.distill import WithoutOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
-from mrd_cli.core.ablation import COMPONENTS, run_ablation
+from mrd_cli.recipes.ablate import COMPONENTS
+from mrd_cli.recipes.ablate import ablate as ablate_recipe
 
 
 @handle_errors
@@ -86,7 +87,7 @@ def ablate(
                 info=f"{name}, seed {seed}" + (" (reused)" if cached else ""),
             )
 
-        summary = run_ablation(
+        summary = ablate_recipe(
             session,
             variants,
             a.seeds,
@@ -95,6 +96,7 @@ def ablate(
             on_step=lambda step: err_console.print(f"  {step}"),
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+    summary = summary.to_dict()
     if json_out:
         print_json(summary)
         return

@@ -20,7 +20,7 @@ from rich.markup import escape
 from mrd_cli.errors import MRDError
 
 if TYPE_CHECKING:
-    from mrd_cli.core.pipeline import Session
+    from mrd_cli.recipes.pretrain import TrainedModels
 
 # Progress bars, warnings and errors: never on stdout, so --json output stays clean.
 err_console = Console(stderr=True)
@@ -135,25 +135,13 @@ def out_console() -> Console:
     return Console(width=220)
 
 
-def report_selected(
-    session: Session,
-    stage: str,
-    selected: dict[str, Any],
-    path_of: Callable[[str], Path],
-    json_out: bool,
-) -> None:
+def report_selected(result: TrainedModels, json_out: bool) -> None:
     """Say which epoch was chosen for each trained model, for people or as JSON."""
-    summary = {
-        role: {
-            "checkpoint": str(path_of(role)),
-            "epoch": sel.epoch,
-            "val_weighted_f1": sel.val_metrics["weighted_f1"],
-        }
-        for role, sel in selected.items()
-    }
+    stage = result.stage
     if json_out:
-        print_json({"dataset": session.corpus.name, stage: summary})
+        print_json(result.to_dict())
         return
+    summary = result.to_dict()[stage]
     for role, s in summary.items():
         err_console.print(
             f"[green]✓[/] {stage} {role}: epoch {s['epoch']} chosen on validation "

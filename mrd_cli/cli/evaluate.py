@@ -23,7 +23,8 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.render import print_evaluation
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
+from mrd_cli.recipes.evaluate import evaluate as evaluate_recipe
+from mrd_cli.recipes.evaluate import metrics_path
 
 
 class Split(str, Enum):
@@ -57,12 +58,9 @@ def evaluate(
     Results are also saved as RUN/metrics/<split>.json.
     """
     session = open_session(dataset, config, data_dir, run_dir, device, quiet=json_out)
-    if checkpoint:
-        found = {_name_of(p, i): p for i, p in enumerate(checkpoint)}
-    else:
-        found = pipeline.find_checkpoints(session.run)
-    result = pipeline.evaluate_checkpoints(session, found, split.value)
-    path = pipeline.save_metrics(session, result)
+    found = {_name_of(p, i): p for i, p in enumerate(checkpoint)} if checkpoint else None
+    result = evaluate_recipe(session, found, split.value).to_dict()
+    path = metrics_path(session, split.value)
     if json_out:
         print_json(result)
         return

@@ -23,7 +23,7 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
+from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
 
 
 class Modality(str, Enum):
@@ -70,5 +70,5 @@ def pretrain(
     with epoch_bars() as bars:
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
-        results = pipeline.pretrain(session, roles, resume=resume, on_epoch=bars.update)
-    report_selected(session, "pretrain", results, session.run.pretrained, json_out)
+        result = pretrain_recipe(session, roles, resume=resume, on_epoch=bars.update)
+    report_selected(result, json_out)

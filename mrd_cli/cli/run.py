@@ -23,8 +23,9 @@ from mrd_cli.cli.common import (
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
-from mrd_cli.core.ablation import ensure_base
+from mrd_cli.recipes.distill import distill
+from mrd_cli.recipes.evaluate import evaluate, metrics_path
+from mrd_cli.recipes.partition import ensure_partitioned
 
 
 @handle_errors
@@ -58,7 +59,7 @@ def run(
         f"utterances, device {session.device}, run directory {session.run.root}"
     )
     with epoch_bars() as bars:
-        ensure_base(
+        ensure_partitioned(
             session,
             force=force,
             on_epoch=bars.update,
@@ -66,13 +67,13 @@ def run(
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)
-        pipeline.distill(
+        distill(
             session,
             on_epoch=lambda log: bars.update("distill", log),
             on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
         )
-    result = pipeline.evaluate_checkpoints(session, pipeline.find_checkpoints(session.run))
-    path = pipeline.save_metrics(session, result)
+    result = evaluate(session).to_dict()
+    path = metrics_path(session, "test")
     if json_out:
         print_json(result)
         return

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from mrd_cli.core.io import atomic_torch_save
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_torch_save
 from mrd_cli.models.dialogue import DialogueModel, ModelSpec
 
 FORMAT = "mrd-checkpoint/1"

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrd_cli.data.formats import IEMOCAP_LABELS, MELD_LABELS, write_iemocap, write_meld
+from mrd_cli.data.layouts import IEMOCAP_LABELS, MELD_LABELS, write_iemocap, write_meld
 from mrd_cli.errors import MRDError
 
 __all__ = [
