@@ -242,7 +242,7 @@ def test_cuda_without_cuda_is_a_clear_error():
 
 def test_without_maps_to_config():
     from mrd_cli.config import Config
-    from mrd_cli.core.ablation import apply_without
+    from mrd_cli.recipes.ablate import apply_without
 
     cfg = apply_without(Config(), ["mic"])
     assert (cfg.distill.alpha, cfg.distill.beta, cfg.distill.gamma) == (0.0, 0.0, 0.5)

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from mrd_cli.core.curriculum import Curriculum
-from mrd_cli.errors import MRDError
 from mrd_cli.core.partition import GROUPS, fold_assignment, group_counts, partition_by_agreement
-
+from mrd_cli.errors import MRDError
 
 FRACTIONS = {"difficult": 0.3, "general": 0.3, "simple": 0.4}
 
