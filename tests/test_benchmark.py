@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 KEYS = {
@@ -26,6 +28,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_benchmark_json_reports_every_figure_on_the_tiny_preset():
     # One torch thread: the figures do not matter here, and a second thread only competes
     # with the other tests for the CPU.

@@ -16,6 +16,9 @@ from mrd_cli.core.training import predict
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.recipes.pretrain import train_role
 
+# Trains the real models on the small preset: end-to-end, so in the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
