@@ -261,3 +261,43 @@ def test_without_maps_to_config():
     cfg = apply_without(Config(), ["ilc", "rcl"])
     assert (cfg.distill.gamma, cfg.distill.delta) == (0.0, 0.0)
     assert cfg.distill.curriculum == "none" and cfg.distill.alpha == 0.5
+
+
+TINY = {
+    "model": {"hidden": 16},
+    "pretrain": {"epochs": 1, "batch_size": 32},
+    "partition": {"method": "in_sample"},
+    "distill": {"epochs": 1, "batch_size": 32},
+    "ablate": {"bootstrap": 20},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_run_and_ablate_on_a_tiny_config(tmp_path, tiny_config):
+    # The fast tier's pass through `mrd run` and `mrd ablate`; the slow tests above check
+    # their outputs in depth.
+    common = ["--config", str(tiny_config), "--run-dir", str(tmp_path), "--device", "cpu"]
+    res = _invoke("run", *common, "--json")
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.stdout)["models"]) >= {"distill/multi", "distill/text"}
+    res = _invoke("ablate", *common, "--seeds", "1", "--without", "mic", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["name"] for r in rows][-1] == "MRD w/o MIC"
+    assert "pretrain (reused)" in res.stderr
+
+
+def test_python_dash_m_runs_the_app(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["mrd", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mrd_cli", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "pretrain" in capsys.readouterr().out
