@@ -1,9 +1,11 @@
 """Typed configuration: YAML file -> ``Config`` dataclasses -> the code that uses them.
 
-A config has one section per pipeline step. ``load_config`` starts from the built-in
-defaults, applies the dataset's YAML (``configs/<name>.yaml`` or a user's file), then the
-user's ``--config`` overrides, then CLI options, and validates the result: unknown keys are
-refused with the closest known key suggested, wrong types and out-of-range values are refused.
+A config has one section per pipeline step. The dataclasses below are the one source of
+defaults; the built-in ``configs/<name>.yaml`` files set only what differs for their dataset.
+``load_config`` starts from the defaults, applies the dataset's YAML (built in or a user's
+file), then the user's ``--config`` overrides, then CLI options, and validates the result:
+unknown keys are refused with the closest known key suggested, wrong types and out-of-range
+values are refused.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""models package."""
+"""The dialogue network shared by the multimodal and the text model."""
