@@ -10,6 +10,7 @@ values are refused.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -359,3 +360,70 @@ def load_config(
     if overrides:
         _apply(cfg, overrides, "")
     return validate(cfg), yaml_dir
+
+
+# --------------------------------------------------------------------------------------
+# Dotted keys (``distill.alpha``, ``distill.stage_fractions.difficult``): used by `mrd tune`
+
+
+def key_type(cfg: Config, dotted: str) -> Any:
+    """The type of the config key ``dotted``; an unknown key is refused with the closest
+    known key suggested (as in a config file). A key inside a mapping field (a stage of
+    ``distill.stage_fractions``) has the mapping's value type."""
+    obj: Any = cfg
+    parts = dotted.split(".")
+    annotation: Any = None
+    for i, part in enumerate(parts):
+        if dataclasses.is_dataclass(obj):
+            names = [f.name for f in dataclasses.fields(obj)]
+            annotation = typing.get_type_hints(type(obj)).get(part)
+        elif isinstance(obj, dict):
+            names = [str(k) for k in obj]
+            annotation = typing.get_args(annotation)[1] if part in obj else None
+        else:
+            names = []
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" Did you mean '{'.'.join([*parts[:i], close[0]])}'?" if close else ""
+            known = f" Known keys here: {', '.join(names)}." if names else ""
+            raise MRDError(f"Unknown config key '{dotted}'.{hint}{known}")
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    if dataclasses.is_dataclass(obj):
+        raise MRDError(f"Config key '{dotted}' is a section; name a key inside it.")
+    return annotation
+
+
+def nested_overrides(cfg: Config, values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted ``values`` as a nested overrides mapping (what a ``--config`` file holds). A
+    key inside a mapping field brings the field's other entries from ``cfg``, since a
+    config file replaces a mapping whole."""
+    out: dict[str, Any] = {}
+    for dotted, value in values.items():
+        parts = dotted.split(".")
+        node, obj = out, cfg
+        for part in parts[:-1]:
+            obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+            if part not in node:
+                node[part] = dict(obj) if isinstance(obj, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A validated copy of ``cfg`` with the dotted ``values`` set (each key checked as a
+    config file's would be)."""
+    for dotted in values:
+        key_type(cfg, dotted)
+    out = copy.deepcopy(cfg)
+    _apply(out, nested_overrides(cfg, values), "")
+    return validate(out)
+
+
+def value_fits(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` may be set on a key of type ``annotation``."""
+    return _type_ok(value, annotation)[0]
+
+
+def describe_type(annotation: Any) -> str:
+    return _describe(annotation)
