@@ -18,6 +18,7 @@ from mrd_cli.recipes.distill import DistillResult, distill
 from mrd_cli.recipes.evaluate import EvaluationResult, evaluate
 from mrd_cli.recipes.partition import PartitionResult, partition
 from mrd_cli.recipes.pretrain import PretrainResult, pretrain
+from mrd_cli.recipes.tune import TuneResult, tune  # imports optuna only when a study runs
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "MRDError",
     "PartitionResult",
     "PretrainResult",
+    "TuneResult",
     "Session",
     "__version__",
     "ablate",
@@ -37,4 +39,5 @@ __all__ = [
     "load_config",
     "partition",
     "pretrain",
+    "tune",
 ]

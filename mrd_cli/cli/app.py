@@ -11,12 +11,13 @@ from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.run import run
+from mrd_cli.cli.tune import tune
 
 app = typer.Typer(
     name="mrd",
     help=(
         "Mutual Refinement Distillation for multimodal emotion recognition in conversations: "
-        "pretrain -> partition -> distill -> evaluate, and ablate."
+        "pretrain -> partition -> distill -> evaluate, ablate and tune."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -28,6 +29,7 @@ app.command("partition")(partition)
 app.command("distill")(distill)
 app.command("evaluate")(evaluate)
 app.command("ablate")(ablate)
+app.command("tune")(tune)
 app.add_typer(data_cmd.app, name="data")
 
 

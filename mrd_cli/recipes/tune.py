@@ -301,7 +301,7 @@ def default_storage(session: Session) -> str:
 
 
 def default_study_name(session: Session, target: str) -> str:
-    return f"{session.cfg.dataset.name}-{target}"
+    return f"{session.corpus.name}-{target}"
 
 
 def masked(url: str) -> str:
@@ -688,7 +688,11 @@ def _summarise(
         note = "needs at least 2 complete trials"
     else:
         try:
-            importances = dict(optuna.importance.get_param_importances(study))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                importances = dict(optuna.importance.get_param_importances(study))
+            if caught:  # e.g. too few trials to tell the parameters apart
+                note = str(caught[0].message).strip().splitlines()[0]
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             note = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     counts = _counts(study)

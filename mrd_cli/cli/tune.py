@@ -1,0 +1,232 @@
+"""`mrd tune`: Optuna search over the distillation config on validation W-F1."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mrd_cli.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    RunDirOpt,
+    SeedOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+)
+from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.session import open_session
+from mrd_cli.core.training import EpochLog
+from mrd_cli.recipes.tune import require_optuna
+from mrd_cli.recipes.tune import tune as tune_recipe
+
+
+class Target(str, Enum):
+    text = "text"
+    multi = "multi"
+    both = "both"
+
+
+@handle_errors
+def tune(
+    dataset: DatasetOpt = "synthetic",
+    trials: Annotated[
+        int,
+        typer.Option(
+            "--trials",
+            min=1,
+            help="Finished trials the study should hold in total (all processes).",
+        ),
+    ] = 20,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds", min=1, help="Distillation seeds per trial (the value is their mean)."
+        ),
+    ] = 1,
+    target: Annotated[
+        Target,
+        typer.Option(
+            "--target", help="Model(s) whose validation W-F1 is maximised (both: the mean)."
+        ),
+    ] = Target.text,
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            "--space", help="Search space YAML (default: the built-in configs/tune_space.yaml)."
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="SQLAlchemy URL of the study storage (default: sqlite:///RUN/tune/study.db).",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name (default: <dataset>-<target>).")
+    ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option("--prune/--no-prune", help="Stop unpromising trials early (MedianPruner)."),
+    ] = True,
+    top: Annotated[int, typer.Option("--top", min=1, help="Trials shown in the table.")] = 10,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Search the distillation config on validation W-F1 (Optuna: TPE, median pruning).
+
+    Pretrains and partitions first unless current outputs are in the run directory, then
+    distils the pair once per trial and seed into RUN/tune/trials/<n>/. The study lives in
+    RUN/tune/study.db (or --storage): rerun the same command to continue after Ctrl-C, or
+    start it in several processes at once. Writes the best config to RUN/tune/best.yaml, for
+    `mrd distill --config`. Test labels are never read.
+    """
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    session = open_session(
+        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out
+    )
+    err_console.print(
+        f"[bold]mrd tune[/] on {session.corpus.name}: {trials} trials x {seeds} seed(s), "
+        f"target {target.value} (validation W-F1), device {session.device}, "
+        f"run directory {session.run.root}"
+    )
+    try:
+        with epoch_bars() as bars:
+            bars.add("trials", "trials", trials)
+
+            def on_epoch(key: str, log: EpochLog) -> None:
+                if key.startswith("trial "):
+                    if "distill" not in bars.tasks:
+                        bars.add("distill", key, log.epochs)
+                    bars.progress.update(bars.tasks["distill"], description=key)
+                    key = "distill"
+                bars.update(key, log)
+
+            def on_trial(row: dict[str, Any], counts: dict[str, int]) -> None:
+                value = row["value"] if row["value"] is not None else row["best_intermediate"]
+                shown = "" if value is None else f" ({value:.2f})"
+                bars.progress.update(
+                    bars.tasks["trials"],
+                    completed=counts["finished"],
+                    info=f"trial {row['number']} {row['state']}{shown}",
+                )
+
+            def on_wait(counts: dict[str, int]) -> None:
+                bars.progress.update(
+                    bars.tasks["trials"],
+                    completed=counts["finished"],
+                    info=f"waiting for {counts['running']} trial(s) running elsewhere",
+                )
+
+            result = tune_recipe(
+                session,
+                trials=trials,
+                seeds=seeds,
+                target=target.value,
+                space=space,
+                storage=storage,
+                study_name=study,
+                prune=prune,
+                on_epoch=on_epoch,
+                on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+                on_trial=on_trial,
+                on_wait=on_wait,
+            )
+            bars.progress.update(bars.tasks["trials"], completed=trials, info="done")
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err_console.print(
+            "[yellow]Interrupted.[/] Finished trials are kept in the study; the interrupted "
+            "trial is queued again. Rerun the same command to continue."
+        )
+        raise typer.Exit(130) from None
+    summary = result.to_dict()
+    if json_out:
+        print_json(summary)
+        return
+    console = out_console()
+    console.print(trials_table(summary, top))
+    console.print(importance_table(summary))
+    if result.best_config:
+        err_console.print(
+            f"Best config (trial {summary['best']['number']}) -> {result.best_config}\n"
+            f"Score it once on test: mrd distill --config {result.best_config} ... "
+            "then mrd evaluate."
+        )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(summary: dict[str, Any], top: int) -> Table:
+    rows = summary["trials"][:top]
+    keys = list(summary["trials"][0]["params"]) if summary["trials"] else []
+    for row in rows:
+        keys += [k for k in row["params"] if k not in keys]
+    c = summary["counts"]
+    table = Table(
+        title=f"Study '{summary['study']}' on {summary['dataset']}: top {len(rows)} of "
+        f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed trials "
+        f"(validation W-F1 of {summary['target']}, mean over seeds {summary['seeds']})",
+        title_justify="left",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("state")
+    table.add_column("val W-F1", justify="right")
+    table.add_column("epochs", justify="right")
+    for key in keys:
+        table.add_column(key.removeprefix("distill."), justify="right")
+    best = (summary["best"] or {}).get("number")
+    for row in rows:
+        value = row["value"]
+        shown = (
+            f"{value:.2f}"
+            if value is not None
+            else (
+                f"({row['best_intermediate']:.2f})" if row["best_intermediate"] is not None else ""
+            )
+        )
+        epochs = f"{row['epochs_run']}/{row['epochs_planned']}" if row["epochs_planned"] else ""
+        table.add_row(
+            str(row["number"]),
+            row["state"],
+            shown,
+            epochs,
+            *[_fmt(row["params"].get(k, "")) for k in keys],
+            style="bold" if row["number"] == best else None,
+        )
+    return table
+
+
+def importance_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="Parameter importances (Optuna's default evaluator)", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("importance", justify="right")
+    if summary["importances"] is None:
+        table.add_row(f"n/a: {summary['importance_note']}", "")
+        return table
+    for key, value in summary["importances"].items():
+        table.add_row(key, f"{value:.3f}")
+    if summary["importance_note"]:
+        table.caption = f"Note: {summary['importance_note']}"
+    return table
