@@ -191,7 +191,7 @@ def test_three_trials_write_a_best_config_that_load_config_accepts(tmp_path, toy
     cfg, _ = load_config("synthetic", result.best_config)
     assert cfg.distill.alpha == result.best["params"]["distill.alpha"]
     for n in range(3):
-        assert (tmp_path / "tune" / "trials" / str(n) / "seed0" / "text.pt").is_file()
+        assert (tmp_path / "tune" / "toy-text" / "trials" / str(n) / "seed0" / "text.pt").is_file()
     assert result.importances is not None or result.importance_note
     # Run again: the study has its trials, nothing is recomputed.
     again = _tune(session, trials=3)
@@ -318,7 +318,7 @@ def test_cli_search_writes_best_yaml_that_mrd_distill_accepts(tmp_path):
     res = runner.invoke(app, [*args, "--trials", "3", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "val W-F1" in res.stdout and "Parameter importances" in res.stdout
-    best = run / "tune" / "best.yaml"
+    best = run / "tune" / "synthetic-text" / "best.yaml"
     res = runner.invoke(
         app, ["distill", "--config", str(best), "--run-dir", str(run), "--device", "cpu"]
     )

@@ -79,6 +79,20 @@ def tune(
         bool,
         typer.Option("--prune/--no-prune", help="Stop unpromising trials early (MedianPruner)."),
     ] = True,
+    prune_startup: Annotated[
+        int,
+        typer.Option(
+            "--prune-startup", min=0, help="Complete trials before the pruner starts to prune."
+        ),
+    ] = 5,
+    prune_warmup: Annotated[
+        int,
+        typer.Option(
+            "--prune-warmup",
+            min=0,
+            help="Epochs of the first seed during which a trial is never pruned.",
+        ),
+    ] = 1,
     top: Annotated[int, typer.Option("--top", min=1, help="Trials shown in the table.")] = 10,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -91,10 +105,10 @@ def tune(
     """Search the distillation config on validation W-F1 (Optuna: TPE, median pruning).
 
     Pretrains and partitions first unless current outputs are in the run directory, then
-    distils the pair once per trial and seed into RUN/tune/trials/<n>/. The study lives in
-    RUN/tune/study.db (or --storage): rerun the same command to continue after Ctrl-C, or
-    start it in several processes at once. Writes the best config to RUN/tune/best.yaml, for
-    `mrd distill --config`. Test labels are never read.
+    distils the pair once per trial and seed into RUN/tune/<study>/trials/<n>/. The study
+    lives in RUN/tune/study.db (or --storage): rerun the same command to continue after
+    Ctrl-C, or start it in several processes at once. Writes the best config to
+    RUN/tune/<study>/best.yaml, for `mrd distill --config`. Test labels are never read.
     """
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -143,6 +157,8 @@ def tune(
                 storage=storage,
                 study_name=study,
                 prune=prune,
+                prune_startup=prune_startup,
+                prune_warmup=prune_warmup,
                 on_epoch=on_epoch,
                 on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
                 on_trial=on_trial,

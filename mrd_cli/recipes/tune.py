@@ -2,7 +2,7 @@
 
 The study first makes sure the pretrained pair and the partition in the run directory are
 current (``ensure_partitioned``, as ``mrd run`` does); then each trial distils that pair with
-the trial's config, once per seed, into ``RUN/tune/trials/<n>/seed<s>/``. A trial's value is
+the trial's config, once per seed, into ``RUN/tune/<study>/trials/<n>/seed<s>/``. A trial's value is
 the mean over seeds of the validation W-F1 of the target model(s) at their selected epochs
 (``both``: the mean of the two models). Test labels are never read: the test split is not
 even turned into tensors.
@@ -29,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import re
+import socket
 import time
 import warnings
 from collections import Counter
@@ -300,6 +303,13 @@ def default_storage(session: Session) -> str:
     return f"sqlite:///{(session.run.root / 'tune' / 'study.db').resolve()}"
 
 
+def study_directory(session: Session, name: str) -> Path:
+    """``RUN/tune/<study>/``: the study's trial directories, best.yaml and results.json
+    (one directory per study, so that studies sharing a run directory never mix trials)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+    return session.run.root / "tune" / safe
+
+
 def default_study_name(session: Session, target: str) -> str:
     return f"{session.corpus.name}-{target}"
 
@@ -342,7 +352,7 @@ def tune(
     on_wait: Callable[[dict[str, int]], None] | None = None,
 ) -> TuneResult:
     """Run (or continue) the study until it holds ``trials`` finished trials; write
-    ``RUN/tune/best.yaml``; return every trial, the best and the parameter importances.
+    ``RUN/tune/<study>/best.yaml``; return every trial, the best and the parameter importances.
 
     ``on_epoch(key, log)`` follows pretraining and each trial's distillation epochs,
     ``on_trial(row, counts)`` each trial this process finishes, ``on_wait(counts)`` each
@@ -357,15 +367,15 @@ def tune(
     if not isinstance(space, dict):
         space = load_space(space, cfg)
     seed_list = [cfg.seed + i for i in range(seeds)]
-    tune_dir = session.run.root / "tune"
-    tune_dir.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(session)
     name = study_name or default_study_name(session, target)
+    study_dir = study_directory(session, name)
+    study_dir.mkdir(parents=True, exist_ok=True)
     own_pairs = needs_pretraining(space)
 
     # One process at a time prepares the pair and opens the study (two processes started
     # together would otherwise pretrain the same files and create the same tables).
-    with _file_lock(tune_dir / ".prepare.lock"):
+    with _file_lock(session.run.root / "tune" / ".prepare.lock"):
         if not own_pairs:
             ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
         meta = _study_meta(session, space, seed_list, target, own_pairs)
@@ -398,6 +408,7 @@ def tune(
         if len(ahead) >= trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {key: p.suggest(trial) for key, p in space.items()}
         try:
             return _run_trial(
@@ -408,7 +419,7 @@ def tune(
                 seed_list,
                 target,
                 stride,
-                tune_dir,
+                study_dir,
                 own_pairs,
                 prune,
                 on_epoch,
@@ -448,7 +459,7 @@ def tune(
                 on_trial(_row(frozen, T), _counts(study))
 
     return _summarise(
-        session, study, url, name, target, seed_list, trials, space, ran_here, tune_dir, optuna
+        session, study, url, name, target, seed_list, trials, space, ran_here, study_dir, optuna
     )
 
 
@@ -460,7 +471,7 @@ def _run_trial(
     seed_list: list[int],
     target: str,
     stride: int,
-    tune_dir: Path,
+    study_dir: Path,
     own_pairs: bool,
     prune: bool,
     on_epoch: Callable[[str, EpochLog], None] | None,
@@ -469,7 +480,7 @@ def _run_trial(
 ) -> float:
     """Distil the pair with the trial's config over every seed; the mean target W-F1."""
     cfg = with_values(session.cfg, params)  # the normal config validation
-    trial_dir = tune_dir / "trials" / str(trial.number)
+    trial_dir = study_dir / "trials" / str(trial.number)
     atomic_write_text(
         trial_dir / "trial.yaml",
         f"# mrd tune, trial {trial.number}: the tuned keys, as overrides for --config\n"
@@ -643,6 +654,7 @@ def _row(t: Any, T: Any) -> dict[str, Any]:
         "epochs_planned": t.user_attrs.get("epochs_planned"),
         "seed_values": t.user_attrs.get("seed_values", []),
         "retry_of": t.user_attrs.get("retry_of", _stale_retry_of(t)),
+        "worker": t.user_attrs.get("worker"),
         "params": dict(t.params),
     }
 
@@ -668,7 +680,7 @@ def _summarise(
     trials: int,
     space: dict[str, Param],
     ran_here: list[int],
-    tune_dir: Path,
+    study_dir: Path,
     optuna: Any,
 ) -> TuneResult:
     T = optuna.trial.TrialState
@@ -679,7 +691,7 @@ def _summarise(
     if complete:
         b = study.best_trial
         best = {"number": b.number, "value": b.value, "params": dict(b.params)}
-        best_path = tune_dir / "best.yaml"
+        best_path = study_dir / "best.yaml"
         atomic_write_text(
             best_path, best_yaml(session.cfg, b.params, name, target, seed_list, b.number, b.value)
         )
@@ -715,7 +727,7 @@ def _summarise(
         ),
         ran_here=ran_here,
     )
-    atomic_write_json(tune_dir / "results.json", result.to_dict())
+    atomic_write_json(study_dir / "results.json", result.to_dict())
     return result
 
 
