@@ -118,6 +118,16 @@ class DistillConfig:
     # True: a stage adds its group to the earlier ones (the last stage sees all data).
     # False: a stage trains on its own group only.
     cumulative: bool = True
+    # The pretrained pair is a candidate of the epoch choice ("epoch 0"): a model whose best
+    # distillation epoch does not beat its own pretrained weights on validation keeps them.
+    # false: always the best distillation epoch (the raw effect of distillation).
+    keep_start: bool = True
+    # What the refactoring losses (Eq. 6-7) pull each model towards. "matched_dropout": its
+    # frozen copy run with the same dropout mask as the model itself, so that L_rm / L_rt
+    # measure only how far the weights moved (0 before the first step). "eval" (the paper's
+    # literal reading): the frozen copy's eval-mode logits, against a model that trains
+    # with dropout, so most of the term is dropout noise rather than drift.
+    refactoring_target: Literal["matched_dropout", "eval"] = "matched_dropout"
 
 
 @dataclass

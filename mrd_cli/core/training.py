@@ -130,6 +130,7 @@ class Trainer:
         resume: bool = False,
         signature: str = "",
         on_epoch: Callable[[EpochLog], None] | None = None,
+        start_candidate: bool = False,
     ):
         self.models = models
         self.optimizer = optimizer
@@ -145,6 +146,8 @@ class Trainer:
         self.start = 0
         if resume and state_path is not None and state_path.is_file():
             self._restore(state_path)
+        elif start_candidate:
+            self._add_start_candidates()
 
     def epochs(self) -> range:
         """The 0-based epochs still to train."""
@@ -185,6 +188,25 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(log)
         return log
+
+    def _add_start_candidates(self) -> None:
+        """Validate the models as they are before any training and make them the best so
+        far, as "epoch 0": a later epoch is chosen only if it beats them."""
+        val_wf1 = {}
+        for name, model in self.models.items():
+            report = evaluate(model, self.val, self.label_names)
+            val_wf1[name] = report["weighted_f1"]
+            self.best[name] = Selected(
+                state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                epoch=0,
+                val_metrics=report,
+            )
+        self.history.append({"epoch": 0, "losses": {}, "val_wf1": val_wf1})
+
+    def start_val_wf1(self) -> dict[str, float] | None:
+        """Each model's validation W-F1 before training, if it was a candidate."""
+        first = self.history[0] if self.history else None
+        return dict(first["val_wf1"]) if first and first["epoch"] == 0 else None
 
     def selected(self) -> dict[str, Selected]:
         """Each model's best epoch on validation."""
