@@ -20,6 +20,7 @@ from mrd_cli.cli.app import app
 from mrd_cli.config import Config, load_config
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session
+from mrd_cli.core.training import EpochLog
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.tune import default_space_path, load_space, parse_space, tune
 
@@ -235,6 +236,44 @@ def test_steps_are_numbered_across_seeds_with_the_largest_epoch_count_as_stride(
         expected = [s * 3 + e for s in range(2) for e in range(epochs)]
         assert sorted(t.intermediate_values) == expected
         assert t.user_attrs["epochs_run"] == t.user_attrs["epochs_planned"] == 2 * epochs
+
+
+def _fake_distill(session, on_epoch=None, out_dir=None, **_):
+    """Stands in for distillation: validation W-F1 grows with alpha and with the epoch."""
+    epochs = session.cfg.distill.epochs
+    for epoch in range(1, epochs + 1):
+        wf1 = 40 * session.cfg.distill.alpha + epoch + session.cfg.seed
+        on_epoch(EpochLog(epoch, epochs, {}, {"multi": wf1 / 2, "text": wf1}, {}))
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs(
+    tmp_path, toy_corpus, monkeypatch, prune
+):
+    import mrd_cli.recipes.tune as tune_module
+
+    monkeypatch.setattr(tune_module, "distill", _fake_distill)
+    session = _session(tmp_path, toy_corpus)
+    session.cfg.distill.epochs = 4
+    result = _tune(session, trials=10, seeds=2, prune=prune, prune_startup=3, prune_warmup=0)
+    study = _study(tmp_path)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert bool(pruned) == prune
+    for t in study.trials:
+        assert t.user_attrs["epochs_run"] == len(t.intermediate_values)
+        if t.state.name == "COMPLETE":  # mean over seeds 0, 1 of the best (last) epoch
+            assert t.value == pytest.approx(40 * t.params["distill.alpha"] + 4 + 0.5)
+            assert t.user_attrs["epochs_run"] == t.user_attrs["epochs_planned"] == 8
+        else:
+            assert t.user_attrs["epochs_run"] < 8
+    assert (result.epochs_run < result.epochs_planned) == prune
+    # a pruned trial was below the median of the complete ones at its last step
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    for t in pruned:
+        step = max(t.intermediate_values)
+        earlier = [c for c in complete if c.number < t.number]
+        median = float(np.median([c.intermediate_values[step] for c in earlier]))
+        assert max(t.intermediate_values.values()) < median
 
 
 def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, toy_corpus):

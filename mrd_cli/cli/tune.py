@@ -206,6 +206,11 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
         f"(validation W-F1 of {summary['target']}, mean over seeds {summary['seeds']})",
         title_justify="left",
     )
+    if summary.get("pretrained_value") is not None:
+        table.caption = (
+            f"The pretrained pair scores {summary['pretrained_value']:.2f} on validation: the "
+            "bar a trial has to beat. Values are each model's best distillation epoch."
+        )
     table.add_column("#", justify="right")
     table.add_column("state")
     table.add_column("val W-F1", justify="right")

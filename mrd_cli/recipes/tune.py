@@ -54,7 +54,7 @@ from mrd_cli.config import (
 )
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session, signature
-from mrd_cli.core.training import EpochLog
+from mrd_cli.core.training import EpochLog, evaluate
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, atomic_write_text, file_sha256
 from mrd_cli.recipes.distill import distill
@@ -268,6 +268,7 @@ class TuneResult:
     best_config: Path | None
     importances: dict[str, float] | None
     importance_note: str | None
+    pretrained_value: float | None = None
     epochs_run: int = 0
     epochs_planned: int = 0
     ran_here: list[int] = field(default_factory=list)
@@ -281,6 +282,7 @@ class TuneResult:
             "seeds": self.seeds,
             "trials_requested": self.trials_requested,
             "counts": self.counts,
+            "pretrained_value": self.pretrained_value,
             "best": self.best,
             "best_config": str(self.best_config) if self.best_config else None,
             "importances": self.importances,
@@ -378,6 +380,9 @@ def tune(
     with _file_lock(session.run.root / "tune" / ".prepare.lock"):
         if not own_pairs:
             ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
+            pretrained_value = _pretrained_value(session, target)
+        else:
+            pretrained_value = None
         meta = _study_meta(session, space, seed_list, target, own_pairs)
         study = _open_study(
             optuna,
@@ -459,7 +464,18 @@ def tune(
                 on_trial(_row(frozen, T), _counts(study))
 
     return _summarise(
-        session, study, url, name, target, seed_list, trials, space, ran_here, study_dir, optuna
+        session,
+        study,
+        url,
+        name,
+        target,
+        seed_list,
+        trials,
+        space,
+        ran_here,
+        study_dir,
+        optuna,
+        pretrained_value=pretrained_value,
     )
 
 
@@ -478,7 +494,8 @@ def _run_trial(
     on_step: Callable[[str], None] | None,
     optuna: Any,
 ) -> float:
-    """Distil the pair with the trial's config over every seed; the mean target W-F1."""
+    """Distil the pair with the trial's config over every seed; the mean over seeds of the
+    target's validation W-F1 at each model's best distillation epoch."""
     cfg = with_values(session.cfg, params)  # the normal config validation
     trial_dir = study_dir / "trials" / str(trial.number)
     atomic_write_text(
@@ -496,13 +513,18 @@ def _run_trial(
     trial.set_user_attr("epochs_planned", planned)
     state = {"epochs": 0}
     values: list[float] = []
+    best: dict[str, float] = {}
     for index, seed in enumerate(seed_list):
         seed_cfg = copy.deepcopy(cfg)
         seed_cfg.seed = seed
         out_dir = trial_dir / f"seed{seed}"
         key = f"trial {trial.number}, seed {seed}"
 
+        best.clear()
+
         def report(log: EpochLog, index: int = index, key: str = key, seed: int = seed) -> None:
+            for role, wf1 in log.val_wf1.items():
+                best[role] = max(best.get(role, wf1), wf1)
             state["epochs"] += 1
             trial.set_user_attr("epochs_run", state["epochs"])
             if on_epoch:
@@ -512,16 +534,24 @@ def _run_trial(
                 raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {log.epoch}")
 
         try:
-            result = distill(session.derive(seed_cfg, base), on_epoch=report, out_dir=out_dir)
+            distill(session.derive(seed_cfg, base), on_epoch=report, out_dir=out_dir)
         finally:
             (out_dir / ".pair.state.pt").unlink(missing_ok=True)
-        values.append(
-            target_value(
-                {r: s.val_metrics["weighted_f1"] for r, s in result.selected.items()}, target
-            )
-        )
+        # Each model's best distillation epoch, whether or not it beat the pretrained
+        # weights (``keep_start``): trials that do not beat the start still differ.
+        values.append(target_value(best, target))
         trial.set_user_attr("seed_values", values)
     return sum(values) / len(values)
+
+
+def _pretrained_value(session: Session, target: str) -> float:
+    """The pretrained pair's validation W-F1 of the target: the bar a trial should beat."""
+    val = session.tensors("val")
+    wf1 = {}
+    for role in ROLES:
+        model, _ = session.load_model(session.run.pretrained(role), "mrd pretrain")
+        wf1[role] = evaluate(model, val, session.corpus.label_names)["weighted_f1"]
+    return target_value(wf1, target)
 
 
 def _open_study(
@@ -682,6 +712,7 @@ def _summarise(
     ran_here: list[int],
     study_dir: Path,
     optuna: Any,
+    pretrained_value: float | None = None,
 ) -> TuneResult:
     T = optuna.trial.TrialState
     frozen = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
@@ -721,6 +752,7 @@ def _summarise(
         best_config=best_path,
         importances=importances,
         importance_note=note,
+        pretrained_value=pretrained_value,
         epochs_run=sum(r["epochs_run"] for r in rows if r["state"] in ("complete", "pruned")),
         epochs_planned=sum(
             r["epochs_planned"] or 0 for r in rows if r["state"] in ("complete", "pruned")
