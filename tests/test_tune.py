@@ -433,3 +433,26 @@ def test_ctrl_c_in_a_subprocess_then_rerun_finishes_the_study(tmp_path):
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 4
     assert study.trials[0].datetime_complete == first  # trial 0 was not run again
+
+
+@pytest.mark.slow
+def test_the_benchmark_reports_both_studies_and_the_epochs_saved(tmp_path):
+    config = _write_yaml(tmp_path / "tiny.yaml", {**TINY, "distill": {"epochs": 2}})
+    space = _write_yaml(tmp_path / "space.yaml", SPACE)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tune.py"), "synthetic", "--trials", "3"]
+        + ["--config", str(config), "--space", str(space), "--run-dir", str(tmp_path / "run")]
+        + ["--threads", "1", "--prune-startup", "1", "--json"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = __import__("json").loads(out.stdout)
+    assert [s["prune"] for s in report["studies"]] == [True, False]
+    assert all(s["trials"] == 3 and s["wall_s"] > 0 for s in report["studies"])
+    assert report["studies"][1]["epochs_run"] == report["studies"][1]["epochs_planned"] == 6
+    assert 0 <= report["epochs_saved_vs_unpruned"] < 1
+    assert len(report["load_average_before"]) == 3
