@@ -276,6 +276,29 @@ def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs
         assert max(t.intermediate_values.values()) < median
 
 
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, toy_corpus, monkeypatch):
+    import mrd_cli.recipes.tune as tune_module
+    from mrd_cli.errors import MRDRunError
+
+    def fragile(session, on_epoch=None, **kw):
+        if session.cfg.distill.alpha > 1.0:
+            raise MRDRunError("Loss term 'kd_m' became non-finite at epoch 1.")
+        _fake_distill(session, on_epoch=on_epoch, **kw)
+
+    monkeypatch.setattr(tune_module, "distill", fragile)
+    session = _session(tmp_path, toy_corpus)
+    result = _tune(session, trials=4)
+    assert result.counts["complete"] == 4 and result.counts["fail"] >= 1
+    failed = [r for r in result.trials if r["state"] == "fail"]
+    assert all("non-finite" in r["error"] and r["params"]["distill.alpha"] > 1 for r in failed)
+
+    monkeypatch.setattr(
+        tune_module, "distill", lambda *a, **k: (_ for _ in ()).throw(MRDRunError("broken"))
+    )
+    with pytest.raises(MRDRunError, match="5 trials in a row failed; the last: broken"):
+        _tune(session, trials=8)
+
+
 def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, toy_corpus):
     session = _session(tmp_path, toy_corpus)
     seen: list[str] = []

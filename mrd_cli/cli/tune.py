@@ -111,7 +111,8 @@ def tune(
     RUN/tune/<study>/best.yaml, for `mrd distill --config`. Test labels are never read.
     """
     optuna = require_optuna()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Failed trials are reported in the table, not as optuna's log lines with tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     session = open_session(
         dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out
     )
@@ -133,6 +134,8 @@ def tune(
                 bars.update(key, log)
 
             def on_trial(row: dict[str, Any], counts: dict[str, int]) -> None:
+                if row["state"] == "fail" and row["error"]:
+                    err_console.print(f"[yellow]Trial {row['number']} failed:[/] {row['error']}")
                 value = row["value"] if row["value"] is not None else row["best_intermediate"]
                 shown = "" if value is None else f" ({value:.2f})"
                 bars.progress.update(

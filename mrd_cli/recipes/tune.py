@@ -55,7 +55,7 @@ from mrd_cli.config import (
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.training import EpochLog, evaluate
-from mrd_cli.errors import MRDError
+from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.io import atomic_write_json, atomic_write_text, file_sha256
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
@@ -74,6 +74,9 @@ REFUSED = {
     "ablate": "ablation settings play no part in a trial",
 }
 FINISHED = ("COMPLETE", "PRUNED")
+# A trial that fails (a non-finite loss, say) is recorded and the study goes on; this many
+# failures in a row stop it.
+MAX_FAILURES = 5
 
 
 def require_optuna() -> Any:
@@ -431,12 +434,16 @@ def tune(
                 on_step,
                 optuna,
             )
+        except MRDRunError as exc:  # e.g. a non-finite loss: this config fails, not the study
+            trial.set_user_attr("error", str(exc))
+            raise
         except KeyboardInterrupt:
             # Queue the interrupted config again so the next run starts with it.
             trial.set_user_attr("interrupted", True)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
 
+    failures: list[str] = []  # consecutive failed trials of this process
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -453,7 +460,7 @@ def tune(
         study.optimize(
             objective,
             n_trials=1,
-            catch=(_Surplus,),
+            catch=(_Surplus, MRDRunError),
             callbacks=[lambda _study, frozen, done=done: done.append(frozen)],
         )
         for frozen in done:
@@ -462,6 +469,14 @@ def tune(
             ran_here.append(frozen.number)
             if on_trial:
                 on_trial(_row(frozen, T), _counts(study))
+            if frozen.state == T.FAIL:
+                failures.append(frozen.user_attrs.get("error", "failed"))
+                if len(failures) >= MAX_FAILURES:
+                    raise MRDRunError(
+                        f"{MAX_FAILURES} trials in a row failed; the last: {failures[-1]}"
+                    )
+            else:
+                failures.clear()
 
     return _summarise(
         session,
@@ -685,6 +700,7 @@ def _row(t: Any, T: Any) -> dict[str, Any]:
         "seed_values": t.user_attrs.get("seed_values", []),
         "retry_of": t.user_attrs.get("retry_of", _stale_retry_of(t)),
         "worker": t.user_attrs.get("worker"),
+        "error": t.user_attrs.get("error"),
         "params": dict(t.params),
     }
 
