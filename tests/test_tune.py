@@ -138,8 +138,12 @@ def test_a_bad_space_file_exits_2_with_one_line(tmp_path):
         ("distill.alpha: {float: [1, 0]}\n", "empty or inverted"),
         ("distill.epochs: {float: [1, 3]}\n", "must be int"),
         ("", "is empty"),
+        (None, "Search space file not found"),
     ):
-        space.write_text(text)
+        if text is None:
+            space.unlink()
+        else:
+            space.write_text(text)
         res = runner.invoke(
             app,
             ["tune", "--run-dir", str(tmp_path / "run"), "--space", str(space), "--device", "cpu"],
@@ -236,6 +240,19 @@ def test_steps_are_numbered_across_seeds_with_the_largest_epoch_count_as_stride(
         expected = [s * 3 + e for s in range(2) for e in range(epochs)]
         assert sorted(t.intermediate_values) == expected
         assert t.user_attrs["epochs_run"] == t.user_attrs["epochs_planned"] == 2 * epochs
+
+
+def test_a_space_with_pretraining_keys_pretrains_a_pair_per_trial(tmp_path, toy_corpus):
+    session = _session(tmp_path, toy_corpus)
+    data = {"model.dropout": {"float": [0.1, 0.5]}, "distill.alpha": {"float": [0.0, 1.0]}}
+    result = _tune(session, trials=2, space=_space(session.cfg, data))
+    assert result.counts["complete"] == 2
+    assert not (tmp_path / "pretrain").exists()  # no shared pair: each trial has its own
+    for row in result.trials:
+        base = tmp_path / "tune" / "toy-text" / "trials" / str(row["number"]) / "base"
+        ckpt = torch.load(base / "pretrain" / "text.pt", weights_only=True)
+        assert ckpt["config"]["model"]["dropout"] == row["params"]["model.dropout"]
+        assert (base / "partition.json").is_file()
 
 
 def _fake_distill(session, on_epoch=None, out_dir=None, **_):

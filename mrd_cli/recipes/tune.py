@@ -135,6 +135,8 @@ def default_space_path() -> Path:
 def load_space(path: Path | None, cfg: Config) -> dict[str, Param]:
     """Read and check a search space file (the built-in one when ``path`` is None)."""
     path = Path(path) if path is not None else default_space_path()
+    if not path.is_file():
+        raise MRDError(f"Search space file not found: {path}. Check the path given to --space.")
     data = read_yaml(path)
     if not data:
         raise MRDError(f"Search space {path} is empty; give at least one key to tune.")
