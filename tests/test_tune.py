@@ -164,6 +164,22 @@ def test_tune_without_optuna_exits_2_naming_the_extra(monkeypatch, tmp_path):
     assert "pip install -e '.[tune]'" in res.stderr
 
 
+def test_optuna_is_imported_only_inside_functions():
+    # Fast and static: no module-level `import optuna` outside TYPE_CHECKING.
+    import ast
+
+    for path in (ROOT / "mrd_cli").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "optuna" for n in names), path
+
+
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_optuna():
     code = (
         "import sys; sys.modules['optuna'] = None; "
@@ -272,7 +288,7 @@ def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs
     monkeypatch.setattr(tune_module, "distill", _fake_distill)
     session = _session(tmp_path, toy_corpus)
     session.cfg.distill.epochs = 4
-    result = _tune(session, trials=10, seeds=2, prune=prune, prune_startup=3, prune_warmup=0)
+    result = _tune(session, trials=8, seeds=2, prune=prune, prune_startup=3, prune_warmup=0)
     study = _study(tmp_path)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert bool(pruned) == prune
