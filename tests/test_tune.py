@@ -450,7 +450,8 @@ def test_two_processes_on_one_sqlite_study_give_exactly_n_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_subprocess_then_rerun_finishes_the_study(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, a scheduler
+def test_a_subprocess_interrupted_then_rerun_finishes_the_study(tmp_path, signum):
     config = _write_yaml(tmp_path / "tiny.yaml", {**TINY, "distill": {"epochs": 3}})
     space = _write_yaml(tmp_path / "space.yaml", SPACE)
     run = tmp_path / "run"
@@ -474,7 +475,7 @@ def test_ctrl_c_in_a_subprocess_then_rerun_finishes_the_study(tmp_path):
                     break
             except Exception:
                 continue
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Rerun the same command" in err

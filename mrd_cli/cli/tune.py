@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,6 +122,9 @@ def tune(
         f"target {target.value} (validation W-F1), device {session.device}, "
         f"run directory {session.run.root}"
     )
+    # A scheduler's SIGTERM (preemption on a cluster) ends the trial like Ctrl-C: it is
+    # marked failed and queued again at once instead of waiting for the heartbeat.
+    previous = _on_sigterm_interrupt()
     try:
         with epoch_bars() as bars:
             bars.add("trials", "trials", trials)
@@ -176,6 +180,9 @@ def tune(
             "trial is queued again. Rerun the same command to continue."
         )
         raise typer.Exit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     summary = result.to_dict()
     if json_out:
         print_json(summary)
@@ -189,6 +196,18 @@ def tune(
             f"Score it once on test: mrd distill --config {result.best_config} ... "
             "then mrd evaluate."
         )
+
+
+def _on_sigterm_interrupt() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt (main thread only); the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _fmt(value: Any) -> str:
