@@ -16,11 +16,11 @@ from typer.core import TyperGroup
 
 from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
+from mrd_cli.cli.common import Terminated, click_exceptions, command_name
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.pretrain import pretrain
-from mrd_cli.cli.common import Terminated, click_exceptions, command_name
 from mrd_cli.cli.run import run
 
 

@@ -25,8 +25,8 @@ try:
     from typer._click import exceptions as click_exceptions
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - typer < 0.20
-    from click import exceptions as click_exceptions  # type: ignore[no-redef]
-    from click import get_current_context  # type: ignore[no-redef]
+    from click import exceptions as click_exceptions  # type: ignore[no-redef] # noqa: F401
+    from click import get_current_context  # type: ignore[no-redef] # noqa: F401
 
 if TYPE_CHECKING:
     from mrd_cli.recipes.pretrain import TrainedModels

@@ -127,9 +127,7 @@ def acquire(root: Path, command: str) -> bool:
             else:
                 _held[path] = 1
                 return True
-        raise RunDirLocked(
-            f"Could not take the lock {path}: it keeps changing hands. Try again."
-        )
+        raise RunDirLocked(f"Could not take the lock {path}: it keeps changing hands. Try again.")
     finally:
         tmp.unlink(missing_ok=True)
 

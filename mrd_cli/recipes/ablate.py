@@ -135,7 +135,14 @@ def ablate(
             base_session = session.derive(base_cfg, base)
         else:
             base, base_session = session.run, session
-        ensure_partitioned(base_session, on_epoch=on_epoch, on_step=on_step)
+        # Each seed's own pretrained pair (repretrain) is the ablation's cache: it may be
+        # replaced; the run's pair is not replaced without `mrd run --force`.
+        ensure_partitioned(
+            base_session,
+            on_epoch=on_epoch,
+            on_step=on_step,
+            replace_pretrained=cfg.ablate.repretrain,
+        )
         # A reused pretrained pair gives the same test metrics for every seed.
         if cfg.ablate.repretrain or not base_metrics:
             base_metrics[seed] = _pretrained_test(base_session)
