@@ -183,8 +183,15 @@ def test_zero_dimensional_modality_is_refused(tmp_path: Path) -> None:
     feats[4] = {did: np.zeros((len(v), 0), np.float32) for did, v in FEATURES[4].items()}
     data = _data_dir(tmp_path, tuple(feats))
     _fails(
-        ["pretrain", "--dataset", "iemocap", "--data-dir", str(data), "--run-dir",
-         str(tmp_path / "run")],
+        [
+            "pretrain",
+            "--dataset",
+            "iemocap",
+            "--data-dir",
+            str(data),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
         2,
         "0 features per utterance",
     )
@@ -198,14 +205,24 @@ def test_class_absent_from_training_is_warned(tmp_path: Path) -> None:
         tmp_path / "ds.yaml",
         yaml.safe_dump({"dataset": {"name": "seven", "layout": "iemocap", "label_names": names}}),
     )
-    res = runner.invoke(
-        app, ["data", "inspect", "--dataset", str(ds), "--data-dir", str(data)]
-    )
+    res = _ok(["data", "inspect", "--dataset", str(ds), "--data-dir", str(data)])
+    assert "Warning:" in res.stderr and "never" in res.stderr
     res = runner.invoke(
         app,
         [
-            "pretrain", "--dataset", str(ds), "--data-dir", str(data), "--run-dir",
-            str(tmp_path / "run"), "--device", "cpu", "--epochs", "1", "--modality", "text",
+            "pretrain",
+            "--dataset",
+            str(ds),
+            "--data-dir",
+            str(data),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--modality",
+            "text",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -251,8 +268,9 @@ def test_the_same_checkpoint_twice_is_refused(run_copy: Path, tiny_config: Path)
     path = run_copy / "pretrain" / "text.pt"
     before = _snapshot(run_copy)
     _fails(
-        _cmd("evaluate", tiny_config, run_copy, "--checkpoint", str(path), "--checkpoint",
-             str(path)),
+        _cmd(
+            "evaluate", tiny_config, run_copy, "--checkpoint", str(path), "--checkpoint", str(path)
+        ),
         2,
         "given twice",
     )
@@ -285,8 +303,12 @@ def test_locked_run_directory_is_refused_naming_the_holder(
     try:
         (run_copy / lock.LOCK_NAME).write_text(
             json.dumps(
-                {"pid": holder.pid, "host": socket.gethostname(), "command": "mrd pretrain",
-                 "started": "now"}
+                {
+                    "pid": holder.pid,
+                    "host": socket.gethostname(),
+                    "command": "mrd pretrain",
+                    "started": "now",
+                }
             )
         )
         before = _snapshot(run_copy)
@@ -411,8 +433,15 @@ def test_pickle_asking_for_far_more_memory_than_its_size_is_refused(tmp_path: Pa
     data = _data_dir(tmp_path, tuple(feats))
     start = time.perf_counter()
     _fails(
-        ["pretrain", "--dataset", "iemocap", "--data-dir", str(data), "--run-dir",
-         str(tmp_path / "run")],
+        [
+            "pretrain",
+            "--dataset",
+            "iemocap",
+            "--data-dir",
+            str(data),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
         2,
         "Refused to load",
         "373 GiB",
@@ -428,8 +457,15 @@ def test_rows_repeated_by_reference_beyond_the_budget_are_refused(tmp_path: Path
     feats[4] = {**FEATURES[4], did: [row] * 200_000}  # 800 MB as float32 from a small file
     data = _data_dir(tmp_path, tuple(feats))
     _fails(
-        ["pretrain", "--dataset", "iemocap", "--data-dir", str(data), "--run-dir",
-         str(tmp_path / "run")],
+        [
+            "pretrain",
+            "--dataset",
+            "iemocap",
+            "--data-dir",
+            str(data),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
         2,
         "would expand",
     )
@@ -630,15 +666,22 @@ def test_second_process_is_refused_and_sigterm_stops_the_first_cleanly(
     tmp_path: Path, tiny_config: Path
 ) -> None:
     run = tmp_path / "run"
-    cfg = _yaml(
-        tmp_path / "long.yaml", yaml.safe_dump({**TINY, "pretrain": {"epochs": 500}})
+    cfg = _yaml(tmp_path / "long.yaml", yaml.safe_dump({**TINY, "pretrain": {"epochs": 500}}))
+    first = _spawn(
+        "pretrain", "--config", str(cfg), "--run-dir", str(run), "--device", "cpu", cwd=tmp_path
     )
-    first = _spawn("pretrain", "--config", str(cfg), "--run-dir", str(run), "--device", "cpu",
-                   cwd=tmp_path)
     try:
         assert _wait_for(lambda: (run / lock.LOCK_NAME).is_file(), 120)
-        second = _spawn("distill", "--config", str(tiny_config), "--run-dir", str(run),
-                        "--device", "cpu", cwd=tmp_path)
+        second = _spawn(
+            "distill",
+            "--config",
+            str(tiny_config),
+            "--run-dir",
+            str(run),
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+        )
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2, err
         assert f"pid {first.pid}" in err and "mrd pretrain" in err

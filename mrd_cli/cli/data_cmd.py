@@ -160,6 +160,8 @@ def inspect_cmd(
     with err_console.status(f"Loading dataset '{cfg.dataset.name}'..."):
         corpus = load_corpus(cfg.dataset, data_dir, yaml_dir)
     summary = corpus_summary(corpus)
+    for message in corpus.warnings():
+        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
     if json_out:
         print_json(summary)
         return

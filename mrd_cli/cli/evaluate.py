@@ -102,10 +102,10 @@ def _named(paths: list[Path], run: RunDir) -> dict[str, Path]:
     named: dict[str, Path] = {}
     for path in paths:
         name = next((n for n, p in own.items() if p == path.resolve()), str(path))
-        if name in named:
+        if name in named or any(p.resolve() == path.resolve() for p in named.values()):
             raise MRDError(
-                f"--checkpoint {path} is given twice (as {named[name]} and {path}); pass each "
-                "checkpoint once."
+                f"--checkpoint {path} is given twice; pass each checkpoint once (results are "
+                "keyed by checkpoint, so one of them would be dropped)."
             )
         named[name] = path
     return named
