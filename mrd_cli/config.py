@@ -302,6 +302,12 @@ def validate(cfg: Config) -> Config:
     )
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(0 < cfg.dataset.val_fraction < 1, "dataset.val_fraction", "must be in (0, 1)")
+    names = cfg.dataset.label_names
+    need(
+        len(set(names)) == len(names) and all(n.strip() for n in names),
+        "dataset.label_names",
+        "must be distinct, non-empty class names",
+    )
     need(len(cfg.dataset.modalities) >= 1, "dataset.modalities", "must name a modality")
     unknown = set(cfg.dataset.modalities) - {"text", "audio", "visual"}
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")

@@ -277,6 +277,30 @@ def test_the_same_checkpoint_twice_is_refused(run_copy: Path, tiny_config: Path)
     assert _snapshot(run_copy) == before
 
 
+def test_checkpoints_of_the_same_stage_and_role_from_two_runs_are_both_kept(
+    run_copy: Path, distilled_run: Path, tiny_config: Path
+) -> None:
+    mine, other = run_copy / "pretrain" / "text.pt", distilled_run / "pretrain" / "text.pt"
+    res = _ok(
+        _cmd(
+            "evaluate",
+            tiny_config,
+            run_copy,
+            "--checkpoint",
+            str(mine),
+            "--checkpoint",
+            str(other),
+            "--json",
+        )
+    )
+    assert sorted(json.loads(res.stdout)["models"]) == sorted(["pretrain/text", str(other)])
+
+
+def test_a_failed_command_leaves_no_empty_run_directory(tmp_path: Path) -> None:
+    _fails(["evaluate", "--run-dir", str(tmp_path / "new"), "--device", "cpu"], 2, "No checkpoints")
+    assert not (tmp_path / "new").exists()
+
+
 def test_run_keeps_pretrained_checkpoints_made_with_other_settings(
     run_copy: Path, tmp_path: Path
 ) -> None:
@@ -427,9 +451,19 @@ class _Shared:
     """A list of one row referenced a million times (cheap in the pickle memo)."""
 
 
-def test_pickle_asking_for_far_more_memory_than_its_size_is_refused(tmp_path: Path) -> None:
+class _BufferBomb:
+    """Pickles as ``bytearray(10**11)``: 93 GiB of zeros asked for by a few bytes."""
+
+    def __reduce__(self) -> Any:
+        return (bytearray, (10**11,))
+
+
+@pytest.mark.parametrize("bomb, size", [(_Bomb, "373 GiB"), (_BufferBomb, "93.1 GiB")])
+def test_pickle_asking_for_far_more_memory_than_its_size_is_refused(
+    tmp_path: Path, bomb: type, size: str
+) -> None:
     feats = list(FEATURES)
-    feats[4] = {**FEATURES[4], FEATURES[7][0]: _Bomb()}
+    feats[4] = {**FEATURES[4], FEATURES[7][0]: bomb()}
     data = _data_dir(tmp_path, tuple(feats))
     start = time.perf_counter()
     _fails(
@@ -444,7 +478,7 @@ def test_pickle_asking_for_far_more_memory_than_its_size_is_refused(tmp_path: Pa
         ],
         2,
         "Refused to load",
-        "373 GiB",
+        size,
     )
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "run").exists()
@@ -695,3 +729,43 @@ def test_second_process_is_refused_and_sigterm_stops_the_first_cleanly(
     finally:
         if first.poll() is None:
             first.kill()
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        [1, 2],
+        {"signature": "sig"},
+        {"signature": "sig", "result": {"multi": {}, "text": {}}},
+        {
+            "signature": "sig",
+            "result": {
+                r: {"weighted_f1": "x", "per_class_f1": {"a": 1.0}, "predictions": [0]}
+                for r in ("multi", "text")
+            },
+        },
+        {
+            "signature": "sig",
+            "result": {
+                r: {"weighted_f1": 1.0, "per_class_f1": {}, "predictions": [0]}
+                for r in ("multi", "text")
+            },
+        },
+    ],
+    ids=["list", "no-result", "empty-roles", "string-f1", "missing-class"],
+)
+def test_damaged_ablation_cell_is_recomputed_not_trusted(tmp_path: Path, cell: Any) -> None:
+    from mrd_cli.recipes.ablate import _read_cell
+
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps(cell))
+    assert _read_cell(path, "sig", ["a"]) is None
+    good = {
+        "signature": "sig",
+        "result": {
+            r: {"weighted_f1": 1.0, "per_class_f1": {"a": 2.0}, "predictions": [0, 1]}
+            for r in ("multi", "text")
+        },
+    }
+    path.write_text(json.dumps(good))
+    assert _read_cell(path, "sig", ["a"]) == good

@@ -14,6 +14,7 @@ Locks taken within one process are counted, so nested sessions of one command sh
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -24,9 +25,12 @@ from typing import Any
 from mrd_cli.errors import MRDError
 
 LOCK_NAME = ".mrd.lock"
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 # Lock path -> number of times this process took it.
 _held: dict[Path, int] = {}
+# Run directories this process created to lock them: removed again if left empty.
+_created: set[Path] = set()
 
 
 class RunDirLocked(MRDError):
@@ -83,14 +87,19 @@ def acquire(root: Path, command: str) -> bool:
     """
     root = Path(root)
     check_run_dir(root)
-    path = (root / LOCK_NAME).resolve() if root.exists() else root.resolve() / LOCK_NAME
+    path = root.resolve() / LOCK_NAME
     if path in _held:
         _held[path] += 1
         return True
+    existed = root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        return False
+    except OSError as exc:
+        if exc.errno in _READ_ONLY:
+            return False
+        raise
+    if not existed:
+        _created.add(path.parent)
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -100,8 +109,10 @@ def acquire(root: Path, command: str) -> bool:
     tmp = path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(me) + "\n")
-    except PermissionError:
-        return False
+    except OSError as exc:
+        if exc.errno in _READ_ONLY:
+            return False
+        raise
     try:
         for _ in range(3):
             try:
@@ -155,3 +166,9 @@ def _unlink_if_mine(path: Path) -> None:
     holder = _read_holder(path)
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         path.unlink(missing_ok=True)
+    if path.parent in _created:
+        _created.discard(path.parent)
+        try:
+            path.parent.rmdir()  # only if the command left nothing in it
+        except OSError:
+            pass

@@ -484,7 +484,10 @@ def load_corpus(
     else:
         features_path, roberta_path = resolve_feature_files(cfg, data_dir, yaml_dir)
         need_roberta = cfg.text_features == "roberta"
-        expected = [features_path, roberta_path] if need_roberta else [features_path]
+        # A RoBERTa file named in the config must exist even where it is optional (MELD's
+        # dev split): a typo must not quietly change the validation split.
+        named = need_roberta or bool(cfg.roberta_file)
+        expected = [features_path, roberta_path] if named else [features_path]
         if not all(p.is_file() for p in expected):
             raise _missing_files_error(cfg, expected)
         features = safe_load(features_path, _ENCODING)

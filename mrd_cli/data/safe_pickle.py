@@ -154,7 +154,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._spent += need
         if self._spent > self._budget:
             raise MRDError(
-                f"Refused to load {self._path}: it asks for arrays of {human_size(self._spent)}, far "
+                f"Refused to load {self._path}: it asks for {human_size(self._spent)} of arrays, far "
                 f"more than a file of its size ({human_size(self._path.stat().st_size)}) can hold "
                 f"(budget {human_size(self._budget)}). The file is corrupt or crafted; nothing was "
                 "allocated. Use the feature files as distributed."
@@ -164,6 +164,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._charge(shape, dtype)
         return _reconstruct(subtype, shape, dtype)
 
+    def _scalar(self, dtype: Any, *args: Any) -> Any:
+        self._charge((), dtype)
+        return _scalar(dtype, *args)
+
+    def _sized(self, cls: type) -> Any:
+        """``bytes`` / ``bytearray`` whose ``cls(n)`` (n zero bytes) is charged first."""
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            if args and isinstance(args[0], int):
+                self._charge((args[0],), "u1")
+            return cls(*args, **kwargs)
+
+        return make
+
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 pickles say __builtin__ / copy_reg; map them the way pickle itself would
         # (overriding find_class skips pickle's own mapping).
@@ -171,8 +185,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if key is None:
             key = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
         obj = ALLOWED_GLOBALS.get(key)
+        # The allocating constructors go through the size budget.
         if obj is _reconstruct:
             return self._reconstruct
+        if obj is _scalar:
+            return self._scalar
+        if obj in (bytes, bytearray):
+            return self._sized(obj)
         if obj is None:
             raise MRDError(
                 f"Refused to load {self._path}: it asks to call '{module}.{name}', which is not "
