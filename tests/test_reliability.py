@@ -354,6 +354,19 @@ def test_stale_lock_of_a_dead_process_is_recovered(run_copy: Path, tiny_config: 
     assert not (run_copy / lock.LOCK_NAME).exists()
 
 
+def test_damaged_old_lock_is_recovered_and_other_hosts_lock_is_respected(
+    run_copy: Path, tiny_config: Path
+) -> None:
+    path = run_copy / lock.LOCK_NAME
+    path.write_text("{not json")
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    _ok(_cmd("evaluate", tiny_config, run_copy))
+    assert not path.exists()
+    path.write_text(json.dumps({"pid": 1, "host": "elsewhere", "command": "mrd run"}))
+    _fails(_cmd("evaluate", tiny_config, run_copy), 2, "pid 1 on elsewhere", "mrd run")
+    assert path.exists()  # not ours to remove
+
+
 def test_a_command_leaves_no_lock_behind(run_copy: Path, tiny_config: Path) -> None:
     _ok(_cmd("evaluate", tiny_config, run_copy))
     _fails(_cmd("evaluate", tiny_config, run_copy, "--split", "nope"), 2, "--split")

@@ -26,6 +26,8 @@ from mrd_cli.errors import MRDError
 
 LOCK_NAME = ".mrd.lock"
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+# A lock file without a readable holder younger than this may still be being written.
+_DAMAGED_GRACE_S = 2.0
 
 # Lock path -> number of times this process took it.
 _held: dict[Path, int] = {}
@@ -67,6 +69,13 @@ def _read_holder(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _is_stale(holder: dict[str, Any]) -> bool:
@@ -114,13 +123,16 @@ def acquire(root: Path, command: str) -> bool:
             return False
         raise
     try:
-        for _ in range(3):
+        for _ in range(50):
             try:
-                os.link(tmp, path)
+                _place(tmp, path)
             except FileExistsError:
                 holder = _read_holder(path)
                 if holder is None:
                     continue  # released meanwhile: try again
+                if not holder and _age(path) < _DAMAGED_GRACE_S:
+                    time.sleep(0.1)  # being written by its holder (no hard links): wait
+                    continue
                 if holder.get("pid") == os.getpid() and holder.get("host") == me["host"]:
                     # Left by this very process (a command that ended without releasing).
                     path.unlink(missing_ok=True)
@@ -141,6 +153,24 @@ def acquire(root: Path, command: str) -> bool:
         raise RunDirLocked(f"Could not take the lock {path}: it keeps changing hands. Try again.")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """Put the complete lock file ``tmp`` at ``path``; FileExistsError if one is there.
+
+    A hard link does it atomically; on a file system without hard links, an exclusive
+    create does (a reader may then see it empty for an instant; ``acquire`` waits a moment
+    before it takes an unreadable lock file for a stale one)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+            raise
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tmp.read_text())
 
 
 def release(root: Path) -> None:
