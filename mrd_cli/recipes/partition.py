@@ -184,6 +184,6 @@ def _refuse_replacing_pretrained(session: Session) -> None:
             diffs = settings_differences(ckpt, session.cfg.to_dict(), session.corpus.fingerprint())
             what = f"was made with other settings ({'; '.join(diffs) or 'another config'})"
         raise MRDError(
-            f"{path} {what}; this run would replace it. Pass --force to retrain it with the "
-            "current settings, or use another --run-dir to keep it."
+            f"{path} {what}; this run would replace it. Use `mrd run --force` to retrain it "
+            "with the current settings, or another --run-dir to keep it."
         )
