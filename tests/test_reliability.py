@@ -203,7 +203,12 @@ def test_class_absent_from_training_is_warned(tmp_path: Path) -> None:
     names = ["hap", "sad", "neu", "ang", "exc", "fru", "never"]
     ds = _yaml(
         tmp_path / "ds.yaml",
-        yaml.safe_dump({"dataset": {"name": "seven", "layout": "iemocap", "label_names": names}}),
+        yaml.safe_dump(
+            {
+                "dataset": {"name": "seven", "layout": "iemocap", "label_names": names},
+                **{k: TINY[k] for k in ("model", "pretrain")},
+            }
+        ),
     )
     res = _ok(["data", "inspect", "--dataset", str(ds), "--data-dir", str(data)])
     assert "Warning:" in res.stderr and "never" in res.stderr
