@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -299,13 +300,48 @@ def validate(cfg: Config) -> Config:
     need(cfg.model.hidden >= 2, "model.hidden", "must be >= 2")
     need(cfg.model.layers >= 1, "model.layers", "must be >= 1")
     need(cfg.model.heads >= 1, "model.heads", "must be >= 1")
+    if cfg.model.encoder == "transformer":
+        need(
+            cfg.model.hidden % cfg.model.heads == 0,
+            "model.heads",
+            f"must divide model.hidden ({cfg.model.hidden}) for the transformer encoder",
+        )
+    for key in ("seed", "dataset.data_seed"):
+        need(0 <= _get(cfg, key) < 2**32, key, "must be in [0, 2**32)")
+    for key in ("pretrain.epochs", "distill.epochs", "partition.folds", "ablate.seeds"):
+        need(_get(cfg, key) <= 1_000_000, key, "must be <= 1000000")
+    for key in ("pretrain.batch_size", "distill.batch_size", "model.hidden", "model.layers"):
+        need(_get(cfg, key) <= 1_000_000, key, "must be <= 1000000")
+    need(cfg.model.heads <= 4096, "model.heads", "must be <= 4096")
+    need(cfg.ablate.bootstrap <= 10_000_000, "ablate.bootstrap", "must be <= 10000000")
+    need(
+        is_safe_component(cfg.dataset.name),
+        "dataset.name",
+        "must be a plain name (letters, digits, '.', '_', '-'; not starting with '.'), "
+        "as it names the run directory runs/<name>",
+    )
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(0 < cfg.dataset.val_fraction < 1, "dataset.val_fraction", "must be in (0, 1)")
+    names = cfg.dataset.label_names
+    need(
+        len(set(names)) == len(names) and all(n.strip() for n in names),
+        "dataset.label_names",
+        "must be distinct, non-empty class names",
+    )
     need(len(cfg.dataset.modalities) >= 1, "dataset.modalities", "must name a modality")
     unknown = set(cfg.dataset.modalities) - {"text", "audio", "visual"}
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")
     need("text" in cfg.dataset.modalities, "dataset.modalities", "must contain 'text'")
     return cfg
+
+
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def is_safe_component(name: str) -> bool:
+    """A name that may become one path component: no separator, not '', '.', '..' or hidden,
+    only letters, digits, '.', '_' and '-' (at most 128 characters)."""
+    return isinstance(name, str) and _SAFE_COMPONENT.fullmatch(name) is not None
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -315,6 +351,41 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
+    the last one silently, so a duplicated key or section would drop settings unseen)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "a mapping key must be a plain value", key_node.start_mark
+                    ) from None
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice (first on line "
+                        f"{seen[key].start_mark.line + 1}, again on line "
+                        f"{key_node.start_mark.line + 1}); keep one",
+                        None,
+                    )
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys; every YAML file
+    ``mrd`` reads goes through here."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a clear MRDError."""
     if not path.is_file():
@@ -322,9 +393,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
             f"Config file not found: {path}. Check the path given to --config or --dataset."
         )
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MRDError(f"Config file {path} is not valid YAML: {exc}") from None
+        data = load_yaml_text(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise MRDError(f"Config file {path} is not valid YAML: {detail}") from None
+    except OSError as exc:
+        raise MRDError(f"Could not read {path}: {exc.strerror or exc}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -344,6 +418,23 @@ def builtin_config_path(name: str) -> Path:
     return Path(str(resources.files("mrd_cli.configs").joinpath(f"{name}.yaml")))
 
 
+def _check_dataset_file(path: Path, doc: dict[str, Any]) -> None:
+    """A dataset YAML must say which corpus it is and in which layout; nothing falls back to
+    the built-in synthetic corpus silently."""
+    section = doc.get("dataset")
+    if not isinstance(section, dict):
+        raise MRDError(
+            f"Dataset file {path} must have a 'dataset' section with at least 'name' and "
+            "'layout' (iemocap, meld or synthetic)."
+        )
+    missing = [k for k in ("name", "layout") if k not in section]
+    if missing:
+        raise MRDError(
+            f"Dataset file {path} lacks {' and '.join(f'dataset.{k}' for k in missing)}; "
+            "give the corpus a name and its layout (iemocap, meld or synthetic)."
+        )
+
+
 def load_config(
     dataset: str,
     config_file: Path | None = None,
@@ -360,13 +451,10 @@ def load_config(
         _apply(cfg, read_yaml(builtin_config_path(dataset)), "")
     elif dataset.endswith((".yaml", ".yml")) or Path(dataset).is_file():
         path = Path(dataset)
-        _apply(cfg, read_yaml(path), "")
+        doc = read_yaml(path)
+        _check_dataset_file(path, doc)
+        _apply(cfg, doc, "")
         yaml_dir = path.resolve().parent
-        if cfg.dataset.layout == "synthetic" and cfg.dataset.name == "synthetic":
-            raise MRDError(
-                f"Dataset file {path} must define 'dataset.name' and 'dataset.layout' "
-                "(iemocap or meld)."
-            )
     else:
         close = difflib.get_close_matches(dataset, BUILTIN_DATASETS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

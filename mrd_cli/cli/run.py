@@ -32,7 +32,12 @@ from mrd_cli.recipes.partition import ensure_partitioned
 def run(
     dataset: DatasetOpt = "synthetic",
     force: Annotated[
-        bool, typer.Option("--force", help="Redo every step even if its outputs are current.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Redo every step even if its outputs are current, and replace pretrained "
+            "checkpoints made with other settings (kept otherwise).",
+        ),
     ] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,

@@ -315,18 +315,31 @@ class Trainer:
                 f"The saved training state {state_path} comes from another config, data or "
                 "seed; run without --resume to start over."
             )
-        for name, model in self.models.items():
-            model.load_state_dict(state["models"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for name, sel in state["best"].items():
-            self.best[name] = Selected(**sel) if sel is not None else None
-        self.history = state["history"]
-        self.start_selected = {
-            n: Selected(**sel) if sel is not None else None
-            for n, sel in state.get("start", {}).items()
-        }
-        _restore_rng(state["rng"], self.generator)
-        self.start = int(state["epoch"])
+        try:
+            for name, model in self.models.items():
+                model.load_state_dict(state["models"][name])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for name, sel in state["best"].items():
+                self.best[name] = Selected(**sel) if sel is not None else None
+            if not isinstance(state["history"], list):
+                raise TypeError("history is not a list")
+            self.history = state["history"]
+            self.start_selected = {
+                n: Selected(**sel) if sel is not None else None
+                for n, sel in state.get("start", {}).items()
+            }
+            _restore_rng(state["rng"], self.generator)
+            epoch = state["epoch"]
+            total = self.num_epochs
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= total:
+                raise ValueError(f"epoch {epoch!r} is outside 0..{total}")
+            self.start = epoch
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise MRDError(
+                f"The saved training state {state_path} is damaged ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); delete it or run without --resume to "
+                "start over."
+            ) from None
 
 
 def _cpu_rng_states(generator: torch.Generator) -> dict[str, Any]:
