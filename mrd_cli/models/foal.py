@@ -166,7 +166,10 @@ class FoalNet(Backbone):
         }
         layers = int(o.get("layers", 2))
         self.embed = nn.ModuleDict(
-            {m: nn.Sequential(Dropout(spec.dropout), nn.Linear(dims[m], h)) for m in ("audio", "visual")}
+            {
+                m: nn.Sequential(Dropout(spec.dropout), nn.Linear(dims[m], h))
+                for m in ("audio", "visual")
+            }
         )
         self.a2v = CrossAttentionStack(h, spec.heads, layers)
         self.v2a = CrossAttentionStack(h, spec.heads, layers)

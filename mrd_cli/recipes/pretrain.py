@@ -172,9 +172,7 @@ class ClassifierStep:
     ``update`` (loss, backward, step in one call) is what ``benchmarks/throughput.py`` times.
     """
 
-    def __init__(
-        self, model: Backbone, train: SplitTensors, cfg: PretrainConfig, num_classes: int
-    ):
+    def __init__(self, model: Backbone, train: SplitTensors, cfg: PretrainConfig, num_classes: int):
         self.model = model
         self.models = {"model": model}
         self.terms = TERMS + tuple(model.aux_weights)
