@@ -163,7 +163,9 @@ def mrd_total_loss(
         )
     )
     terms.update(
-        ilc_loss(multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta)
+        ilc_loss(
+            multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta
+        )
     )
     terms["reg"] = l_reg
     terms["total"] = terms["cls_m"] + terms["cls_t"] + terms["distill"] + terms["ref"] + l_reg

@@ -199,9 +199,7 @@ class Trainer:
             n for n, v in losses.items() if not np.isfinite(v)
         ]
         if bad:
-            where = (
-                f" The last good state (epoch {epoch}) is in {self.state_path}." if epoch else ""
-            )
+            where = f" The last good state (epoch {epoch}) is in {self.state_path}." if epoch else ""
             raise MRDRunError(
                 f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
                 f"and nothing from this epoch was saved.{where} Lower the learning rate or "
