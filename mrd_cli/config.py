@@ -319,6 +319,12 @@ def validate(cfg: Config) -> Config:
     need(cfg.model.heads >= 1, "model.heads", "must be >= 1")
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(cfg.model.foal.layers >= 1, "model.foal.layers", "must be >= 1")
+    need(
+        cfg.model.backbone == "dialogue" or cfg.model.hidden % cfg.model.heads == 0,
+        "model.hidden",
+        f"must be a multiple of model.heads ({cfg.model.heads}) for backbone "
+        f"'{cfg.model.backbone}' (its attention splits hidden across heads)",
+    )
     for key in ("foal.avel_weight", "foal.mem_weight", "dual.static_weight", "dual.dynamic_weight"):
         need(_get(cfg.model, key) >= 0, f"model.{key}", "must be >= 0 (a weight)")
     need(0 < cfg.dataset.val_fraction < 1, "dataset.val_fraction", "must be in (0, 1)")

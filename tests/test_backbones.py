@@ -305,3 +305,29 @@ def test_compare_command_end_to_end(tmp_path):
     table = CliRunner().invoke(app, [*args, "--seeds", "2"], catch_exceptions=False)
     assert table.exit_code == 0 and "Δ vs dialogue" in table.stdout
     assert {p: p.stat().st_mtime_ns for p in cells} == cells  # every cell reused
+
+
+def test_backbone_option_of_run_trains_and_records_it(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"hidden": 16},
+                "pretrain": {"epochs": 1, "batch_size": 32},
+                "partition": {"method": "in_sample"},
+                "distill": {"epochs": 1, "batch_size": 32},
+            }
+        )
+    )
+    args = ["--config", str(cfg), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    res = CliRunner().invoke(app, ["run", "--backbone", "dual", *args, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["models"]["distill/multi"]["weighted_f1"] >= 0
+    spec = load_checkpoint(tmp_path / "run" / "distill" / "multi.pt")["model_spec"]
+    assert spec["backbone"] == "dual" and spec["options"]["difference"] is True
+
+
+def test_attention_backbones_need_hidden_divisible_by_heads():
+    with pytest.raises(MRDError, match="multiple of model.heads"):
+        load_config("synthetic", overrides={"model": {"backbone": "dual", "hidden": 30}})
+    assert load_config("synthetic", overrides={"model": {"hidden": 30}})[0].model.hidden == 30
