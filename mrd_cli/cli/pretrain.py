@@ -38,9 +38,10 @@ BackboneOpt = Annotated[
         "--backbone",
         help="M_multi's network: dialogue (mrd's dialogue network), foal (Foal-Net: audio + "
         "visual; text too with model.foal.text, mrd's extension) or dual (DUAL: audio + "
-        "visual, text at its decoder; its losses and sizes are mrd's own choices, as no paper "
-        "or code defines them). M_text is always the dialogue network. Default: config "
-        "model.backbone.",
+        "visual, text at its decoder; its differences run across a dialogue's utterances, "
+        "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
+        "paper or code defines them). M_text is always the dialogue network. Default: "
+        "config model.backbone.",
     ),
 ]
 
