@@ -155,6 +155,21 @@ class DistillConfig:
     # True: a stage adds its group to the earlier ones (the last stage sees all data).
     # False: a stage trains on its own group only.
     cumulative: bool = True
+    # The pretrained pair is a candidate of the epoch choice ("epoch 0"): a model whose best
+    # distillation epoch does not beat its own pretrained weights on validation keeps them.
+    # false: always the best distillation epoch (the raw effect of distillation).
+    keep_start: bool = True
+    # With keep_start: a distillation epoch replaces the pretrained weights only if a paired
+    # bootstrap over validation dialogues gives it the higher W-F1 in at least this share of
+    # resamples, so that a gain within the validation split's noise is not taken for one.
+    # 0: any higher validation W-F1 wins.
+    start_confidence: float = 0.9
+    # What the refactoring losses (Eq. 6-7) pull each model towards. "matched_dropout": its
+    # frozen copy run with the same dropout mask as the model itself, so that L_rm / L_rt
+    # measure only how far the weights moved (0 before the first step). "eval" (the paper's
+    # literal reading): the frozen copy's eval-mode logits, against a model that trains
+    # with dropout, so most of the term is dropout noise rather than drift.
+    refactoring_target: Literal["matched_dropout", "eval"] = "matched_dropout"
 
 
 @dataclass
@@ -300,6 +315,11 @@ def validate(cfg: Config) -> Config:
     for key in ("alpha", "beta", "gamma", "delta"):
         need(getattr(cfg.distill, key) >= 0, f"distill.{key}", "must be >= 0 (a weight)")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
+    need(
+        0 <= cfg.distill.start_confidence < 1,
+        "distill.start_confidence",
+        "must be in [0, 1) (a share of bootstrap resamples)",
+    )
     fr = cfg.distill.stage_fractions
     need(
         set(fr) == set(STAGES),

@@ -214,14 +214,16 @@ def test_ablate_with_two_seeds_prints_table_and_reuses_cells(tmp_path, fast_conf
         "MRD",
         "MRD (text model)",
         "MRD w/o RCL",
+        "MRD w/o RCL (text model)",
     ]
     assert len(summary["rows"][2]["weighted_f1"]["values"]) == 2
-    row = summary["rows"][-1]
+    assert summary["rows"][2]["vs"] == "pretrained" and summary["rows"][-1]["vs"] == "MRD"
+    row = summary["rows"][-2]
     lo, hi = row["bootstrap_ci95"]
     # The interval is of the same difference (averaged over seeds) as delta_wf1.
     assert lo <= row["delta_wf1"] <= hi
     assert 0.0 <= row["p_bootstrap"] <= 1.0
-    assert (run / "ablation" / "results.csv").read_text().count("\n") == 6
+    assert (run / "ablation" / "results.csv").read_text().count("\n") == 7
     # Running again reuses every finished cell: no cell file and no cell model is rewritten.
     written = {
         p: p.stat().st_mtime_ns
@@ -289,7 +291,7 @@ def test_run_and_ablate_on_a_tiny_config(tmp_path, tiny_config):
     res = _invoke("ablate", *common, "--seeds", "1", "--without", "mic", "--json")
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
-    assert [r["name"] for r in rows][-1] == "MRD w/o MIC"
+    assert [r["name"] for r in rows][-2:] == ["MRD w/o MIC", "MRD w/o MIC (text model)"]
     assert "pretrain (reused)" in res.stderr
 
 

@@ -115,16 +115,23 @@ def ablation_table(summary: dict[str, Any]) -> Table:
     n = len(summary["seeds"])
     table = Table(
         title=f"Ablation on {summary['dataset']} (test split, percent, mean ± std over {n} seeds; "
-        f"{'re-pretrained per seed' if summary['repretrain'] else 'one pretrained pair'})",
+        f"{'re-pretrained per seed' if summary['repretrain'] else 'one pretrained pair'}; "
+        + (
+            "pretrained weights kept where no distillation epoch beat them on validation"
+            if summary.get("keep_start")
+            else "best distillation epoch, even below the pretrained model"
+        )
+        + ")",
         title_justify="left",
     )
     table.add_column("model")
     for lab in labels:
         table.add_column(lab, justify="right")
     table.add_column("W-F1", justify="right")
-    table.add_column("Δ W-F1 vs MRD", justify="right")
+    table.add_column("Δ W-F1 (vs)", justify="right")
     table.add_column("p (paired t)", justify="right")
     table.add_column("bootstrap 95% CI (p)", justify="right")
+    table.add_column("kept pretrained", justify="right")
     for row in summary["rows"]:
         cells = [
             f"{row['per_class_f1'][lab]['mean']:.2f} ± {row['per_class_f1'][lab]['std']:.2f}"
@@ -133,7 +140,7 @@ def ablation_table(summary: dict[str, Any]) -> Table:
         w = row["weighted_f1"]
         cells.append(f"{w['mean']:.2f} ± {w['std']:.2f}")
         if "delta_wf1" in row:
-            cells.append(f"{row['delta_wf1']:+.2f}")
+            cells.append(f"{row['delta_wf1']:+.2f} ({row.get('vs', 'MRD')})")
             p = row["p_paired_t"]
             cells.append("n/a" if p is None else f"{p:.3f}")
             lo, hi = row["bootstrap_ci95"]
@@ -142,6 +149,8 @@ def ablation_table(summary: dict[str, Any]) -> Table:
             )
         else:
             cells += ["", "", ""]
+        kept = row.get("kept_pretrained")
+        cells.append("" if kept is None else f"{kept}/{n}")
         style = (
             "bold" if row["name"] == "MRD" else ("dim" if row["variant"] == "pretrained" else None)
         )

@@ -163,6 +163,23 @@ def role_backbone(cfg: Config, role: str) -> tuple[str, dict[str, Any]]:
     return name, (asdict(section) if section is not None else {})
 
 
+# Added to the text model's seed when both models see the same inputs (see role_seed).
+TEXT_SEED_OFFSET = 100_003
+
+
+def role_seed(cfg: Config, role: str, seed: int) -> int:
+    """The seed a model of ``role`` is initialised and trained with.
+
+    On a corpus whose only declared modality is text, M_multi and M_text are the same network
+    on the same inputs: with one seed they would be identical copies, agree on every
+    utterance (an empty difficult group) and have nothing to teach each other. The text model
+    then draws its own seed. With several modalities both use ``seed``, as they always have.
+    """
+    if role == "text" and role_modalities(cfg, "multi") == ["text"]:
+        return seed + TEXT_SEED_OFFSET
+    return seed
+
+
 def build_model(corpus: Corpus, cfg: Config, role: str, device: torch.device) -> Backbone:
     """A fresh model of ``role`` without a session (the benchmark and tests use it)."""
     return Session(cfg=cfg, corpus=corpus, run=RunDir(Path(".")), device=device).build_model(role)

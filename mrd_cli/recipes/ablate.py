@@ -34,15 +34,18 @@ COMPONENTS = ("mic", "ilc", "rcl")
 
 @dataclass
 class AblationResult:
-    """The ablation summary (``rows``: one per model, mean ± std over ``seeds``, and each
-    variant's difference from MRD); ``computed`` lists the (variant, seed) cells this call
-    trained (the others were reused from ``RUN/ablation/cells/``)."""
+    """The ablation summary (``rows``: one per model, mean ± std over ``seeds``; MRD's
+    difference from the pretrained model of the same role, each variant's from MRD);
+    ``computed`` lists the (variant, seed) cells this call trained (the others were reused
+    from ``RUN/ablation/cells/``)."""
 
     dataset: str
     split: str
     labels: list[str]
     seeds: list[int]
     repretrain: bool
+    keep_start: bool
+    refactoring_target: str
     bootstrap_resamples: int
     rows: list[dict[str, Any]]
     computed: list[tuple[str, int]] = field(default_factory=list)
@@ -54,6 +57,8 @@ class AblationResult:
             "labels": self.labels,
             "seeds": self.seeds,
             "repretrain": self.repretrain,
+            "keep_start": self.keep_start,
+            "refactoring_target": self.refactoring_target,
             "bootstrap_resamples": self.bootstrap_resamples,
             "rows": self.rows,
         }
@@ -193,7 +198,11 @@ def _pretrained_test(session: Session) -> dict[str, Any]:
         model, _ = session.load_model(session.run.pretrained(role), "mrd pretrain")
         pred = predict(model, test)[test.mask].cpu().numpy()
         report = classification_report(y_true, pred, session.corpus.label_names)
-        out[role] = {"weighted_f1": report["weighted_f1"], "per_class_f1": report["per_class_f1"]}
+        out[role] = {
+            "weighted_f1": report["weighted_f1"],
+            "per_class_f1": report["per_class_f1"],
+            "predictions": pred.tolist(),
+        }
     return out
 
 
@@ -217,19 +226,42 @@ def summarise(
             per_class[lab] = {"mean": cm, "std": cs}
         return {"weighted_f1": {"mean": m, "std": s, "values": wf1}, "per_class_f1": per_class}
 
-    rows = []
-    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
-        rows.append(
+    def compare(row: dict[str, Any], per_seed: list, reference: list, against: str) -> None:
+        """Paired difference of ``per_seed`` from ``reference`` (same seeds, same role)."""
+        delta, p_t = paired_t_test(
+            [c["weighted_f1"] for c in per_seed], [c["weighted_f1"] for c in reference]
+        )
+        lo, hi, p_boot = (
+            paired_bootstrap_wf1(
+                y_true,
+                [np.asarray(c["predictions"]) for c in per_seed],
+                [np.asarray(c["predictions"]) for c in reference],
+                len(labels),
+                session.cfg.ablate.bootstrap,
+                seed=session.cfg.seed,
+            )
+            if session.cfg.ablate.bootstrap > 0
+            else (None, None, None)
+        )
+        row.update(
             {
-                "name": label,
-                "variant": "pretrained",
-                "role": role,
-                **stats_of([base_metrics[s][role] for s in seeds]),
+                "vs": against,
+                "delta_wf1": delta,
+                "p_paired_t": p_t,
+                "bootstrap_ci95": [lo, hi],
+                "p_bootstrap": p_boot,
             }
         )
-    mrd_multi = [cells[((), s)]["multi"] for s in seeds]
+
+    rows = []
+    pretrained = {role: [base_metrics[s][role] for s in seeds] for role in ROLES}
+    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
+        rows.append(
+            {"name": label, "variant": "pretrained", "role": role, **stats_of(pretrained[role])}
+        )
+    mrd = {role: [cells[((), s)][role] for s in seeds] for role in ROLES}
     for without in variants:
-        for role in ("multi", "text") if not without else ("multi",):
+        for role in ROLES:
             per_seed = [cells[(without, s)][role] for s in seeds]
             name = variant_name(without) + (" (text model)" if role == "text" else "")
             row = {
@@ -237,31 +269,13 @@ def summarise(
                 "variant": variant_name(without),
                 "role": role,
                 **stats_of(per_seed),
+                # Seeds whose distillation kept the pretrained weights (epoch 0).
+                "kept_pretrained": sum(1 for c in per_seed if c["epoch"] == 0),
             }
             if without:
-                delta, p_t = paired_t_test(
-                    [c["weighted_f1"] for c in per_seed], [c["weighted_f1"] for c in mrd_multi]
-                )
-                lo, hi, p_boot = (
-                    paired_bootstrap_wf1(
-                        y_true,
-                        [np.asarray(c["predictions"]) for c in per_seed],
-                        [np.asarray(c["predictions"]) for c in mrd_multi],
-                        len(labels),
-                        session.cfg.ablate.bootstrap,
-                        seed=session.cfg.seed,
-                    )
-                    if session.cfg.ablate.bootstrap > 0
-                    else (None, None, None)
-                )
-                row.update(
-                    {
-                        "delta_wf1": delta,
-                        "p_paired_t": p_t,
-                        "bootstrap_ci95": [lo, hi],
-                        "p_bootstrap": p_boot,
-                    }
-                )
+                compare(row, per_seed, mrd[role], "MRD")
+            else:
+                compare(row, per_seed, pretrained[role], "pretrained")
             rows.append(row)
     return {
         "dataset": session.corpus.name,
@@ -269,6 +283,10 @@ def summarise(
         "labels": labels,
         "seeds": seeds,
         "repretrain": session.cfg.ablate.repretrain,
+        # How distillation chose its epoch: with keep_start the pretrained weights were a
+        # candidate (epoch 0), so a distilled model can equal its pretrained one.
+        "keep_start": session.cfg.distill.keep_start,
+        "refactoring_target": session.cfg.distill.refactoring_target,
         "bootstrap_resamples": session.cfg.ablate.bootstrap,
         "rows": rows,
     }

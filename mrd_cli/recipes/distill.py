@@ -3,15 +3,18 @@
 Both models train together on L_total (Eq. 15, ``losses.mrd_total_loss``): their own
 classification losses, mutual distillation (MIC, Eq. 3-5), refactoring towards their frozen
 pre-distillation outputs (ILC, Eq. 6-8) and L2, over the utterances the curriculum (RCL,
-Eq. 14) makes active in each epoch. Each model's epoch is chosen on its own validation W-F1.
-Writes ``RUN/distill/multi.pt`` and ``text.pt``.
+Eq. 14) makes active in each epoch. Each model's epoch is chosen on its own validation W-F1,
+with its pretrained weights as a candidate ("epoch 0", ``distill.keep_start``). Writes
+``RUN/distill/multi.pt`` and ``text.pt``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from copy import deepcopy
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,8 +44,26 @@ from mrd_cli.recipes.pretrain import TrainedModels
 TERMS = ("total", "cls_m", "cls_t", "kd_m", "kd_t", "ref_m", "ref_t", "reg")
 
 
+@dataclass
 class DistillResult(TrainedModels):
-    """What ``distill`` returns: the selected epoch of each distilled model."""
+    """What ``distill`` returns: the selected epoch of each distilled model, and (with
+    ``keep_start``) each pretrained model's validation W-F1, the bar distillation had to
+    beat. ``selected_epoch`` 0 means the pretrained weights were kept."""
+
+    start_val_wf1: dict[str, float] | None = None
+    # Per model, when a distillation epoch beat the pretrained weights on validation: how
+    # sure the bootstrap was of the gain, and whether that sufficed (``Trainer.selected``).
+    start_guard: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for role, entry in out[self.stage].items():
+            entry["selected_epoch"] = entry["epoch"]
+            entry["keep_start"] = self.start_val_wf1 is not None
+            entry["kept_pretrained"] = entry["epoch"] == 0
+            entry["start_val_weighted_f1"] = (self.start_val_wf1 or {}).get(role)
+            entry["start_guard"] = self.start_guard.get(role)
+        return out
 
 
 def distill(
@@ -106,6 +127,9 @@ def distill(
         resume=resume,
         signature=sig,
         on_epoch=on_epoch,
+        # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
+        start_candidate=cfg.distill.keep_start,
+        start_confidence=cfg.distill.start_confidence,
     )
     for epoch in trainer.epochs():
         for model in models.values():
@@ -120,6 +144,7 @@ def distill(
             count += 1
         trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
     selected = trainer.selected()
+    start = trainer.start_val_wf1()
 
     targets = {r: (out_dir / f"{r}.pt") if out_dir else session.run.distilled(r) for r in ROLES}
     for role in ROLES:
@@ -133,13 +158,21 @@ def distill(
                 selected[role],
                 partition_sha256=part_sha,
                 curriculum=curriculum.describe(),
+                kept_pretrained=selected[role].epoch == 0,
+                start_val_weighted_f1=None if start is None else start[role],
+                start_guard=trainer.start_guard.get(role),
             ),
         )
     state_path.unlink(missing_ok=True)
     if out_dir is None:
         session.run.save_config(cfg)
     return DistillResult(
-        stage="distill", dataset=session.corpus.name, selected=selected, checkpoints=targets
+        stage="distill",
+        dataset=session.corpus.name,
+        selected=selected,
+        checkpoints=targets,
+        start_val_wf1=start,
+        start_guard=trainer.start_guard,
     )
 
 
@@ -149,8 +182,10 @@ class DistillBatch:
 
     batch: Batch
     active: Tensor  # [B, L] bool: utterances of the current curriculum stage
-    frozen_multi: Tensor  # [B, L, C] logits of the frozen pre-distillation M_multi
-    frozen_text: Tensor  # [B, L, C] logits of the frozen pre-distillation M_text
+    # [B, L, C] eval-mode logits of the frozen pre-distillation models, for
+    # ``refactoring_target: eval``; None with ``matched_dropout`` (computed in ``loss``).
+    frozen_multi: Tensor | None
+    frozen_text: Tensor | None
 
 
 class DistillStep:
@@ -158,8 +193,10 @@ class DistillStep:
     with utterances of the curriculum's current stage) and L_total of a batch.
 
     ``groups`` [D, L] holds each training utterance's partition code (``GROUPS`` index).
-    Building the step computes the frozen copies' logits once (they never change) and a
-    fresh Adam optimizer over both models. ``update`` (loss, backward, step in one call) is
+    Building the step freezes a copy of each model (the refactoring targets, Eq. 6-7) and
+    makes a fresh Adam optimizer over both models. With ``refactoring_target: eval`` the
+    copies' eval-mode logits are computed once; with ``matched_dropout`` each batch runs the
+    copy under the same random state as the model, so both draw the same dropout mask. ``update`` (loss, backward, step in one call) is
     what ``benchmarks/throughput.py`` times.
     """
 
@@ -179,9 +216,13 @@ class DistillStep:
         self.groups = groups
         self.cfg = cfg
         self.curriculum = curriculum
-        # The frozen copies never change, so their logits (eval mode) are computed once.
-        self.frozen_multi = predict_logits(multi, train)
-        self.frozen_text = predict_logits(text, train)
+        self.matched = cfg.refactoring_target == "matched_dropout"
+        if self.matched:
+            self.frozen = {role: frozen_copy(model) for role, model in self.models.items()}
+        else:
+            # The frozen copies never change, so their eval-mode logits are computed once.
+            self.frozen_multi = predict_logits(multi, train)
+            self.frozen_text = predict_logits(text, train)
         self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
         self.params = list(multi.parameters()) + list(text.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
@@ -200,18 +241,23 @@ class DistillStep:
             yield DistillBatch(
                 batch,
                 active_all[batch.index, :length],
-                self.frozen_multi[batch.index, :length],
-                self.frozen_text[batch.index, :length],
+                None if self.matched else self.frozen_multi[batch.index, :length],
+                None if self.matched else self.frozen_text[batch.index, :length],
             )
 
     def loss(self, b: DistillBatch) -> dict[str, Tensor]:
         """L_total (Eq. 15) of one batch, every term by name."""
         cfg = self.cfg
+        logits, frozen = {}, {"multi": b.frozen_multi, "text": b.frozen_text}
+        for role, model in self.models.items():
+            if self.matched:
+                frozen[role] = same_dropout_logits(self.frozen[role], b.batch)
+            logits[role] = run_model(model, b.batch)
         return mrd_total_loss(
-            run_model(self.multi, b.batch),
-            run_model(self.text, b.batch),
-            b.frozen_multi,
-            b.frozen_text,
+            logits["multi"],
+            logits["text"],
+            frozen["multi"],
+            frozen["text"],
             b.batch.labels,
             b.active,
             cls_loss=self.cls_loss,
@@ -231,3 +277,24 @@ class DistillStep:
         terms["total"].backward()
         self.optimizer.step()
         return torch.stack([terms[t] for t in TERMS]).detach()
+
+
+def frozen_copy(model: DialogueModel) -> DialogueModel:
+    """A copy of ``model`` that never trains (no gradients); it stays in train mode, so that
+    it applies dropout like the model it was copied from."""
+    copy = deepcopy(model).train()
+    for p in copy.parameters():
+        p.requires_grad_(False)
+    return copy
+
+
+@torch.no_grad()
+def same_dropout_logits(frozen: DialogueModel, batch: Batch) -> Tensor:
+    """Logits of the frozen copy on ``batch`` drawing the dropout mask that the model's next
+    forward pass will draw: the random state is restored afterwards (``fork_rng``), so the
+    model's own forward starts from the same state, and the two networks have the same
+    layers in the same order."""
+    device = batch.labels.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return run_model(frozen, batch)

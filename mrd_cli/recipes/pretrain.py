@@ -22,7 +22,7 @@ from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.device import seed_everything
 from mrd_cli.core.losses import l2_penalty
 from mrd_cli.core.rundir import ROLES
-from mrd_cli.core.session import Session, signature
+from mrd_cli.core.session import Session, role_seed, signature
 from mrd_cli.core.training import (
     EpochLog,
     Selected,
@@ -126,8 +126,10 @@ def train_role(
     on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> tuple[Backbone, Selected]:
     """Train one fresh model of ``role`` on ``train``; returns it (at its selected epoch)
-    with the selection. Partitioning's fold models are trained with it too."""
+    with the selection. Partitioning's fold models are trained with it too. ``seed`` is
+    the run's (or fold's) seed; the model's own comes from ``role_seed``."""
     cfg = session.cfg
+    seed = role_seed(cfg, role, seed)
     seed_everything(seed)
     model = session.build_model(role)
     sig = signature(
