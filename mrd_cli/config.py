@@ -57,14 +57,52 @@ class DatasetConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The speaker-aware dialogue network shared by the multimodal and the text model."""
+class FoalConfig:
+    """Foal-Net as M_multi's backbone (``model.backbone: foal``): alignment before fusion."""
 
+    # Also concatenate the text vector at the classifier: mrd's extension (the paper is
+    # audio + visual only).
+    text: bool = False
+    # Cross-attention layers each way (audio -> visual, visual -> audio); 2 in the paper.
+    layers: int = 2
+    avel_weight: float = 1.0  # weight of AVEL (1 in the original code)
+    mem_weight: float = 0.1  # weight of MEM (0.1 in the original code)
+    # Divide each row of AVEL by its number of same-label positives (SupCon-style); the
+    # original code sums them unnormalised.
+    avel_normalise: bool = False
+    # AVEL's temperature: false divides by a learnable tau starting at 2.659 (the original
+    # code); true multiplies by exp(tau) as CLIP does (starts at 14.3), an option.
+    clip_temperature: bool = False
+
+
+@dataclass
+class DualConfig:
+    """DUAL as M_multi's backbone (``model.backbone: dual``). No paper or code defines
+    DUAL's losses or sizes: every default here is mrd's own choice, untuned."""
+
+    # The difference modules (SDM on audio, VDM on visual, the dynamic alignment loss and
+    # the sentiment residual); false drops them, for ablation.
+    difference: bool = True
+    # VDM's difference: next minus current utterance (false) or current minus previous (true).
+    causal: bool = False
+    static_weight: float = 1.0  # weight of the static (audio-visual) alignment loss
+    dynamic_weight: float = 1.0  # weight of the dynamic (SDM-VDM) alignment loss
+
+
+@dataclass
+class ModelConfig:
+    """The networks: M_text is always the dialogue network; M_multi's is ``backbone``."""
+
+    # M_multi's network: "dialogue" (mrd's speaker-aware dialogue network), "foal"
+    # (Foal-Net, audio + visual) or "dual" (DUAL, audio + visual, text at its decoder).
+    backbone: Literal["dialogue", "foal", "dual"] = "dialogue"
     hidden: int = 128
     encoder: Literal["gru", "transformer"] = "gru"
     layers: int = 1
     heads: int = 4
     dropout: float = 0.5
+    foal: FoalConfig = field(default_factory=FoalConfig)
+    dual: DualConfig = field(default_factory=DualConfig)
 
 
 @dataclass
@@ -321,6 +359,15 @@ def validate(cfg: Config) -> Config:
         "as it names the run directory runs/<name>",
     )
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    need(cfg.model.foal.layers >= 1, "model.foal.layers", "must be >= 1")
+    need(
+        cfg.model.backbone == "dialogue" or cfg.model.hidden % cfg.model.heads == 0,
+        "model.hidden",
+        f"must be a multiple of model.heads ({cfg.model.heads}) for backbone "
+        f"'{cfg.model.backbone}' (its attention splits hidden across heads)",
+    )
+    for key in ("foal.avel_weight", "foal.mem_weight", "dual.static_weight", "dual.dynamic_weight"):
+        need(_get(cfg.model, key) >= 0, f"model.{key}", "must be >= 0 (a weight)")
     need(0 < cfg.dataset.val_fraction < 1, "dataset.val_fraction", "must be in (0, 1)")
     names = cfg.dataset.label_names
     need(

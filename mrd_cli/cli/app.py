@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
 from mrd_cli.cli.common import Terminated, click_exceptions, command_name
+from mrd_cli.cli.compare import compare
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.partition import partition
@@ -54,7 +55,7 @@ app = typer.Typer(
     name="mrd",
     help=(
         "Mutual Refinement Distillation for multimodal emotion recognition in conversations: "
-        "pretrain -> partition -> distill -> evaluate, and ablate."
+        "pretrain -> partition -> distill -> evaluate, ablate, and compare backbones."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -66,6 +67,7 @@ app.command("partition")(partition)
 app.command("distill")(distill)
 app.command("evaluate")(evaluate)
 app.command("ablate")(ablate)
+app.command("compare")(compare)
 app.add_typer(data_cmd.app, name="data")
 
 

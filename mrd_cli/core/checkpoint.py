@@ -16,7 +16,8 @@ import torch
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_torch_save
-from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+from mrd_cli.models.dialogue import Backbone, ModelSpec
+from mrd_cli.models.registry import BACKBONES, build_backbone
 
 FORMAT = "mrd-checkpoint/1"
 REQUIRED = (
@@ -30,7 +31,7 @@ REQUIRED = (
 )
 
 
-def save_checkpoint(path: Path, model: DialogueModel, state_dict: dict, **meta: Any) -> None:
+def save_checkpoint(path: Path, model: Backbone, state_dict: dict, **meta: Any) -> None:
     """Write a checkpoint atomically. ``state_dict`` is the selected epoch's weights."""
     payload = {
         "format": FORMAT,
@@ -134,7 +135,12 @@ def _spec_is_valid(spec: Any) -> bool:
         built = ModelSpec(**spec)
     except TypeError:
         return False
-    return isinstance(built.input_dims, dict) and isinstance(built.modalities, list)
+    return (
+        isinstance(built.input_dims, dict)
+        and isinstance(built.modalities, list)
+        and isinstance(built.options, dict)
+        and built.backbone in BACKBONES
+    )
 
 
 def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
@@ -171,10 +177,11 @@ def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
         )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> DialogueModel:
-    """Rebuild the network of a checkpoint on ``device``, in eval mode."""
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> Backbone:
+    """Rebuild the network of a checkpoint (its spec names the backbone) on ``device``, in
+    eval mode."""
     try:
-        model = DialogueModel(ModelSpec(**ckpt["model_spec"]))
+        model = build_backbone(ModelSpec(**ckpt["model_spec"]))
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise MRDError(
