@@ -14,6 +14,7 @@ from mrd_cli.config import Config, load_config
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.ablate import AblationResult, ablate
+from mrd_cli.recipes.compare import ComparisonResult, compare
 from mrd_cli.recipes.distill import DistillResult, distill
 from mrd_cli.recipes.evaluate import EvaluationResult, evaluate
 from mrd_cli.recipes.partition import PartitionResult, partition
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AblationResult",
+    "ComparisonResult",
     "Config",
     "DistillResult",
     "EvaluationResult",
@@ -34,6 +36,7 @@ __all__ = [
     "Session",
     "__version__",
     "ablate",
+    "compare",
     "distill",
     "evaluate",
     "load_config",

@@ -120,3 +120,53 @@ def test_text_only_corpus_gives_the_text_model_its_own_seed(tmp_path):
 def test_multimodal_corpus_keeps_one_seed_for_both_models():
     cfg = _config()
     assert role_seed(cfg, "multi", 3) == 3 and role_seed(cfg, "text", 3) == 3
+
+
+def _guard_trainer(confidence: float, better_dialogues: int):
+    """A trainer whose starting weights and best epoch differ only in their validation
+    predictions: the best epoch is right on ``better_dialogues`` more dialogues."""
+    from mrd_cli.core.training import Selected, Trainer
+
+    session = Session(_config(), make_toy_corpus(60), RunDir("."), torch.device("cpu"))
+    val = session.tensors("val")
+    model = session.build_model("text")
+    trainer = Trainer(
+        models={"text": model},
+        optimizer=torch.optim.Adam(model.parameters()),
+        epochs=1,
+        val=val,
+        label_names=session.corpus.label_names,
+        seed=0,
+        start_confidence=confidence,
+    )
+    y = val.labels[val.mask]
+    dialogue = torch.nonzero(val.mask)[:, 0]
+    wrong = (y + 1) % 6
+    start_pred = torch.where(dialogue % 2 == 0, y, wrong)  # right on even dialogues
+    best_pred = torch.where((dialogue % 2 == 0) | (dialogue < 2 * better_dialogues), y, wrong)
+
+    def sel(epoch, pred):
+        wf1 = 100.0 * (pred == y).float().mean().item()  # stands in for W-F1
+        return Selected({}, epoch, {"weighted_f1": wf1}, pred)
+
+    trainer.start_selected = {"text": sel(0, start_pred)}
+    trainer.best = {"text": sel(4, best_pred)}
+    return trainer
+
+
+def test_gain_within_validation_noise_keeps_the_starting_weights():
+    trainer = _guard_trainer(confidence=0.9, better_dialogues=1)
+    assert trainer.selected()["text"].epoch == 0
+    guard = trainer.start_guard["text"]
+    assert guard["kept_start"] and guard["best_epoch"] == 4 and guard["p_gain"] < 0.9
+
+
+def test_gain_beyond_validation_noise_replaces_the_starting_weights():
+    trainer = _guard_trainer(confidence=0.9, better_dialogues=6)
+    assert trainer.selected()["text"].epoch == 4
+    assert trainer.start_guard["text"]["p_gain"] >= 0.9
+
+
+def test_start_confidence_zero_takes_any_higher_validation_score():
+    trainer = _guard_trainer(confidence=0.0, better_dialogues=1)
+    assert trainer.selected()["text"].epoch == 4 and trainer.start_guard == {}

@@ -139,3 +139,22 @@ def test_total_loss_is_the_sum_of_eq15_terms():
     )
     parts = t["cls_m"] + t["cls_t"] + 0.5 * (t["kd_m"] + t["kd_t"]) + 0.5 * (t["ref_m"] + t["ref_t"]) + 0.1
     assert t["total"].item() == pytest.approx(parts.item(), rel=1e-6)
+
+
+def test_gain_probability_resamples_whole_dialogues():
+    import numpy as np
+
+    from mrd_cli.core.stats import gain_probability
+
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    dialogue = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    old = np.array([0, 0, 0, 0, 0, 0, 0, 0])
+    # Better on every dialogue: every resample shows the gain.
+    assert gain_probability(y, y, old, dialogue, 3, resamples=200) == 1.0
+    # The same predictions: a tie is never a gain.
+    assert gain_probability(y, old, old, dialogue, 3, resamples=200) == 0.0
+    # Better on dialogue 2 only: a resample without dialogue 2 shows no gain, which happens
+    # with probability (2/3)^3 per resample.
+    only_last = np.where(dialogue == 2, y, old)
+    p = gain_probability(y, only_last, old, dialogue, 3, resamples=4000, seed=1)
+    assert abs(p - (1 - (2 / 3) ** 3)) < 0.03

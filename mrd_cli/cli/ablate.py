@@ -22,6 +22,7 @@ from mrd_cli.cli.common import (
     print_json,
 )
 from mrd_cli.cli.distill import WithoutOpt
+from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
 from mrd_cli.recipes.ablate import COMPONENTS
@@ -43,6 +44,7 @@ def ablate(
             "(default: config ablate.repretrain).",
         ),
     ] = None,
+    backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -60,7 +62,11 @@ def ablate(
     Results go to RUN/ablation/results.json and results.csv; finished (variant, seed) cells
     are reused when the command is run again.
     """
-    overrides = {"seed": seed, "ablate": {"seeds": seeds, "repretrain": repretrain}}
+    overrides = {
+        "seed": seed,
+        "model": {"backbone": backbone},
+        "ablate": {"seeds": seeds, "repretrain": repretrain},
+    }
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     comps = [c.value for c in without] if without else list(COMPONENTS)
     variants = [(c,) for c in comps]

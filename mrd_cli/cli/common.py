@@ -17,7 +17,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from mrd_cli.core import lock
 from mrd_cli.errors import MRDError
+
+# Recent Typer releases carry their own copy of click (``typer._click``); older ones use click.
+try:
+    from typer._click import exceptions as click_exceptions
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - typer < 0.20
+    from click import exceptions as click_exceptions  # type: ignore[no-redef] # noqa: F401
+    from click import get_current_context  # type: ignore[no-redef] # noqa: F401
 
 if TYPE_CHECKING:
     from mrd_cli.recipes.pretrain import TrainedModels
@@ -75,15 +84,16 @@ def handle_errors(func: F) -> F:
     """Turn project errors into one message on stderr and an exit code, without a traceback.
 
     ``MRDError`` exits with its own code (2 or 1), a file-system ``OSError`` with 1, Ctrl-C
-    with 130 after saying how to resume. A ``debug=True`` keyword argument re-raises instead,
-    for developers.
+    with 130 and SIGTERM (turned into ``Terminated`` by ``cli/app.py``) with 143, after
+    saying how to resume. A ``debug=True`` keyword argument re-raises instead, for
+    developers. Whatever happens, the run-directory locks the command took are released.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug", False))
         try:
-            return func(*args, **kwargs)
+            return _run_releasing_locks(func, args, kwargs)
         except MRDError as exc:
             if debug:
                 raise
@@ -108,17 +118,38 @@ def handle_errors(func: F) -> F:
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if debug:
                 raise
+            what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             err_console.print(
-                "[yellow]Interrupted.[/] Finished files were kept. To continue where it "
+                f"[yellow]{what}.[/] Finished files were kept. To continue where it "
                 "stopped, rerun `mrd pretrain` / `mrd distill` with --resume; `mrd run` and "
                 "`mrd ablate` reuse finished steps when rerun as they were."
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the handler ``cli/app.py`` installs, so that it
+    unwinds like Ctrl-C: temporary files removed, locks released, the same advice."""
+
+
+def _run_releasing_locks(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    try:
+        return func(*args, **kwargs)
+    finally:
+        lock.release_all()
+
+
+def command_name(ctx: Any) -> str:
+    """``mrd <subcommand ...>`` of a click context, whatever the program was called."""
+    if ctx is None:
+        return "mrd"
+    root = ctx.find_root().command_path
+    return " ".join(["mrd", *ctx.command_path[len(root) :].split()])
 
 
 def print_json(obj: Any) -> None:
@@ -143,6 +174,16 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
         return
     summary = result.to_dict()[stage]
     for role, s in summary.items():
+        guard = s.get("start_guard") or {}
+        if s.get("kept_pretrained") and guard.get("kept_start"):
+            err_console.print(
+                f"[yellow]=[/] {stage} {role}: epoch {guard['best_epoch']} beat the pretrained "
+                f"weights on validation ({guard['best_val_weighted_f1']:.2f} vs "
+                f"{guard['start_val_weighted_f1']:.2f}) in only {100 * guard['p_gain']:.0f}% "
+                f"of bootstrap resamples (needs {100 * guard['required']:.0f}%); kept the "
+                f"pretrained weights (epoch 0) -> {s['checkpoint']}"
+            )
+            continue
         if s.get("kept_pretrained"):
             err_console.print(
                 f"[yellow]=[/] {stage} {role}: no distillation epoch beat the pretrained "

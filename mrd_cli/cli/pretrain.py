@@ -32,6 +32,19 @@ class Modality(str, Enum):
     both = "both"
 
 
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="M_multi's network: dialogue (mrd's dialogue network), foal (Foal-Net: audio + "
+        "visual; text too with model.foal.text, mrd's extension) or dual (DUAL: audio + "
+        "visual, text at its decoder; its differences run across a dialogue's utterances, "
+        "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
+        "paper or code defines them). M_text is always the dialogue network. Default: "
+        "config model.backbone.",
+    ),
+]
+
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch.")
 ]
@@ -43,6 +56,7 @@ def pretrain(
     modality: Annotated[
         Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
     ] = Modality.both,
+    backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -58,14 +72,19 @@ def pretrain(
     Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
     """
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed, "pretrain": {"epochs": epochs}}
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}},
     )
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
         f"({session.corpus.num_utterances('train')} train / {session.corpus.num_utterances('val')} "
         f"val utterances; val: {session.corpus.val_source}) on {session.device}, "
-        f"seed {session.cfg.seed}."
+        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}."
     )
     with epoch_bars() as bars:
         for role in roles:

@@ -22,7 +22,10 @@ def metrics_table(result: dict[str, Any], title: str | None = None) -> Table:
     deltas = [
         (f"distill/{r}", f"pretrain/{r}")
         for r in ("multi", "text")
-        if f"distill/{r}" in models and f"pretrain/{r}" in models
+        if f"distill/{r}" in models
+        and f"pretrain/{r}" in models
+        # No Δ between models whose provenance chain is broken (``core/provenance.py``).
+        and not (result.get("provenance") or {}).get("problems")
     ]
     table = Table(
         title=title

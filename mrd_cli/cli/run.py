@@ -20,6 +20,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
 )
+from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation
 from mrd_cli.cli.session import open_session
@@ -32,8 +33,14 @@ from mrd_cli.recipes.partition import ensure_partitioned
 def run(
     dataset: DatasetOpt = "synthetic",
     force: Annotated[
-        bool, typer.Option("--force", help="Redo every step even if its outputs are current.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Redo every step even if its outputs are current, and replace pretrained "
+            "checkpoints made with other settings (kept otherwise).",
+        ),
     ] = False,
+    backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -51,7 +58,13 @@ def run(
     (use --force to redo them).
     """
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        {"seed": seed, "model": {"backbone": backbone}},
+        quiet=json_out,
     )
     err_console.print(
         f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.cli.common import err_console
+from mrd_cli.cli.common import command_name, err_console, get_current_context
+from mrd_cli.core import lock as run_lock
 from mrd_cli.core.session import Session
+from mrd_cli.errors import MRDError
 
 
 def open_session(
@@ -17,10 +19,21 @@ def open_session(
     device: str,
     overrides: dict[str, Any] | None = None,
     quiet: bool = False,
+    read_only_ok: bool = False,
+    lock: bool = True,
 ) -> Session:
     """``Session.open`` with a status spinner on stderr while the features load (none with
-    ``quiet``)."""
-    return Session.open(
+    ``quiet``), the corpus's warnings printed, and the run directory locked for this command
+    (``core/lock.py``; ``handle_errors`` releases it when the command ends).
+
+    With ``read_only_ok`` a run directory that cannot be written is no error: the session's
+    ``writable`` is then False (``mrd evaluate`` prints its tables without saving them).
+    ``lock=False`` leaves the locking to the recipe (``mrd tune``: several processes share
+    a run directory, and only the preparation of the pretrained pair needs it).
+    """
+    if run_dir is not None:
+        run_lock.check_run_dir(Path(run_dir))
+    session = Session.open(
         dataset,
         config,
         data_dir,
@@ -29,3 +42,15 @@ def open_session(
         overrides,
         loading=None if quiet else err_console.status,
     )
+    for message in session.corpus.warnings():
+        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+    if not lock:
+        return session
+    writable = run_lock.acquire(session.run.root, command_name(get_current_context(silent=True)))
+    if not writable and not read_only_ok:
+        raise MRDError(
+            f"The run directory {session.run.root} cannot be written. Pass --run-dir with a "
+            "directory you can write to."
+        )
+    session.__dict__["writable"] = writable
+    return session

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +18,7 @@ from mrd_cli.cli.common import (
     JsonOpt,
     RunDirOpt,
     SeedOpt,
+    Terminated,
     err_console,
     handle_errors,
     out_console,
@@ -114,17 +114,18 @@ def tune(
     optuna = require_optuna()
     # Failed trials are reported in the table, not as optuna's log lines with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Not locked for the whole command: several `mrd tune` processes share a run directory
+    # (each trial writes only its own directory); the recipe locks it while it pretrains.
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out
+        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out, lock=False
     )
     err_console.print(
         f"[bold]mrd tune[/] on {session.corpus.name}: {trials} trials x {seeds} seed(s), "
         f"target {target.value} (validation W-F1), device {session.device}, "
         f"run directory {session.run.root}"
     )
-    # A scheduler's SIGTERM (preemption on a cluster) ends the trial like Ctrl-C: it is
-    # marked failed and queued again at once instead of waiting for the heartbeat.
-    previous = _on_sigterm_interrupt()
+    # Ctrl-C and SIGTERM (a scheduler preempting the job; ``cli/app.py`` raises it as
+    # ``Terminated``) end the running trial the same way: failed and queued again at once.
     try:
         with epoch_bars() as bars:
             bars.add("trials", "trials", trials)
@@ -172,17 +173,15 @@ def tune(
                 on_wait=on_wait,
             )
             bars.progress.update(bars.tasks["trials"], completed=trials, info="done")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
+        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
         err_console.print(
-            "[yellow]Interrupted.[/] Finished trials are kept in the study; the interrupted "
+            f"[yellow]{what}.[/] Finished trials are kept in the study; the interrupted "
             "trial is queued again. Rerun the same command to continue."
         )
-        raise typer.Exit(130) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     summary = result.to_dict()
     if json_out:
         print_json(summary)
@@ -196,18 +195,6 @@ def tune(
             f"Score it once on test: mrd distill --config {result.best_config} ... "
             "then mrd evaluate."
         )
-
-
-def _on_sigterm_interrupt() -> Any:
-    """Turn SIGTERM into KeyboardInterrupt (main thread only); the previous handler."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
 
 
 def _fmt(value: Any) -> str:

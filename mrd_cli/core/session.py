@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from mrd_cli.data.corpus import Corpus
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.tensors import SplitTensors, split_tensors
 from mrd_cli.errors import MRDError
-from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+from mrd_cli.models.dialogue import Backbone, ModelSpec
+from mrd_cli.models.registry import backbone_modalities, build_backbone
 
 
 @dataclass
@@ -78,10 +79,12 @@ class Session:
         other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
         return other
 
-    def build_model(self, role: str) -> DialogueModel:
-        """A fresh model of ``role`` (multi or text) for this corpus and model config."""
+    def build_model(self, role: str) -> Backbone:
+        """A fresh model of ``role`` (multi or text) for this corpus and model config:
+        M_multi's network is ``model.backbone``, M_text's the dialogue network."""
         cfg = self.cfg
-        mods = role_modalities(cfg, role)
+        backbone, options = role_backbone(cfg, role)
+        mods = backbone_modalities(backbone, options, role_modalities(cfg, role))
         dims = self.corpus.input_dims
         spec = ModelSpec(
             modalities=mods,
@@ -93,10 +96,12 @@ class Session:
             layers=cfg.model.layers,
             heads=cfg.model.heads,
             dropout=cfg.model.dropout,
+            backbone=backbone,
+            options=options,
         )
-        return DialogueModel(spec).to(self.device)
+        return build_backbone(spec).to(self.device)
 
-    def load_model(self, path: Path, made_by: str) -> tuple[DialogueModel, dict]:
+    def load_model(self, path: Path, made_by: str) -> tuple[Backbone, dict]:
         """Load a checkpoint, check it against the loaded data, rebuild its model."""
         ckpt = load_checkpoint(path, made_by)
         check_matches_corpus(ckpt, self.corpus)
@@ -150,6 +155,14 @@ def role_modalities(cfg: Config, role: str) -> list[str]:
     return list(cfg.dataset.modalities) if role == "multi" else ["text"]
 
 
+def role_backbone(cfg: Config, role: str) -> tuple[str, dict[str, Any]]:
+    """The backbone of ``role`` and its settings: ``model.backbone`` for M_multi (with its
+    section, ``model.foal`` or ``model.dual``), the dialogue network for M_text."""
+    name = cfg.model.backbone if role == "multi" else "dialogue"
+    section = getattr(cfg.model, name, None)
+    return name, (asdict(section) if section is not None else {})
+
+
 # Added to the text model's seed when both models see the same inputs (see role_seed).
 TEXT_SEED_OFFSET = 100_003
 
@@ -167,7 +180,7 @@ def role_seed(cfg: Config, role: str, seed: int) -> int:
     return seed
 
 
-def build_model(corpus: Corpus, cfg: Config, role: str, device: torch.device) -> DialogueModel:
+def build_model(corpus: Corpus, cfg: Config, role: str, device: torch.device) -> Backbone:
     """A fresh model of ``role`` without a session (the benchmark and tests use it)."""
     return Session(cfg=cfg, corpus=corpus, run=RunDir(Path(".")), device=device).build_model(role)
 

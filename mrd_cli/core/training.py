@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss
 from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.stats import gain_probability
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.io import atomic_torch_save
@@ -37,6 +38,8 @@ class Selected:
     state_dict: dict[str, Tensor]
     epoch: int
     val_metrics: dict[str, Any]
+    # Predicted class of every validation utterance (flat, CPU), for the start guard.
+    val_predictions: Tensor | None = None
 
 
 @dataclass
@@ -131,8 +134,13 @@ class Trainer:
         signature: str = "",
         on_epoch: Callable[[EpochLog], None] | None = None,
         start_candidate: bool = False,
+        start_confidence: float = 0.0,
     ):
         self.models = models
+        self.seed = seed
+        self.start_confidence = start_confidence
+        # Per model: the outcome of the start guard (see ``selected``).
+        self.start_guard: dict[str, dict[str, Any]] = {}
         self.optimizer = optimizer
         self.num_epochs = epochs
         self.val = val
@@ -143,6 +151,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.best: dict[str, Selected | None] = {n: None for n in models}
         self.history: list[dict[str, Any]] = []
+        self.start_selected: dict[str, Selected | None] = {}
         self.start = 0
         if resume and state_path is not None and state_path.is_file():
             self._restore(state_path)
@@ -166,7 +175,7 @@ class Trainer:
         self._check_finite(epoch, losses)
         val_wf1: dict[str, float] = {}
         for name, model in self.models.items():
-            report = evaluate(model, self.val, self.label_names)
+            report, preds = self._validate(model)
             val_wf1[name] = report["weighted_f1"]
             current = self.best[name]
             if current is None or report["weighted_f1"] > current.val_metrics["weighted_f1"]:
@@ -174,6 +183,7 @@ class Trainer:
                     state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                     epoch=epoch + 1,
                     val_metrics=report,
+                    val_predictions=preds,
                 )
         self.history.append({"epoch": epoch + 1, "losses": losses, "val_wf1": val_wf1})
         if self.state_path is not None:
@@ -194,14 +204,22 @@ class Trainer:
         far, as "epoch 0": a later epoch is chosen only if it beats them."""
         val_wf1 = {}
         for name, model in self.models.items():
-            report = evaluate(model, self.val, self.label_names)
+            report, preds = self._validate(model)
             val_wf1[name] = report["weighted_f1"]
             self.best[name] = Selected(
                 state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                 epoch=0,
                 val_metrics=report,
+                val_predictions=preds,
             )
         self.history.append({"epoch": 0, "losses": {}, "val_wf1": val_wf1})
+        self.start_selected = dict(self.best)
+
+    def _validate(self, model: DialogueModel) -> tuple[dict[str, Any], Tensor]:
+        """Validation metrics of ``model`` and its flat predictions (CPU)."""
+        preds = predict(model, self.val)[self.val.mask].cpu()
+        y_true = self.val.labels[self.val.mask].cpu().numpy()
+        return classification_report(y_true, preds.numpy(), self.label_names), preds
 
     def start_val_wf1(self) -> dict[str, float] | None:
         """Each model's validation W-F1 before training, if it was a candidate."""
@@ -209,11 +227,46 @@ class Trainer:
         return dict(first["val_wf1"]) if first and first["epoch"] == 0 else None
 
     def selected(self) -> dict[str, Selected]:
-        """Each model's best epoch on validation."""
+        """Each model's best epoch on validation.
+
+        With a start candidate and ``start_confidence`` > 0, a trained epoch replaces the
+        starting weights only if a paired bootstrap over validation dialogues gives it the
+        higher W-F1 in at least that share of resamples: a gain within the validation
+        split's noise keeps the starting weights (``start_guard`` says what was decided).
+        """
+        for name, best in self.best.items():
+            start = self.start_selected.get(name)
+            if start is None or best is None or best.epoch == 0 or self.start_confidence <= 0:
+                continue
+            p_gain = self._gain_probability(best, start)
+            kept = p_gain < self.start_confidence
+            self.start_guard[name] = {
+                "best_epoch": best.epoch,
+                "best_val_weighted_f1": best.val_metrics["weighted_f1"],
+                "start_val_weighted_f1": start.val_metrics["weighted_f1"],
+                "p_gain": p_gain,
+                "required": self.start_confidence,
+                "kept_start": kept,
+            }
+            if kept:
+                self.best[name] = start
         result = {n: s for n, s in self.best.items() if s is not None}
         if len(result) != len(self.models):
             raise MRDRunError("Training finished without a single epoch; check 'epochs'.")
         return result
+
+    def _gain_probability(self, new: Selected, old: Selected) -> float:
+        mask = self.val.mask.cpu()
+        dialogue = torch.nonzero(mask)[:, 0].numpy()
+        y_true = self.val.labels.cpu()[mask].numpy()
+        return gain_probability(
+            y_true,
+            new.val_predictions.numpy(),
+            old.val_predictions.numpy(),
+            dialogue,
+            len(self.label_names),
+            seed=self.seed,
+        )
 
     def _check_finite(self, epoch: int, losses: dict[str, float]) -> None:
         # Name the term that broke, not the total that merely inherits it.
@@ -239,6 +292,10 @@ class Trainer:
                     n: None if s is None else copy.copy(s.__dict__) for n, s in self.best.items()
                 },
                 "history": self.history,
+                "start": {
+                    n: None if s is None else copy.copy(s.__dict__)
+                    for n, s in self.start_selected.items()
+                },
                 "rng": _cpu_rng_states(self.generator),
             },
             self.state_path,
@@ -258,14 +315,31 @@ class Trainer:
                 f"The saved training state {state_path} comes from another config, data or "
                 "seed; run without --resume to start over."
             )
-        for name, model in self.models.items():
-            model.load_state_dict(state["models"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for name, sel in state["best"].items():
-            self.best[name] = Selected(**sel) if sel is not None else None
-        self.history = state["history"]
-        _restore_rng(state["rng"], self.generator)
-        self.start = int(state["epoch"])
+        try:
+            for name, model in self.models.items():
+                model.load_state_dict(state["models"][name])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for name, sel in state["best"].items():
+                self.best[name] = Selected(**sel) if sel is not None else None
+            if not isinstance(state["history"], list):
+                raise TypeError("history is not a list")
+            self.history = state["history"]
+            self.start_selected = {
+                n: Selected(**sel) if sel is not None else None
+                for n, sel in state.get("start", {}).items()
+            }
+            _restore_rng(state["rng"], self.generator)
+            epoch = state["epoch"]
+            total = self.num_epochs
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= total:
+                raise ValueError(f"epoch {epoch!r} is outside 0..{total}")
+            self.start = epoch
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise MRDError(
+                f"The saved training state {state_path} is damaged ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); delete it or run without --resume to "
+                "start over."
+            ) from None
 
 
 def _cpu_rng_states(generator: torch.Generator) -> dict[str, Any]:

@@ -9,6 +9,7 @@ back under the community file names.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from mrd_cli.data.layouts import (
     write_iemocap,
     write_meld,
 )
-from mrd_cli.data.safe_pickle import safe_load
+from mrd_cli.data.safe_pickle import expansion_budget, human_size, safe_load
 from mrd_cli.data.synthetic import PRESETS, generate
 from mrd_cli.errors import MRDError
 
@@ -98,8 +99,35 @@ def _entry(fields: dict[str, Any], name: str, did: str, split: str, layout: Tupl
         ) from None
 
 
+# Bytes the features read from files may still take when lists become arrays: a pickle can
+# list one row a million times (its memo), which costs nothing in the file and everything in
+# memory. None: no budget (tuples built in memory).
+_ARRAY_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "_ARRAY_BUDGET", default=None
+)
+
+
+def _charge_list(value: Any, did: str, modality: str, source: str) -> None:
+    """Refuse a list of rows whose array would exceed what is left of the load's budget."""
+    budget = _ARRAY_BUDGET.get()
+    if budget is None or not isinstance(value, (list, tuple)):
+        return
+    first = value[0] if len(value) else None
+    width = len(first) if hasattr(first, "__len__") else 1
+    need = len(value) * max(width, 1) * 4
+    budget[0] -= need
+    if budget[0] < 0:
+        raise MRDError(
+            f"Dialogue '{did}': the {modality} features ({source}) would expand to "
+            f"{human_size(need)}, beyond what the feature files' size allows; the file is "
+            "corrupt or crafted (rows repeated by reference). Nothing was allocated. Use the "
+            "feature files as distributed."
+        )
+
+
 def _matrix(value: Any, did: str, modality: str, source: str) -> np.ndarray:
     """One dialogue's features as float32 ``[n, d]`` (lists of lists, of arrays, or 2-D)."""
+    _charge_list(value, did, modality, source)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             x = np.asarray(value, dtype=np.float32)
@@ -456,7 +484,10 @@ def load_corpus(
     else:
         features_path, roberta_path = resolve_feature_files(cfg, data_dir, yaml_dir)
         need_roberta = cfg.text_features == "roberta"
-        expected = [features_path, roberta_path] if need_roberta else [features_path]
+        # A RoBERTa file named in the config must exist even where it is optional (MELD's
+        # dev split): a typo must not quietly change the validation split.
+        named = need_roberta or bool(cfg.roberta_file)
+        expected = [features_path, roberta_path] if named else [features_path]
         if not all(p.is_file() for p in expected):
             raise _missing_files_error(cfg, expected)
         features = safe_load(features_path, _ENCODING)
@@ -464,7 +495,13 @@ def load_corpus(
         # text, so that validation is the official dev split whenever it can be.
         read_roberta = need_roberta or (cfg.layout == "meld" and roberta_path.is_file())
         roberta = safe_load(roberta_path, _ENCODING) if read_roberta else None
-        corpus = _PARSERS[cfg.layout](features, roberta, cfg, cfg.name)
+        read = [features_path, roberta_path] if read_roberta else [features_path]
+        size = sum(p.stat().st_size for p in read)
+        token = _ARRAY_BUDGET.set([expansion_budget(size)])
+        try:
+            corpus = _PARSERS[cfg.layout](features, roberta, cfg, cfg.name)
+        finally:
+            _ARRAY_BUDGET.reset(token)
         corpus.extra["features_file"] = str(features_path)
         if read_roberta:
             corpus.extra["roberta_file"] = str(roberta_path)

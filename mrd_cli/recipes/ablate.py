@@ -140,7 +140,14 @@ def ablate(
             base_session = session.derive(base_cfg, base)
         else:
             base, base_session = session.run, session
-        ensure_partitioned(base_session, on_epoch=on_epoch, on_step=on_step)
+        # Each seed's own pretrained pair (repretrain) is the ablation's cache: it may be
+        # replaced; the run's pair is not replaced without `mrd run --force`.
+        ensure_partitioned(
+            base_session,
+            on_epoch=on_epoch,
+            on_step=on_step,
+            replace_pretrained=cfg.ablate.repretrain,
+        )
         # A reused pretrained pair gives the same test metrics for every seed.
         if cfg.ablate.repretrain or not base_metrics:
             base_metrics[seed] = _pretrained_test(base_session)
@@ -159,7 +166,7 @@ def ablate(
         for without in all_variants:
             name = variant_name(without)
             path = cells_dir / f"{_slug(without)}_seed{seed}.json"
-            cached = _read_cell(path, sig)
+            cached = _read_cell(path, sig, session.corpus.label_names)
             if on_cell:
                 on_cell(name, seed, cached is not None)
             if cached is None:
@@ -180,14 +187,34 @@ def ablate(
     return AblationResult(**summary, computed=computed)
 
 
-def _read_cell(path, sig: str) -> dict[str, Any] | None:
+def _read_cell(path, sig: str, labels: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         cell = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return cell if cell.get("signature") == sig else None
+    # A cell file is a cache: one that is damaged (or edited) is recomputed, not trusted.
+    if not isinstance(cell, dict) or cell.get("signature") != sig:
+        return None
+    result = cell.get("result")
+    if not isinstance(result, dict) or not all(_role_ok(result.get(r), labels) for r in ROLES):
+        return None
+    return cell
+
+
+def _role_ok(entry: Any, labels: list[str]) -> bool:
+    """One model's cached cell metrics have the fields ``summarise`` reads, well typed."""
+    number = (int, float)
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("weighted_f1"), number)
+        and isinstance(entry.get("per_class_f1"), dict)
+        and set(labels) <= set(entry["per_class_f1"])
+        and all(isinstance(v, number) for v in entry["per_class_f1"].values())
+        and isinstance(entry.get("predictions"), list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in entry["predictions"])
+    )
 
 
 def _pretrained_test(session: Session) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class DistillResult(TrainedModels):
     beat. ``selected_epoch`` 0 means the pretrained weights were kept."""
 
     start_val_wf1: dict[str, float] | None = None
+    # Per model, when a distillation epoch beat the pretrained weights on validation: how
+    # sure the bootstrap was of the gain, and whether that sufficed (``Trainer.selected``).
+    start_guard: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -59,6 +62,7 @@ class DistillResult(TrainedModels):
             entry["keep_start"] = self.start_val_wf1 is not None
             entry["kept_pretrained"] = entry["epoch"] == 0
             entry["start_val_weighted_f1"] = (self.start_val_wf1 or {}).get(role)
+            entry["start_guard"] = self.start_guard.get(role)
         return out
 
 
@@ -125,6 +129,7 @@ def distill(
         on_epoch=on_epoch,
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
+        start_confidence=cfg.distill.start_confidence,
     )
     for epoch in trainer.epochs():
         for model in models.values():
@@ -155,6 +160,7 @@ def distill(
                 curriculum=curriculum.describe(),
                 kept_pretrained=selected[role].epoch == 0,
                 start_val_weighted_f1=None if start is None else start[role],
+                start_guard=trainer.start_guard.get(role),
             ),
         )
     state_path.unlink(missing_ok=True)
@@ -166,6 +172,7 @@ def distill(
         selected=selected,
         checkpoints=targets,
         start_val_wf1=start,
+        start_guard=trainer.start_guard,
     )
 
 

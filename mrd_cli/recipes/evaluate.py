@@ -4,6 +4,7 @@ Writes ``RUN/metrics/<split>.json``."""
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mrd_cli.core.metrics import ambiguity_table, classification_report
+from mrd_cli.core.provenance import chain_problems
 from mrd_cli.core.session import Session
 from mrd_cli.core.training import predict
 from mrd_cli.errors import MRDError
@@ -29,6 +31,11 @@ class EvaluationResult:
     models: dict[str, dict[str, Any]]
     ambiguity: dict[str, Any] | None = None
     ambiguity_models: dict[str, str] | None = None
+    # Where the chain distill -> partition -> pretrain of the run directory is broken
+    # (``core/provenance.py``); the Δ columns are left out when it is.
+    provenance_problems: list[str] | None = None
+    # Where the metrics were saved (None: not saved; see ``evaluate``).
+    saved_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -41,6 +48,10 @@ class EvaluationResult:
         }
         if self.ambiguity_models is not None:
             out["ambiguity_models"] = self.ambiguity_models
+        out["provenance"] = {
+            "consistent": not self.provenance_problems,
+            "problems": list(self.provenance_problems or []),
+        }
         return out
 
 
@@ -54,7 +65,11 @@ def evaluate(
     directory) and the ambiguity table; saved as ``RUN/metrics/<split>.json``.
 
     The ambiguity table compares the multimodal and the text model of the latest stage
-    present (distill if both distilled models are given, else pretrain).
+    present (distill if both distilled models are given, else pretrain). Checkpoints named
+    ``stage/role`` must be the run directory's own; the provenance chain of those is checked
+    and any break is reported in ``provenance``. A checkpoint from elsewhere is named by its
+    path, and the results are then not saved in this run directory (they do not describe
+    its models).
     """
     checkpoints = session.run.checkpoints() if checkpoints is None else checkpoints
     if not checkpoints:
@@ -68,9 +83,11 @@ def evaluate(
     models: dict[str, Any] = {}
     preds: dict[str, np.ndarray] = {}
     roles: dict[str, str] = {}
+    loaded: dict[str, dict[str, Any]] = {}
     for name, path in checkpoints.items():
         made_by = "mrd distill" if name.startswith("distill") else "mrd pretrain"
         model, ckpt = session.load_model(path, made_by)
+        loaded[name] = ckpt
         y_pred = predict(model, data)[data.mask].cpu().numpy()
         preds[name] = y_pred
         roles[name] = ckpt["role"]
@@ -90,9 +107,26 @@ def evaluate(
         multi, text = pair
         result.ambiguity = ambiguity_table(y_true, preds[multi], preds[text], labels)
         result.ambiguity_models = {"multi": multi, "text": text}
-    if save:
-        atomic_write_json(metrics_path(session, split), result.to_dict())
+    result.provenance_problems = chain_problems(session.run, loaded)
+    own = all(_inside(path, session.run.root) for path in checkpoints.values())
+    if save and own and session.__dict__.get("writable", True):
+        target = metrics_path(session, split)
+        result.saved_to = str(target)
+        try:
+            atomic_write_json(target, result.to_dict())
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            result.saved_to = None  # a read-only run directory: the tables are still shown
     return result
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def metrics_path(session: Session, split: str) -> Path:

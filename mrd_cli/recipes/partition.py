@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrd_cli.core.checkpoint import load_checkpoint
 from mrd_cli.core.partition import (
     fold_assignment,
     partition_by_agreement,
     partition_document,
     read_partition,
 )
+from mrd_cli.core.provenance import check_pretrained_pair, settings_differences
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session
 from mrd_cli.core.training import EpochLog, predict
@@ -58,7 +60,9 @@ def partition(
     paths = checkpoints or {r: session.run.pretrained(r) for r in ROLES}
     # Loading also checks both checkpoints against the data, whichever method runs.
     name = cfg.dataset.name
-    models = {r: session.load_model(paths[r], f"mrd pretrain --dataset {name}")[0] for r in ROLES}
+    loaded = {r: session.load_model(paths[r], f"mrd pretrain --dataset {name}") for r in ROLES}
+    check_pretrained_pair({r: ckpt for r, (_, ckpt) in loaded.items()})
+    models = {r: model for r, (model, _) in loaded.items()}
     train = session.tensors("train")
     if method == "in_sample":
         preds = {role: predict(models[role], train) for role in ROLES}
@@ -142,9 +146,16 @@ def ensure_partitioned(
     force: bool = False,
     on_epoch: Callable[[str, Any], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    replace_pretrained: bool = False,
 ) -> None:
     """Pretrain and partition unless current outputs are already in the run directory
-    (``mrd run`` and ``mrd ablate`` start with it)."""
+    (``mrd run`` and ``mrd ablate`` start with it).
+
+    Pretrained checkpoints made with other settings are not replaced silently: without
+    ``force`` (or ``replace_pretrained``) that is an error saying what differs.
+    """
+    if not (force or replace_pretrained):
+        _refuse_replacing_pretrained(session)
     if force or not session.pretrained_is_current():
         if on_step:
             on_step("pretrain")
@@ -157,3 +168,22 @@ def ensure_partitioned(
         partition(session, on_epoch=on_epoch)
     elif on_step:
         on_step("partition (reused)")
+
+
+def _refuse_replacing_pretrained(session: Session) -> None:
+    """Refuse to retrain over pretrained checkpoints made with other settings."""
+    for role in ROLES:
+        path = session.run.pretrained(role)
+        if not path.is_file() or session.current_pretrained(role) is not None:
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except MRDError:
+            what = "cannot be read"
+        else:
+            diffs = settings_differences(ckpt, session.cfg.to_dict(), session.corpus.fingerprint())
+            what = f"was made with other settings ({'; '.join(diffs) or 'another config'})"
+        raise MRDError(
+            f"{path} {what}; this run would replace it. Use `mrd run --force` to retrain it "
+            "with the current settings, or another --run-dir to keep it."
+        )

@@ -1,7 +1,10 @@
-"""Recipe: supervised pretraining of M_multi and M_text (L_cls + L_reg).
+"""Recipe: supervised pretraining of M_multi and M_text (L_cls + L_reg + the backbone's
+auxiliary losses).
 
 Each model trains alone on its modalities; its epoch is chosen on validation W-F1. Writes
-``RUN/pretrain/<role>.pt``.
+``RUN/pretrain/<role>.pt``. A backbone with auxiliary losses (Foal-Net: AVEL, MEM; DUAL:
+static, dynamic alignment) adds them, weighted, to the loss and logs each by name; the
+dialogue network has none.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from mrd_cli.core.training import (
     mean_terms,
 )
 from mrd_cli.data.tensors import Batch, SplitTensors
-from mrd_cli.models.dialogue import DialogueModel, run_model
+from mrd_cli.models.dialogue import Backbone, run_model
 
+# The logged loss terms; a backbone's auxiliary losses follow under their own names
+# (``ClassifierStep.terms``).
 TERMS = ("total", "cls", "reg")
 
 
@@ -119,7 +124,7 @@ def train_role(
     state_path: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[EpochLog], None] | None = None,
-) -> tuple[DialogueModel, Selected]:
+) -> tuple[Backbone, Selected]:
     """Train one fresh model of ``role`` on ``train``; returns it (at its selected epoch)
     with the selection. Partitioning's fold models are trained with it too. ``seed`` is
     the run's (or fold's) seed; the model's own comes from ``role_seed``."""
@@ -146,15 +151,15 @@ def train_role(
     )
     for epoch in trainer.epochs():
         model.train()
-        sums, count = torch.zeros(len(TERMS), device=session.device), 0
+        sums, count = torch.zeros(len(step.terms), device=session.device), 0
         for batch in step.batches(epoch, trainer.generator):
-            terms = step.loss(batch)  # L_cls + L_reg
+            terms = step.loss(batch)  # L_cls + L_reg + the backbone's auxiliary losses
             step.optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             step.optimizer.step()
-            sums += torch.stack([terms[t] for t in TERMS]).detach()
+            sums += torch.stack([terms[t] for t in step.terms]).detach()
             count += 1
-        trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
+        trainer.end_epoch(epoch, mean_terms(step.terms, sums, count))
     selected = trainer.selected()["model"]
     model.load_state_dict(selected.state_dict)
     return model, selected
@@ -164,15 +169,15 @@ class ClassifierStep:
     """What one pretraining step needs: the batches of an epoch and the loss of a batch.
 
     Building it takes the model's input standardisation statistics from ``train``, the
-    class weights of L_cls and a fresh Adam optimizer. ``update`` (loss, backward, step in
-    one call) is what ``benchmarks/throughput.py`` times.
+    class weights of L_cls and a fresh Adam optimizer. ``terms`` names the logged terms:
+    ``TERMS`` and then the backbone's auxiliary losses (unweighted, as they are logged).
+    ``update`` (loss, backward, step in one call) is what ``benchmarks/throughput.py`` times.
     """
 
-    def __init__(
-        self, model: DialogueModel, train: SplitTensors, cfg: PretrainConfig, num_classes: int
-    ):
+    def __init__(self, model: Backbone, train: SplitTensors, cfg: PretrainConfig, num_classes: int):
         self.model = model
         self.models = {"model": model}
+        self.terms = TERMS + tuple(model.aux_weights)
         self.train = train.select(model.modalities)
         self.cfg = cfg
         model.set_input_stats(self.train.features, self.train.mask)
@@ -184,16 +189,19 @@ class ClassifierStep:
         return self.train.batches(self.cfg.batch_size, generator)
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        """L_cls + L_reg of one batch, every term by name."""
+        """L_cls + L_reg + the weighted auxiliary losses of one batch, every term by name."""
         logits = run_model(self.model, batch)
+        aux = self.model.aux_losses(batch.labels, batch.mask)  # AVEL, MEM, alignment...
         l_cls = self.cls_loss(logits, batch.labels, batch.mask)
         l_reg = l2_penalty(self.model.parameters(), self.cfg.l2)
-        return {"total": l_cls + l_reg, "cls": l_cls, "reg": l_reg}
+        l_aux = [self.model.aux_weights[name] * term for name, term in aux.items()]
+        total = l_cls + l_reg + sum(l_aux)
+        return {"total": total, "cls": l_cls, "reg": l_reg, **aux}
 
     def update(self, batch: Batch) -> Tensor:
-        """One optimizer step on ``batch``; its loss terms stacked as in ``TERMS``."""
+        """One optimizer step on ``batch``; its loss terms stacked as in ``terms``."""
         terms = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
-        return torch.stack([terms[t] for t in TERMS]).detach()
+        return torch.stack([terms[t] for t in self.terms]).detach()

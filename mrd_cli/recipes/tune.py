@@ -52,6 +52,7 @@ from mrd_cli.config import (
     value_fits,
     with_values,
 )
+from mrd_cli.core import lock as run_lock
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.training import EpochLog, evaluate
@@ -382,9 +383,19 @@ def tune(
 
     # One process at a time prepares the pair and opens the study (two processes started
     # together would otherwise pretrain the same files and create the same tables).
+    # The run-directory lock (core/lock.py) is held only while the pair is prepared: the
+    # trials write nothing but their own directories, and check the pair before each run.
     with _file_lock(session.run.root / "tune" / ".prepare.lock"):
         if not own_pairs:
-            ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
+            if not run_lock.acquire(session.run.root, "mrd tune"):
+                raise MRDError(
+                    f"The run directory {session.run.root} cannot be written. Pass --run-dir "
+                    "with a directory you can write to."
+                )
+            try:
+                ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
+            finally:
+                run_lock.release(session.run.root)
             pretrained_value = _pretrained_value(session, target)
         else:
             pretrained_value = None
@@ -435,6 +446,7 @@ def tune(
                 on_epoch,
                 on_step,
                 optuna,
+                meta.get("pretrained_pair"),
             )
         except MRDRunError as exc:  # e.g. a non-finite loss: this config fails, not the study
             trial.set_user_attr("error", str(exc))
@@ -510,6 +522,7 @@ def _run_trial(
     on_epoch: Callable[[str, EpochLog], None] | None,
     on_step: Callable[[str], None] | None,
     optuna: Any,
+    study_pair: list[str] | None = None,
 ) -> float:
     """Distil the pair with the trial's config over every seed; the mean over seeds of the
     target's validation W-F1 at each model's best distillation epoch."""
@@ -521,6 +534,13 @@ def _run_trial(
         + yaml.safe_dump(nested_overrides(session.cfg, params), sort_keys=False),
     )
     base = session.run
+    if not own_pairs:
+        pair = [file_sha256(session.run.pretrained(r)) for r in ROLES]
+        if pair != study_pair:
+            raise MRDError(
+                f"The pretrained pair in {session.run.root} is not the one this study started "
+                "from (another command rewrote it); give --study NAME for a new study."
+            )
     if own_pairs:  # a trial that changes pretraining keys pretrains its own pair
         base = RunDir(trial_dir / "base")
         ensure_partitioned(
@@ -547,7 +567,9 @@ def _run_trial(
             if on_epoch:
                 on_epoch(key, log)
             trial.report(target_value(log.val_wf1, target), index * stride + log.epoch - 1)
-            if prune and trial.should_prune():
+            # Pruning at the very last epoch would save nothing and lose the trial's value.
+            last = index == len(seed_list) - 1 and log.epoch == log.epochs
+            if prune and not last and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {log.epoch}")
 
         try:
