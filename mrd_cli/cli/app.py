@@ -8,6 +8,7 @@ from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
+from mrd_cli.cli.features import features
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.run import run
@@ -29,6 +30,7 @@ app.command("distill")(distill)
 app.command("evaluate")(evaluate)
 app.command("ablate")(ablate)
 app.add_typer(data_cmd.app, name="data")
+app.command("features")(features)
 
 
 def main() -> None:
