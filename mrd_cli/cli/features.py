@@ -206,9 +206,7 @@ def features(
     ] = None,
     force: Annotated[
         bool,
-        typer.Option(
-            "--force", help="Overwrite files in --out that `mrd features` did not write."
-        ),
+        typer.Option("--force", help="Overwrite files in --out that `mrd features` did not write."),
     ] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -320,17 +318,22 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
         console.print(
             f"Audio: openSMILE {a['feature_set']} ({a['dim']}-d), {a['files']} files in "
             f"{s['audio']:.1f} s"
-            + (f"; {a['filled_with_zeros']} missing or unreadable, filled with zeros" if a[
-                "filled_with_zeros"
-            ] else "")
+            + (
+                f"; {a['filled_with_zeros']} missing or unreadable, filled with zeros"
+                if a["filled_with_zeros"]
+                else ""
+            )
             + ".",
             highlight=False,
             soft_wrap=True,
         )
     for modality, why in m["placeholders"].items():
         console.print(f"[yellow]{modality}: placeholder[/] ({why}).", soft_wrap=True)
-    console.print(f"Speakers: {m['speakers']['slots']} one-hot slots: "
-                  f"{', '.join(m['speakers']['names'])}.", highlight=False, soft_wrap=True)
+    console.print(
+        f"Speakers: {m['speakers']['slots']} one-hot slots: {', '.join(m['speakers']['names'])}.",
+        highlight=False,
+        soft_wrap=True,
+    )
     for p in paths:
         console.print(f"[green]✓[/] {p}", highlight=False, soft_wrap=True)
     yaml_path = next(p for p in paths if p.suffix == ".yaml")

@@ -69,6 +69,20 @@ def _listing(items: list[str], total: int) -> str:
     return shown + (f" and {total - 5} more" if total > 5 else "")
 
 
+def check_audio_files(paths: list[Path], missing: str = "error") -> list[str]:
+    """The paths that are not files; an error listing them unless ``missing`` is "zeros"."""
+    if missing not in ("error", "zeros"):
+        raise MRDError(f"--missing must be 'error' or 'zeros', got '{missing}'.")
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent and missing == "error":
+        raise MRDError(
+            f"{len(absent)} of {len(paths)} audio files are missing: "
+            f"{_listing(absent, len(absent))}. Fix --audio-dir / --audio-pattern (or the audio "
+            "column), or pass --missing zeros to fill them with zeros."
+        )
+    return absent
+
+
 def extract_audio(
     paths: list[Path],
     feature_set: str = "IS10",
@@ -82,15 +96,7 @@ def extract_audio(
         raise MRDError(
             f"Unknown audio feature set '{feature_set}'; use one of {', '.join(FEATURE_SETS)}."
         )
-    if missing not in ("error", "zeros"):
-        raise MRDError(f"--missing must be 'error' or 'zeros', got '{missing}'.")
-    absent = [str(p) for p in paths if not p.is_file()]
-    if absent and missing == "error":
-        raise MRDError(
-            f"{len(absent)} of {len(paths)} audio files are missing: {_listing(absent, len(absent))}. "
-            "Fix --audio-dir / --audio-pattern (or the audio column), or pass --missing zeros "
-            "to fill them with zeros."
-        )
+    absent = set(check_audio_files(paths, missing))
     require("opensmile")
     import opensmile
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mrd_cli.errors import MRDError
+from mrd_cli.features import require
 from mrd_cli.features.layouts import SPLITS, SourceSpec, layout_of, read_conversations
 from mrd_cli.features.speakers import speaker_slots
 from mrd_cli.features.text import DEFAULT_MODEL, POOLING, EmbeddingCache, EncodeStats, TextEncoder
@@ -82,7 +83,7 @@ def build_features(
     with_audio = opts.audio_dir is not None or any(u.audio for u in utterances)
     paths: list[Path] = []
     if with_audio:
-        from mrd_cli.features.audio import FEATURE_SETS, audio_paths
+        from mrd_cli.features.audio import FEATURE_SETS, audio_paths, check_audio_files
 
         if opts.audio_feature_set not in FEATURE_SETS:
             raise MRDError(
@@ -94,10 +95,16 @@ def build_features(
         paths = audio_paths(
             conv, opts.audio_dir, opts.audio_pattern or layout.audio_pattern, opts.source.csv_dir
         )
+        check_audio_files(paths, opts.missing)  # before the slow steps
+        require("opensmile")
     timings["read_csv"] = time.perf_counter() - t_start
 
     encoder = TextEncoder(opts.text_model, opts.max_tokens, opts.batch_size)
-    cache = EmbeddingCache(opts.cache_dir, encoder.model_hash, opts.max_tokens) if opts.cache_dir else None
+    cache = (
+        EmbeddingCache(opts.cache_dir, encoder.model_hash, opts.max_tokens)
+        if opts.cache_dir
+        else None
+    )
     texts = [u.text for u in utterances]
     stats = EncodeStats()
     t0 = time.perf_counter()
@@ -138,9 +145,7 @@ def build_features(
         "source": {
             "csv_dir": str(opts.source.csv_dir),
             "files": {s: conv.files[s] for s in SPLITS},
-            "sha256": {
-                Path(f).name: _sha256(Path(f)) for s in SPLITS for f in conv.files[s]
-            },
+            "sha256": {Path(f).name: _sha256(Path(f)) for s in SPLITS for f in conv.files[s]},
             "encoding": opts.source.encoding,
         },
         "labels": conv.label_names,
