@@ -158,7 +158,9 @@ def modality_signal(corpus: Corpus) -> dict[str, bool]:
 
 def _placeholders(corpus: Corpus) -> dict[str, str]:
     """Modalities that `mrd features` wrote as placeholders, from its manifest if there is one."""
-    path = Path(corpus.extra.get("features_file", "")).parent / "features_manifest.json"
+    if not corpus.extra.get("features_file"):
+        return {}
+    path = Path(corpus.extra["features_file"]).parent / "features_manifest.json"
     try:
         return dict(json.loads(path.read_text()).get("placeholders") or {})
     except (OSError, ValueError, AttributeError):
