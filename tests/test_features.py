@@ -545,3 +545,24 @@ def test_help_documents_every_option():
         "--json",
     ):
         assert option in result.output
+
+
+def test_generic_files_per_split_need_no_split_column_and_labels_sort(tmp_path):
+    from mrd_cli.errors import MRDError
+    from mrd_cli.features.layouts import SourceSpec, read_conversations
+
+    header = ["dialogue_id", "utterance_id", "speaker", "text", "label"]
+    for split, label in (("train", "b"), ("dev", "a"), ("test", "a")):
+        rows = [[f"{split}1", 2, "X", "second", label], [f"{split}1", 1, "Y", "first", "a"]]
+        _write_csv(tmp_path / f"{split}.csv", header, rows)
+    spec = SourceSpec(
+        layout="generic",
+        csv_dir=tmp_path,
+        files={s: f"{s}.csv" for s in ("train", "dev", "test")},
+    )
+    conv = read_conversations(spec, "g")
+    assert conv.label_names == ["a", "b"]  # sorted training labels
+    assert [u.text for u in conv.dialogues["train1"]] == ["first", "second"]  # by utterance id
+    _write_csv(tmp_path / "test.csv", header, [["t1", 1, "X", "hi", "c"]])
+    with pytest.raises(MRDError, match="Unknown label.*from the training split"):
+        read_conversations(spec, "g")
