@@ -255,8 +255,9 @@ def print_results(r: dict[str, Any]) -> None:
     times = Table(title="Time per step (s)")
     times.add_column("step")
     times.add_column("seconds", justify="right")
+    first = "cold" if f["first_build_cold"] else "given cache"
     times.add_row(
-        f"features, cold ({f['utterances']} utterances, {f['unique_texts']} distinct)",
+        f"features, {first} ({f['utterances']} utterances, {f['unique_texts']} distinct)",
         f"{f['cold_wall_s']:.1f} (encoding {f['cold_text_encoding_s']:.1f})",
     )
     times.add_row("features, from the cache", f"{f['cached_wall_s']:.1f}")
