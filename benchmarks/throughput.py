@@ -6,13 +6,18 @@ config, one of each: loading, a pretraining epoch of each model, a distillation 
 models, frozen copies, every loss term, reverse curriculum), the same distillation epoch's
 compute alone (training updates and validation forward passes on batches built beforehand:
 the floor that data handling is compared with), and evaluation on the test split. Every
-time is the median of ``--repeats`` repetitions after one warm-up. The epochs are the
-library's own (``ClassifierStep``, ``DistillStep``, ``run_epoch``): nothing here
-re-implements a training loop.
+time is the median of ``--repeats`` repetitions after one warm-up. The steps are the
+recipes' own (``recipes.pretrain.ClassifierStep``, ``recipes.distill.DistillStep``: their
+batches, loss, backward and optimizer step); an epoch here is those steps over an epoch's
+batches followed by validation, as in the recipes' loops.
 
     python benchmarks/throughput.py                    # IEMOCAP size, default device
     python benchmarks/throughput.py --preset meld --json
     python benchmarks/throughput.py --threads 1 --repeats 5
+    python benchmarks/throughput.py --backbone foal       # M_multi = Foal-Net, every figure
+    python benchmarks/throughput.py --backbone dialogue,foal,dual   # M_multi's pretraining
+                                    # epoch of each backbone, back to back, with the ratio
+                                    # to the dialogue network's
 """
 
 from __future__ import annotations
@@ -38,22 +43,32 @@ from rich.table import Table
 from mrd_cli.config import load_config
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import resolve_device, seed_everything
-from mrd_cli.core.mrd import DistillStep
 from mrd_cli.core.partition import GROUP_CODE, group_counts, partition_by_agreement
-from mrd_cli.core.pipeline import build_model
-from mrd_cli.core.training import (
-    EVAL_BATCH,
-    ClassifierStep,
-    batch_logits,
-    evaluate,
-    predict,
-    run_epoch,
-)
+from mrd_cli.core.session import build_model
+from mrd_cli.core.training import EVAL_BATCH, batch_logits, evaluate, predict
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.synthetic import write_synthetic
 from mrd_cli.data.tensors import SplitTensors, split_tensors
 from mrd_cli.errors import MRDError
-from mrd_cli.models.dialogue import DialogueModel
+from mrd_cli.models.dialogue import Backbone
+from mrd_cli.models.registry import BACKBONES
+from mrd_cli.recipes.distill import DistillStep
+from mrd_cli.recipes.pretrain import ClassifierStep
+
+Step = ClassifierStep | DistillStep
+
+
+def train_steps(step: Step, batches) -> torch.Tensor:
+    """The recipes' inner loop: one optimizer step per batch; the loss terms' sums."""
+    for model in step.models.values():
+        model.train()
+    return torch.stack([step.update(b) for b in batches]).sum(0)
+
+
+def run_epoch(step: Step, epoch: int, generator, val: SplitTensors, labels: list[str]):
+    """One epoch as the recipes run it: the steps, one read of the losses, validation."""
+    losses = train_steps(step, step.batches(epoch, generator)).cpu()
+    return losses, {name: evaluate(m, val, labels) for name, m in step.models.items()}
 
 
 class Preset(str, Enum):
@@ -80,8 +95,13 @@ MAX_DATA_OVERHEAD = 1.10  # distill_epoch_s / distill_compute_only_s
 # 1-minute load average (before the run) above which the machine counts as shared.
 BUSY_LOAD = 0.5
 
+# The issue's target for another backbone: its M_multi pretraining epoch at most this many
+# times the dialogue network's.
+MAX_BACKBONE_RATIO = 3.0
+
 KEYS = (
     "preset",
+    "backbone",
     "load_s",
     "pretrain_multi_epoch_s",
     "pretrain_text_epoch_s",
@@ -131,7 +151,7 @@ def peak_rss_mb() -> float:
 
 
 def in_sample_groups(
-    multi: DialogueModel, text: DialogueModel, train: SplitTensors, label_names: list[str]
+    multi: Backbone, text: Backbone, train: SplitTensors, label_names: list[str]
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Partition codes [D, L] and group sizes from the models' in-sample predictions (Eq. 9-13).
 
@@ -156,10 +176,12 @@ def measure(
     device: torch.device,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
+    backbone: str = "dialogue",
 ) -> dict[str, Any]:
-    """Run the benchmark and return its figures (the keys of ``KEYS``)."""
+    """Run the benchmark with M_multi's network ``backbone`` and return its figures (the keys
+    of ``KEYS``)."""
     synth_preset, config_name = PRESETS[preset]
-    cfg, _ = load_config(config_name)
+    cfg, _ = load_config(config_name, overrides={"model": {"backbone": backbone}})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="mrd-bench-") as tmp:
@@ -185,7 +207,7 @@ def measure(
         progress(f"Pretraining epochs of M_{role}")
         pretrain_s[role], _ = _median_after_warmup(
             lambda epoch, step=step, generator=generator: run_epoch(
-                step, step.models, epoch, generator, val, labels
+                step, epoch, generator, val, labels
             ),
             repeats,
             device,
@@ -203,9 +225,7 @@ def measure(
     epoch_s, compute_s = [], []
     for i in range(repeats + 1):  # the first of each is the warm-up
         progress(f"Distillation epochs ({i + 1}/{repeats + 1})")
-        seconds, _ = _timed(
-            lambda: run_epoch(step, step.models, epoch, generator, val, labels), device
-        )
+        seconds, _ = _timed(lambda: run_epoch(step, epoch, generator, val, labels), device)
         epoch_s.append(seconds)
         # The same epoch's compute alone: training updates and validation forward passes on
         # batches built beforehand; no batch building, no metrics.
@@ -215,7 +235,7 @@ def measure(
         }
 
         def compute(train_batches=train_batches, val_batches=val_batches) -> None:
-            losses = torch.stack(list(step.run(train_batches).values()))
+            losses = train_steps(step, train_batches)
             for role, model in models.items():
                 batch_logits(model, val_batches[role], val.labels.shape)
             losses.cpu()
@@ -232,6 +252,7 @@ def measure(
     )
     return {
         "preset": preset,
+        "backbone": backbone,
         "load_s": load_s,
         "pretrain_multi_epoch_s": pretrain_s["multi"],
         "pretrain_text_epoch_s": pretrain_s["text"],
@@ -242,6 +263,50 @@ def measure(
         "cuda_max_allocated_mb": (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def measure_backbones(
+    preset: str,
+    backbones: list[str],
+    repeats: int,
+    device: torch.device,
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """M_multi's pretraining epoch (median of ``repeats`` after a warm-up) with each backbone,
+    back to back on the same loaded data in this process, and its ratio to the dialogue
+    network's."""
+    synth_preset, config_name = PRESETS[preset]
+    with tempfile.TemporaryDirectory(prefix="mrd-bench-") as tmp:
+        progress(f"Writing synthetic {synth_preset} feature files")
+        write_synthetic(synth_preset, Path(tmp), seed)
+        cfg, _ = load_config(config_name)
+        corpus = load_corpus(cfg.dataset, Path(tmp))
+    train, val = (split_tensors(corpus, s, device) for s in ("train", "val"))
+    epoch_s: dict[str, float] = {}
+    for name in backbones:
+        cfg, _ = load_config(config_name, overrides={"model": {"backbone": name}})
+        seed_everything(seed)
+        step = ClassifierStep(
+            build_model(corpus, cfg, "multi", device), train, cfg.pretrain, corpus.num_classes
+        )
+        generator = torch.Generator().manual_seed(seed)
+        progress(f"Pretraining epochs of M_multi = {name}")
+        epoch_s[name], _ = _median_after_warmup(
+            lambda epoch, step=step, generator=generator: run_epoch(
+                step, epoch, generator, val, corpus.label_names
+            ),
+            repeats,
+            device,
+        )
+    base = epoch_s.get("dialogue")
+    return {
+        "preset": preset,
+        "pretrain_multi_epoch_s": epoch_s,
+        "ratio_to_dialogue": {n: (t / base if base else None) for n, t in epoch_s.items()},
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }
@@ -258,7 +323,8 @@ def target_status(result: dict[str, Any]) -> dict[str, bool]:
 def render(result: dict[str, Any], repeats: int, load_avg: tuple[float, float]) -> Table:
     with_targets = result["preset"] == "iemocap"
     table = Table(
-        title=f"mrd throughput, {result['preset']} preset, default config",
+        title=f"mrd throughput, {result['preset']} preset, default config, "
+        f"M_multi backbone {result['backbone']}",
         caption=(
             f"device {result['device']}, torch threads {result['torch_threads']}, "
             f"{os.cpu_count()} CPUs; median of {repeats} after a warm-up; "
@@ -305,6 +371,14 @@ def main(
         int | None, typer.Option(min=1, help="torch intra-op threads (default: torch's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and the models.")] = 0,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="M_multi's network: dialogue, foal or dual. Several, comma-separated, time "
+            "only M_multi's pretraining epoch of each, back to back, with the ratio to the "
+            "dialogue network's (which is then added if missing)."
+        ),
+    ] = "dialogue",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
     ] = False,
@@ -317,10 +391,35 @@ def main(
         raise typer.Exit(2) from None
     if threads is not None:
         torch.set_num_threads(threads)
+    names = [b.strip() for b in backbone.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKBONES]
+    if unknown or not names:
+        err_console.print(
+            f"[red]Error:[/red] unknown backbone {', '.join(unknown) or repr(backbone)}; use "
+            f"{', '.join(BACKBONES)}."
+        )
+        raise typer.Exit(2)
     load_before = os.getloadavg()[0]
+    if len(names) > 1:
+        names = ["dialogue", *[n for n in names if n != "dialogue"]]
+        with err_console.status("Starting") as status:
+            result = measure_backbones(
+                preset.value, names, repeats, dev, seed, lambda msg: status.update(msg + "...")
+            )
+        result["load_average"] = [load_before, os.getloadavg()[0]]
+        if as_json:
+            print(json.dumps(_plain(result)))
+            return
+        Console().print(render_backbones(result, repeats))
+        return
     with err_console.status("Starting") as status:
         result = measure(
-            preset.value, repeats, dev, seed, progress=lambda msg: status.update(msg + "...")
+            preset.value,
+            repeats,
+            dev,
+            seed,
+            progress=lambda msg: status.update(msg + "..."),
+            backbone=names[0],
         )
     if as_json:
         print(json.dumps({k: _plain(result[k]) for k in KEYS}))
@@ -335,8 +434,35 @@ def main(
         )
 
 
+def render_backbones(result: dict[str, Any], repeats: int) -> Table:
+    before, after = result["load_average"]
+    table = Table(
+        title=f"M_multi's pretraining epoch by backbone, {result['preset']} preset, default config",
+        caption=(
+            f"device {result['device']}, torch threads {result['torch_threads']}, "
+            f"{os.cpu_count()} CPUs; median of {repeats} after a warm-up, back to back in one "
+            f"process; load average {before:.1f} before, {after:.1f} after"
+        ),
+    )
+    for col in ("backbone", "epoch", "ratio to dialogue", f"<= {MAX_BACKBONE_RATIO:g}x"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    for name, seconds in result["pretrain_multi_epoch_s"].items():
+        ratio = result["ratio_to_dialogue"][name]
+        table.add_row(
+            name,
+            f"{seconds:.2f} s",
+            f"{ratio:.2f}",
+            "[green]yes" if ratio <= MAX_BACKBONE_RATIO else "[red]no",
+        )
+    return table
+
+
 def _plain(value: Any) -> Any:
-    """Floats rounded for reading; everything else as is."""
+    """Floats rounded for reading (inside mappings and lists too); everything else as is."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     if isinstance(value, float | np.floating):
         return round(float(value), 4)
     return value

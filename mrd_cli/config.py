@@ -1,9 +1,11 @@
 """Typed configuration: YAML file -> ``Config`` dataclasses -> the code that uses them.
 
-A config has one section per pipeline step. ``load_config`` starts from the built-in
-defaults, applies the dataset's YAML (``configs/<name>.yaml`` or a user's file), then the
-user's ``--config`` overrides, then CLI options, and validates the result: unknown keys are
-refused with the closest known key suggested, wrong types and out-of-range values are refused.
+A config has one section per pipeline step. The dataclasses below are the one source of
+defaults; the built-in ``configs/<name>.yaml`` files set only what differs for their dataset.
+``load_config`` starts from the defaults, applies the dataset's YAML (built in or a user's
+file), then the user's ``--config`` overrides, then CLI options, and validates the result:
+unknown keys are refused with the closest known key suggested, wrong types and out-of-range
+values are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -23,6 +26,8 @@ import yaml
 from mrd_cli.errors import MRDError
 
 BUILTIN_DATASETS = ("iemocap", "meld", "synthetic")
+# The curriculum stages (partition groups at the curriculum's level), by name.
+STAGES = ("difficult", "general", "simple")
 
 
 @dataclass
@@ -52,14 +57,52 @@ class DatasetConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The speaker-aware dialogue network shared by the multimodal and the text model."""
+class FoalConfig:
+    """Foal-Net as M_multi's backbone (``model.backbone: foal``): alignment before fusion."""
 
+    # Also concatenate the text vector at the classifier: mrd's extension (the paper is
+    # audio + visual only).
+    text: bool = False
+    # Cross-attention layers each way (audio -> visual, visual -> audio); 2 in the paper.
+    layers: int = 2
+    avel_weight: float = 1.0  # weight of AVEL (1 in the original code)
+    mem_weight: float = 0.1  # weight of MEM (0.1 in the original code)
+    # Divide each row of AVEL by its number of same-label positives (SupCon-style); the
+    # original code sums them unnormalised.
+    avel_normalise: bool = False
+    # AVEL's temperature: false divides by a learnable tau starting at 2.659 (the original
+    # code); true multiplies by exp(tau) as CLIP does (starts at 14.3), an option.
+    clip_temperature: bool = False
+
+
+@dataclass
+class DualConfig:
+    """DUAL as M_multi's backbone (``model.backbone: dual``). No paper or code defines
+    DUAL's losses or sizes: every default here is mrd's own choice, untuned."""
+
+    # The difference modules (SDM on audio, VDM on visual, the dynamic alignment loss and
+    # the sentiment residual); false drops them, for ablation.
+    difference: bool = True
+    # VDM's difference: next minus current utterance (false) or current minus previous (true).
+    causal: bool = False
+    static_weight: float = 1.0  # weight of the static (audio-visual) alignment loss
+    dynamic_weight: float = 1.0  # weight of the dynamic (SDM-VDM) alignment loss
+
+
+@dataclass
+class ModelConfig:
+    """The networks: M_text is always the dialogue network; M_multi's is ``backbone``."""
+
+    # M_multi's network: "dialogue" (mrd's speaker-aware dialogue network), "foal"
+    # (Foal-Net, audio + visual) or "dual" (DUAL, audio + visual, text at its decoder).
+    backbone: Literal["dialogue", "foal", "dual"] = "dialogue"
     hidden: int = 128
     encoder: Literal["gru", "transformer"] = "gru"
     layers: int = 1
     heads: int = 4
     dropout: float = 0.5
+    foal: FoalConfig = field(default_factory=FoalConfig)
+    dual: DualConfig = field(default_factory=DualConfig)
 
 
 @dataclass
@@ -92,10 +135,10 @@ class DistillConfig:
     epochs: int = 30
     lr: float = 5e-5
     batch_size: int = 16
-    alpha: float = 0.5  # weight of L_dm, text -> multimodal (Eq. 5)
-    beta: float = 0.5  # weight of L_dt, multimodal -> text (Eq. 5)
-    gamma: float = 0.5  # weight of L_rm, multimodal refactoring (Eq. 8)
-    delta: float = 0.5  # weight of L_rt, text refactoring (Eq. 8)
+    alpha: float = 0.5  # weight of L_dm (kd_m), text -> multimodal (Eq. 5)
+    beta: float = 0.5  # weight of L_dt (kd_t), multimodal -> text (Eq. 5)
+    gamma: float = 0.5  # weight of L_rm (ref_m), multimodal refactoring (Eq. 8)
+    delta: float = 0.5  # weight of L_rt (ref_t), text refactoring (Eq. 8)
     temperature: float = 2.0
     # Multiply the distillation terms by T^2 (Hinton); off in the paper.
     t2_scaling: bool = False
@@ -105,11 +148,29 @@ class DistillConfig:
     # Order of the curriculum stages: reverse = difficult, general, simple (Eq. 14);
     # forward = simple, general, difficult; none = every utterance in every epoch.
     curriculum: Literal["reverse", "forward", "none"] = "reverse"
-    # Share of the distillation epochs given to each stage, in visiting order.
-    stage_fractions: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.4])
+    # Share of the distillation epochs given to each stage, keyed by stage name (so the
+    # meaning does not depend on the curriculum order); normalised to sum 1.
+    stage_fractions: dict[str, float] = field(
+        default_factory=lambda: {"difficult": 0.3, "general": 0.3, "simple": 0.4}
+    )
     # True: a stage adds its group to the earlier ones (the last stage sees all data).
     # False: a stage trains on its own group only.
     cumulative: bool = True
+    # The pretrained pair is a candidate of the epoch choice ("epoch 0"): a model whose best
+    # distillation epoch does not beat its own pretrained weights on validation keeps them.
+    # false: always the best distillation epoch (the raw effect of distillation).
+    keep_start: bool = True
+    # With keep_start: a distillation epoch replaces the pretrained weights only if a paired
+    # bootstrap over validation dialogues gives it the higher W-F1 in at least this share of
+    # resamples, so that a gain within the validation split's noise is not taken for one.
+    # 0: any higher validation W-F1 wins.
+    start_confidence: float = 0.9
+    # What the refactoring losses (Eq. 6-7) pull each model towards. "matched_dropout": its
+    # frozen copy run with the same dropout mask as the model itself, so that L_rm / L_rt
+    # measure only how far the weights moved (0 before the first step). "eval" (the paper's
+    # literal reading): the frozen copy's eval-mode logits, against a model that trains
+    # with dropout, so most of the term is dropout noise rather than drift.
+    refactoring_target: Literal["matched_dropout", "eval"] = "matched_dropout"
 
 
 @dataclass
@@ -163,6 +224,18 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
                 return False, value
             out.append(item)
         return True, out
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            return False, value
+        mapped = {}
+        for k, item in value.items():
+            ok_key, k = _type_ok(k, key_type)
+            ok, item = _type_ok(item, value_type)
+            if not (ok_key and ok):
+                return False, value
+            mapped[k] = item
+        return True, mapped
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             ok, coerced = _type_ok(value, arg)
@@ -188,6 +261,9 @@ def _describe(annotation: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (list, typing.List):  # noqa: UP006
         return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        key_type, value_type = typing.get_args(annotation)
+        return f"a mapping of {_describe(key_type)} to {_describe(value_type)}"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -212,7 +288,13 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise MRDError(f"Config key '{path}' must be {_describe(hints[key])}, got {value!r}.")
-        numbers = coerced if isinstance(coerced, list) else [coerced]
+        numbers = (
+            list(coerced.values())
+            if isinstance(coerced, dict)
+            else coerced
+            if isinstance(coerced, list)
+            else [coerced]
+        )
         if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
             raise MRDError(f"Config key '{path}' must be a finite number, got {value!r}.")
         setattr(obj, key, coerced)
@@ -234,11 +316,21 @@ def validate(cfg: Config) -> Config:
     for key in ("alpha", "beta", "gamma", "delta"):
         need(getattr(cfg.distill, key) >= 0, f"distill.{key}", "must be >= 0 (a weight)")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
+    need(
+        0 <= cfg.distill.start_confidence < 1,
+        "distill.start_confidence",
+        "must be in [0, 1) (a share of bootstrap resamples)",
+    )
     fr = cfg.distill.stage_fractions
     need(
-        len(fr) == 3 and all(f >= 0 for f in fr) and sum(fr) > 0,
+        set(fr) == set(STAGES),
         "distill.stage_fractions",
-        "must be three non-negative numbers with a positive sum",
+        f"must give a fraction for each stage, {', '.join(STAGES)}, and nothing else",
+    )
+    need(
+        all(f >= 0 for f in fr.values()) and sum(fr.values()) > 0,
+        "distill.stage_fractions",
+        "must hold non-negative numbers with a positive sum",
     )
     need(cfg.partition.folds >= 2, "partition.folds", "must be >= 2")
     need(cfg.ablate.seeds >= 1, "ablate.seeds", "must be >= 1")
@@ -246,13 +338,57 @@ def validate(cfg: Config) -> Config:
     need(cfg.model.hidden >= 2, "model.hidden", "must be >= 2")
     need(cfg.model.layers >= 1, "model.layers", "must be >= 1")
     need(cfg.model.heads >= 1, "model.heads", "must be >= 1")
+    if cfg.model.encoder == "transformer":
+        need(
+            cfg.model.hidden % cfg.model.heads == 0,
+            "model.heads",
+            f"must divide model.hidden ({cfg.model.hidden}) for the transformer encoder",
+        )
+    for key in ("seed", "dataset.data_seed"):
+        need(0 <= _get(cfg, key) < 2**32, key, "must be in [0, 2**32)")
+    for key in ("pretrain.epochs", "distill.epochs", "partition.folds", "ablate.seeds"):
+        need(_get(cfg, key) <= 1_000_000, key, "must be <= 1000000")
+    for key in ("pretrain.batch_size", "distill.batch_size", "model.hidden", "model.layers"):
+        need(_get(cfg, key) <= 1_000_000, key, "must be <= 1000000")
+    need(cfg.model.heads <= 4096, "model.heads", "must be <= 4096")
+    need(cfg.ablate.bootstrap <= 10_000_000, "ablate.bootstrap", "must be <= 10000000")
+    need(
+        is_safe_component(cfg.dataset.name),
+        "dataset.name",
+        "must be a plain name (letters, digits, '.', '_', '-'; not starting with '.'), "
+        "as it names the run directory runs/<name>",
+    )
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    need(cfg.model.foal.layers >= 1, "model.foal.layers", "must be >= 1")
+    need(
+        cfg.model.backbone == "dialogue" or cfg.model.hidden % cfg.model.heads == 0,
+        "model.hidden",
+        f"must be a multiple of model.heads ({cfg.model.heads}) for backbone "
+        f"'{cfg.model.backbone}' (its attention splits hidden across heads)",
+    )
+    for key in ("foal.avel_weight", "foal.mem_weight", "dual.static_weight", "dual.dynamic_weight"):
+        need(_get(cfg.model, key) >= 0, f"model.{key}", "must be >= 0 (a weight)")
     need(0 < cfg.dataset.val_fraction < 1, "dataset.val_fraction", "must be in (0, 1)")
+    names = cfg.dataset.label_names
+    need(
+        len(set(names)) == len(names) and all(n.strip() for n in names),
+        "dataset.label_names",
+        "must be distinct, non-empty class names",
+    )
     need(len(cfg.dataset.modalities) >= 1, "dataset.modalities", "must name a modality")
     unknown = set(cfg.dataset.modalities) - {"text", "audio", "visual"}
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")
     need("text" in cfg.dataset.modalities, "dataset.modalities", "must contain 'text'")
     return cfg
+
+
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def is_safe_component(name: str) -> bool:
+    """A name that may become one path component: no separator, not '', '.', '..' or hidden,
+    only letters, digits, '.', '_' and '-' (at most 128 characters)."""
+    return isinstance(name, str) and _SAFE_COMPONENT.fullmatch(name) is not None
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -262,6 +398,41 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
+    the last one silently, so a duplicated key or section would drop settings unseen)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "a mapping key must be a plain value", key_node.start_mark
+                    ) from None
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice (first on line "
+                        f"{seen[key].start_mark.line + 1}, again on line "
+                        f"{key_node.start_mark.line + 1}); keep one",
+                        None,
+                    )
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys; every YAML file
+    ``mrd`` reads goes through here."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a clear MRDError."""
     if not path.is_file():
@@ -269,9 +440,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
             f"Config file not found: {path}. Check the path given to --config or --dataset."
         )
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MRDError(f"Config file {path} is not valid YAML: {exc}") from None
+        data = load_yaml_text(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise MRDError(f"Config file {path} is not valid YAML: {detail}") from None
+    except OSError as exc:
+        raise MRDError(f"Could not read {path}: {exc.strerror or exc}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -291,10 +465,21 @@ def builtin_config_path(name: str) -> Path:
     return Path(str(resources.files("mrd_cli.configs").joinpath(f"{name}.yaml")))
 
 
-def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    cfg = base if base is not None else Config()
-    _apply(cfg, data, "")
-    return validate(cfg)
+def _check_dataset_file(path: Path, doc: dict[str, Any]) -> None:
+    """A dataset YAML must say which corpus it is and in which layout; nothing falls back to
+    the built-in synthetic corpus silently."""
+    section = doc.get("dataset")
+    if not isinstance(section, dict):
+        raise MRDError(
+            f"Dataset file {path} must have a 'dataset' section with at least 'name' and "
+            "'layout' (iemocap, meld or synthetic)."
+        )
+    missing = [k for k in ("name", "layout") if k not in section]
+    if missing:
+        raise MRDError(
+            f"Dataset file {path} lacks {' and '.join(f'dataset.{k}' for k in missing)}; "
+            "give the corpus a name and its layout (iemocap, meld or synthetic)."
+        )
 
 
 def load_config(
@@ -313,13 +498,10 @@ def load_config(
         _apply(cfg, read_yaml(builtin_config_path(dataset)), "")
     elif dataset.endswith((".yaml", ".yml")) or Path(dataset).is_file():
         path = Path(dataset)
-        _apply(cfg, read_yaml(path), "")
+        doc = read_yaml(path)
+        _check_dataset_file(path, doc)
+        _apply(cfg, doc, "")
         yaml_dir = path.resolve().parent
-        if cfg.dataset.layout == "synthetic" and cfg.dataset.name == "synthetic":
-            raise MRDError(
-                f"Dataset file {path} must define 'dataset.name' and 'dataset.layout' "
-                "(iemocap or meld)."
-            )
     else:
         close = difflib.get_close_matches(dataset, BUILTIN_DATASETS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

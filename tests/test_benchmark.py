@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 KEYS = {
     "preset",
+    "backbone",
     "load_s",
     "pretrain_multi_epoch_s",
     "pretrain_text_epoch_s",
@@ -26,6 +29,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_benchmark_json_reports_every_figure_on_the_tiny_preset():
     # One torch thread: the figures do not matter here, and a second thread only competes
     # with the other tests for the CPU.
@@ -43,7 +47,8 @@ def test_benchmark_json_reports_every_figure_on_the_tiny_preset():
     assert result["device"] == "cpu"
     assert result["torch_threads"] == 1
     assert result["cuda_max_allocated_mb"] is None
-    for key in KEYS - {"preset", "device", "torch_threads", "cuda_max_allocated_mb"}:
+    assert result["backbone"] == "dialogue"
+    for key in KEYS - {"preset", "backbone", "device", "torch_threads", "cuda_max_allocated_mb"}:
         assert isinstance(result[key], float) and result[key] > 0, key
 
 
@@ -58,6 +63,7 @@ def test_benchmark_table_marks_each_iemocap_target_met_or_missed():
     bench = _load_benchmark_module()
     result = {
         "preset": "iemocap",
+        "backbone": "dialogue",
         "load_s": 1.0,
         "pretrain_multi_epoch_s": 3.0,  # met (<= 4 s)
         "pretrain_text_epoch_s": 5.0,  # missed
@@ -87,3 +93,37 @@ def test_benchmark_table_marks_each_iemocap_target_met_or_missed():
     assert row["distill_epoch_s"][-1] == "yes"
     assert row["distill_epoch_s / distill_compute_only_s"] == ["1.200", "<= 1.10", "no"]
     assert row["evaluate_s"][-1] == ""  # no target
+
+
+def test_backbone_table_marks_the_three_times_target():
+    bench = _load_benchmark_module()
+    result = {
+        "preset": "iemocap",
+        "pretrain_multi_epoch_s": {"dialogue": 2.0, "foal": 4.0, "dual": 7.0},
+        "ratio_to_dialogue": {"dialogue": 1.0, "foal": 2.0, "dual": 3.5},
+        "device": "cpu",
+        "torch_threads": 1,
+        "load_average": [1.0, 2.0],
+    }
+    console = bench.Console(width=200, record=True)
+    console.print(bench.render_backbones(result, 3))
+    cells = [line.split("│")[1:-1] for line in console.export_text().splitlines()]
+    row = {c[0].strip(): [x.strip() for x in c[1:]] for c in cells if c}
+    assert row["foal"] == ["4.00 s", "2.00", "yes"]
+    assert row["dual"][-1] == "no"
+
+
+@pytest.mark.slow
+def test_benchmark_times_each_backbone_back_to_back_on_the_tiny_preset():
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "tiny", "--repeats", "1", "--threads", "1"]
+        + ["--device", "cpu", "--backbone", "foal,dual", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert list(result["pretrain_multi_epoch_s"]) == ["dialogue", "foal", "dual"]
+    assert result["ratio_to_dialogue"]["dialogue"] == 1.0
+    assert len(result["load_average"]) == 2

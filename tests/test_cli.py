@@ -111,6 +111,7 @@ def test_distill_without_partition_names_the_command(pretrained_run, tmp_path):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_run_end_to_end_then_provenance_refusal(tmp_path, fast_config):
     run = tmp_path / "run"
     res = _invoke(
@@ -184,6 +185,7 @@ def test_run_end_to_end_then_provenance_refusal(tmp_path, fast_config):
     assert "Traceback" not in res4.output
 
 
+@pytest.mark.slow
 def test_ablate_with_two_seeds_prints_table_and_reuses_cells(tmp_path, fast_config):
     run = tmp_path / "run"
     args = [
@@ -212,15 +214,27 @@ def test_ablate_with_two_seeds_prints_table_and_reuses_cells(tmp_path, fast_conf
         "MRD",
         "MRD (text model)",
         "MRD w/o RCL",
+        "MRD w/o RCL (text model)",
     ]
     assert len(summary["rows"][2]["weighted_f1"]["values"]) == 2
-    row = summary["rows"][-1]
+    assert summary["rows"][2]["vs"] == "pretrained" and summary["rows"][-1]["vs"] == "MRD"
+    row = summary["rows"][-2]
     lo, hi = row["bootstrap_ci95"]
-    assert lo <= row["delta_wf1"] + 1e-9 or hi >= row["delta_wf1"] - 1e-9
-    assert (run / "ablation" / "results.csv").read_text().count("\n") == 6
+    # The interval is of the same difference (averaged over seeds) as delta_wf1.
+    assert lo <= row["delta_wf1"] <= hi
+    assert 0.0 <= row["p_bootstrap"] <= 1.0
+    assert (run / "ablation" / "results.csv").read_text().count("\n") == 7
+    # Running again reuses every finished cell: no cell file and no cell model is rewritten.
+    written = {
+        p: p.stat().st_mtime_ns
+        for p in sorted((run / "ablation").rglob("*"))
+        if p.is_file() and p.parent.name != "ablation"
+    }
+    assert len([p for p in written if p.suffix == ".json"]) == 4  # 2 variants x 2 seeds
     again = _invoke(*args, "--json")
     assert again.exit_code == 0
-    assert json.loads(again.stdout)["rows"][2]["weighted_f1"] == summary["rows"][2]["weighted_f1"]
+    assert json.loads(again.stdout)["rows"] == summary["rows"]
+    assert {p: p.stat().st_mtime_ns for p in written} == written
 
 
 def test_unknown_dataset_is_a_clear_error():
@@ -242,10 +256,50 @@ def test_cuda_without_cuda_is_a_clear_error():
 
 def test_without_maps_to_config():
     from mrd_cli.config import Config
-    from mrd_cli.core.ablation import apply_without
+    from mrd_cli.recipes.ablate import apply_without
 
     cfg = apply_without(Config(), ["mic"])
     assert (cfg.distill.alpha, cfg.distill.beta, cfg.distill.gamma) == (0.0, 0.0, 0.5)
     cfg = apply_without(Config(), ["ilc", "rcl"])
     assert (cfg.distill.gamma, cfg.distill.delta) == (0.0, 0.0)
     assert cfg.distill.curriculum == "none" and cfg.distill.alpha == 0.5
+
+
+TINY = {
+    "model": {"hidden": 16},
+    "pretrain": {"epochs": 1, "batch_size": 32},
+    "partition": {"method": "in_sample"},
+    "distill": {"epochs": 1, "batch_size": 32},
+    "ablate": {"bootstrap": 20},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_run_and_ablate_on_a_tiny_config(tmp_path, tiny_config):
+    # The fast tier's pass through `mrd run` and `mrd ablate`; the slow tests above check
+    # their outputs in depth.
+    common = ["--config", str(tiny_config), "--run-dir", str(tmp_path), "--device", "cpu"]
+    res = _invoke("run", *common, "--json")
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.stdout)["models"]) >= {"distill/multi", "distill/text"}
+    res = _invoke("ablate", *common, "--seeds", "1", "--without", "mic", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["name"] for r in rows][-2:] == ["MRD w/o MIC", "MRD w/o MIC (text model)"]
+    assert "pretrain (reused)" in res.stderr
+
+
+def test_python_dash_m_runs_the_app(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["mrd", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mrd_cli", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "pretrain" in capsys.readouterr().out

@@ -361,8 +361,8 @@ def test_inconsistent_dialogue_is_refused_naming_it(tmp_path: Path, case: str) -
         ("distill: {temperature: .inf}", ["'distill.temperature' must be a finite number"]),
         ("pretrain: {lr: .nan}", ["'pretrain.lr' must be a finite number"]),
         (
-            "distill: {stage_fractions: [.inf, 0, 0]}",
-            ["'distill.stage_fractions' must be a finite number, got [inf, 0, 0]"],
+            "distill: {stage_fractions: {difficult: .inf, general: 0, simple: 0}}",
+            ["'distill.stage_fractions' must be a finite number"],
         ),
         ("pretrain: {epochs: 0}", ["'pretrain.epochs' must be >= 1, got 0"]),
         ("distill: {epochs: 0}", ["'distill.epochs' must be >= 1, got 0"]),
@@ -589,7 +589,7 @@ def test_disk_full_while_writing_keeps_the_previous_file(
     def no_space(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("mrd_cli.core.io.os.fsync", no_space)
+    monkeypatch.setattr("mrd_cli.io.os.fsync", no_space)
     _fails(
         _evaluate(run),
         1,

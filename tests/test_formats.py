@@ -1,4 +1,4 @@
-"""Specification of the community feature-file readers and writers (DESIGN.md section 3)."""
+"""Specification of the community feature-file readers and writers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each MRD loss term against values computed by hand (DESIGN.md section 2)."""
+"""Each MRD loss term against values computed by hand."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from mrd_cli.core.losses import (
     classification_loss,
     distillation_kl,
-    interactive_constraint_loss,
+    ilc_loss,
     mrd_total_loss,
     mutual_distillation_loss,
     refactoring_loss,
@@ -58,12 +58,12 @@ def test_dm_gradient_reaches_only_the_multimodal_model():
     zt = torch.randn(2, 3, 4, requires_grad=True)
     active = torch.ones(2, 3)
     terms = mutual_distillation_loss(zm, zt, active, alpha=0.5, beta=0.5, temperature=2.0)
-    terms["dm"].backward()
+    terms["kd_m"].backward()
     assert zm.grad is not None and zm.grad.abs().sum() > 0
     assert zt.grad is None
     zm.grad = None
     terms = mutual_distillation_loss(zm, zt, active, alpha=0.5, beta=0.5, temperature=2.0)
-    terms["dt"].backward()
+    terms["kd_t"].backward()
     assert zt.grad is not None and zt.grad.abs().sum() > 0
     assert zm.grad is None
 
@@ -72,7 +72,7 @@ def test_mutual_distillation_weights_alpha_beta():
     zm, zt = torch.randn(1, 5, 3), torch.randn(1, 5, 3)
     active = torch.ones(1, 5)
     t = mutual_distillation_loss(zm, zt, active, alpha=0.3, beta=0.7, temperature=2.0)
-    assert t["distill"].item() == pytest.approx(0.3 * t["dm"].item() + 0.7 * t["dt"].item())
+    assert t["distill"].item() == pytest.approx(0.3 * t["kd_m"].item() + 0.7 * t["kd_t"].item())
 
 
 def test_refactoring_loss_is_mean_squared_l2_over_active_utterances():
@@ -80,7 +80,7 @@ def test_refactoring_loss_is_mean_squared_l2_over_active_utterances():
     z0 = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
     active = torch.tensor([[1.0, 1.0, 0.0]])  # third utterance inactive
     assert refactoring_loss(z, z0, active).item() == pytest.approx((5.0 + 1.0) / 2)
-    ilc = interactive_constraint_loss(z, z0, z0, z0, active, gamma=0.5, delta=0.25)
+    ilc = ilc_loss(z, z0, z0, z0, active, gamma=0.5, delta=0.25)
     assert ilc["ref"].item() == pytest.approx(0.5 * 3.0 + 0.25 * 0.0)
 
 
@@ -137,5 +137,24 @@ def test_total_loss_is_the_sum_of_eq15_terms():
         t2_scaling=False,
         l_reg=torch.tensor(0.1),
     )
-    parts = t["cls_m"] + t["cls_t"] + 0.5 * (t["dm"] + t["dt"]) + 0.5 * (t["rm"] + t["rt"]) + 0.1
+    parts = t["cls_m"] + t["cls_t"] + 0.5 * (t["kd_m"] + t["kd_t"]) + 0.5 * (t["ref_m"] + t["ref_t"]) + 0.1
     assert t["total"].item() == pytest.approx(parts.item(), rel=1e-6)
+
+
+def test_gain_probability_resamples_whole_dialogues():
+    import numpy as np
+
+    from mrd_cli.core.stats import gain_probability
+
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    dialogue = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    old = np.array([0, 0, 0, 0, 0, 0, 0, 0])
+    # Better on every dialogue: every resample shows the gain.
+    assert gain_probability(y, y, old, dialogue, 3, resamples=200) == 1.0
+    # The same predictions: a tie is never a gain.
+    assert gain_probability(y, old, old, dialogue, 3, resamples=200) == 0.0
+    # Better on dialogue 2 only: a resample without dialogue 2 shows no gain, which happens
+    # with probability (2/3)^3 per resample.
+    only_last = np.where(dialogue == 2, y, old)
+    p = gain_probability(y, only_last, old, dialogue, 3, resamples=4000, seed=1)
+    assert abs(p - (1 - (2 / 3) ** 3)) < 0.03

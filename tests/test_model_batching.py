@@ -6,7 +6,7 @@ import torch
 
 from mrd_cli.config import Config
 from mrd_cli.core.losses import classification_loss, refactoring_loss
-from mrd_cli.core.pipeline import build_model
+from mrd_cli.core.session import build_model
 from mrd_cli.core.training import predict_logits
 from mrd_cli.data.tensors import pad_dialogues
 from mrd_cli.models.dialogue import run_model

@@ -1,9 +1,13 @@
 """The partition of Eq. 9-13 on a crafted example, and the curriculum schedules (Eq. 14)."""
 
 import numpy as np
+import pytest
 
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.partition import GROUPS, fold_assignment, group_counts, partition_by_agreement
+from mrd_cli.errors import MRDError
+
+FRACTIONS = {"difficult": 0.3, "general": 0.3, "simple": 0.4}
 
 
 def test_partition_groups_on_crafted_example():
@@ -25,7 +29,7 @@ def _stage_sequence(cur: Curriculum, epochs: int) -> list[set[str]]:
 
 
 def test_reverse_curriculum_visits_difficult_first_then_general_then_simple():
-    cur = Curriculum.build("reverse", 10, [0.3, 0.3, 0.4], cumulative=False, group_sizes=SIZES)
+    cur = Curriculum.build("reverse", 10, FRACTIONS, cumulative=False, group_sizes=SIZES)
     seq = _stage_sequence(cur, 10)
     assert seq[:3] == [{"mcti", "mitc"}] * 3
     assert seq[3:6] == [{"general"}] * 3
@@ -33,7 +37,7 @@ def test_reverse_curriculum_visits_difficult_first_then_general_then_simple():
 
 
 def test_cumulative_reverse_curriculum_ends_on_all_data():
-    cur = Curriculum.build("reverse", 10, [0.3, 0.3, 0.4], cumulative=True, group_sizes=SIZES)
+    cur = Curriculum.build("reverse", 10, FRACTIONS, cumulative=True, group_sizes=SIZES)
     seq = _stage_sequence(cur, 10)
     assert seq[0] == {"mcti", "mitc"}
     assert seq[4] == {"mcti", "mitc", "general"}
@@ -41,20 +45,20 @@ def test_cumulative_reverse_curriculum_ends_on_all_data():
 
 
 def test_forward_curriculum_is_the_reverse_order():
-    cur = Curriculum.build("forward", 10, [0.3, 0.3, 0.4], cumulative=False, group_sizes=SIZES)
+    cur = Curriculum.build("forward", 10, FRACTIONS, cumulative=False, group_sizes=SIZES)
     seq = _stage_sequence(cur, 10)
     assert seq[0] == {"simple"} and seq[-1] == {"mcti", "mitc"}
     assert seq[4] == {"general"}
 
 
 def test_no_curriculum_uses_everything_every_epoch():
-    cur = Curriculum.build("none", 5, [0.3, 0.3, 0.4], cumulative=True, group_sizes=SIZES)
+    cur = Curriculum.build("none", 5, FRACTIONS, cumulative=True, group_sizes=SIZES)
     assert all(s == set(GROUPS) for s in _stage_sequence(cur, 5))
 
 
 def test_empty_group_is_skipped_and_reported():
     sizes = {"mcti": 0, "mitc": 0, "general": 3, "simple": 7}
-    cur = Curriculum.build("reverse", 6, [0.3, 0.3, 0.4], cumulative=False, group_sizes=sizes)
+    cur = Curriculum.build("reverse", 6, FRACTIONS, cumulative=False, group_sizes=sizes)
     assert cur.skipped == ["difficult"]
     seq = _stage_sequence(cur, 6)
     assert seq[0] == {"general"} and seq[-1] == {"simple"}
@@ -66,3 +70,25 @@ def test_folds_cover_every_dialogue_once_and_are_seeded():
     assert sorted(np.bincount(a).tolist()) == [4, 4, 5, 5, 5]
     assert (a == fold_assignment(23, 5, seed=3)).all()
     assert not (a == fold_assignment(23, 5, seed=4)).all()
+
+
+def test_forward_curriculum_gives_simple_stage_its_own_fraction():
+    # Keyed by stage name: with forward order the first (simple) stage gets simple's share,
+    # not the first number of a list.
+    fractions = {"difficult": 0.1, "general": 0.1, "simple": 0.8}
+    cur = Curriculum.build("forward", 10, fractions, cumulative=False, group_sizes=SIZES)
+    assert cur.stages == [("simple", 8), ("general", 1), ("difficult", 1)]
+    rev = Curriculum.build("reverse", 10, fractions, cumulative=False, group_sizes=SIZES)
+    assert rev.stages == [("difficult", 1), ("general", 1), ("simple", 8)]
+
+
+@pytest.mark.parametrize(
+    "fractions",
+    [
+        {"difficult": 0.3, "general": 0.7},
+        {"difficult": 0.3, "general": 0.3, "simple": 0.4, "easy": 0.1},
+    ],
+)
+def test_stage_fractions_must_name_exactly_the_three_stages(fractions):
+    with pytest.raises(MRDError, match="stage_fractions"):
+        Curriculum.build("reverse", 10, fractions, cumulative=False, group_sizes=SIZES)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner, Result
 
 from mrd_cli.cli.app import app
 from mrd_cli.cli.progress import EpochBars
-from mrd_cli.core.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from mrd_cli.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from mrd_cli.models.dialogue import DialogueModel
 
 runner = CliRunner()
@@ -327,7 +327,7 @@ def test_write_that_fails_half_way_leaves_the_previous_file_and_no_temp_file(
     def fail(fd: int) -> None:
         raise failure()
 
-    monkeypatch.setattr("mrd_cli.core.io.os.fsync", fail)
+    monkeypatch.setattr("mrd_cli.io.os.fsync", fail)
     with pytest.raises(BaseException) as info:
         write(path)
     assert isinstance(info.value, (OSError, KeyboardInterrupt))

@@ -177,6 +177,7 @@ def _count(tuple_dict: dict, ids: list) -> int:
     return sum(len(tuple_dict[i]) for i in ids)
 
 
+@pytest.mark.slow
 def test_iemocap_preset_has_the_real_sizes(full_size) -> None:
     layout, f, r = full_size["iemocap"]
     assert layout == "iemocap" and len(f) == 9 and len(r) == 10
@@ -191,6 +192,7 @@ def test_iemocap_preset_has_the_real_sizes(full_size) -> None:
     assert r[7] == train and r[8] == test
 
 
+@pytest.mark.slow
 def test_meld_preset_has_the_real_sizes_and_dev_split(full_size) -> None:
     layout, f, r = full_size["meld"]
     assert layout == "meld" and len(f) == 10 and len(r) == 11
@@ -207,6 +209,7 @@ def test_meld_preset_has_the_real_sizes_and_dev_split(full_size) -> None:
     assert {x for v in labels.values() for x in v} == set(range(7))
 
 
+@pytest.mark.slow
 def test_meld_preset_parses_with_the_official_dev_split(full_size) -> None:
     _, f, r = full_size["meld"]
     cfg, _ = load_config("meld")

@@ -10,10 +10,14 @@ import torch
 
 from mrd_cli.config import load_config
 from mrd_cli.core.metrics import ambiguity_table, weighted_f1
-from mrd_cli.core.pipeline import Session, pretrain_role
 from mrd_cli.core.rundir import RunDir
+from mrd_cli.core.session import Session
 from mrd_cli.core.training import predict
 from mrd_cli.data.formats import load_corpus
+from mrd_cli.recipes.pretrain import train_role
+
+# Trains the real models on the small preset: end-to-end, so in the slow tier.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def trained(tmp_path_factory):
     train, val, test = (session.tensors(s) for s in ("train", "val", "test"))
     out = {}
     for role in ("multi", "text"):
-        model, selected = pretrain_role(session, role, train, val, seed=0)
+        model, selected = train_role(session, role, train, val, seed=0)
         out[role] = (predict(model, test)[test.mask].numpy(), selected)
     y_true = test.labels[test.mask].numpy()
     return y_true, out, corpus.label_names

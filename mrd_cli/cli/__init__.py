@@ -1,1 +1,1 @@
-"""cli package."""
+"""The `mrd` command line: one thin Typer module per command over the recipes."""

@@ -22,9 +22,11 @@ from mrd_cli.cli.common import (
     print_json,
 )
 from mrd_cli.cli.distill import WithoutOpt
+from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
-from mrd_cli.core.ablation import COMPONENTS, run_ablation
+from mrd_cli.recipes.ablate import COMPONENTS
+from mrd_cli.recipes.ablate import ablate as ablate_recipe
 
 
 @handle_errors
@@ -42,6 +44,7 @@ def ablate(
             "(default: config ablate.repretrain).",
         ),
     ] = None,
+    backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -59,7 +62,11 @@ def ablate(
     Results go to RUN/ablation/results.json and results.csv; finished (variant, seed) cells
     are reused when the command is run again.
     """
-    overrides = {"seed": seed, "ablate": {"seeds": seeds, "repretrain": repretrain}}
+    overrides = {
+        "seed": seed,
+        "model": {"backbone": backbone},
+        "ablate": {"seeds": seeds, "repretrain": repretrain},
+    }
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     comps = [c.value for c in without] if without else list(COMPONENTS)
     variants = [(c,) for c in comps]
@@ -86,7 +93,7 @@ def ablate(
                 info=f"{name}, seed {seed}" + (" (reused)" if cached else ""),
             )
 
-        summary = run_ablation(
+        summary = ablate_recipe(
             session,
             variants,
             a.seeds,
@@ -95,6 +102,7 @@ def ablate(
             on_step=lambda step: err_console.print(f"  {step}"),
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+    summary = summary.to_dict()
     if json_out:
         print_json(summary)
         return
@@ -107,16 +115,23 @@ def ablation_table(summary: dict[str, Any]) -> Table:
     n = len(summary["seeds"])
     table = Table(
         title=f"Ablation on {summary['dataset']} (test split, percent, mean ± std over {n} seeds; "
-        f"{'re-pretrained per seed' if summary['repretrain'] else 'one pretrained pair'})",
+        f"{'re-pretrained per seed' if summary['repretrain'] else 'one pretrained pair'}; "
+        + (
+            "pretrained weights kept where no distillation epoch beat them on validation"
+            if summary.get("keep_start")
+            else "best distillation epoch, even below the pretrained model"
+        )
+        + ")",
         title_justify="left",
     )
     table.add_column("model")
     for lab in labels:
         table.add_column(lab, justify="right")
     table.add_column("W-F1", justify="right")
-    table.add_column("Δ W-F1 vs MRD", justify="right")
+    table.add_column("Δ W-F1 (vs)", justify="right")
     table.add_column("p (paired t)", justify="right")
     table.add_column("bootstrap 95% CI (p)", justify="right")
+    table.add_column("kept pretrained", justify="right")
     for row in summary["rows"]:
         cells = [
             f"{row['per_class_f1'][lab]['mean']:.2f} ± {row['per_class_f1'][lab]['std']:.2f}"
@@ -125,7 +140,7 @@ def ablation_table(summary: dict[str, Any]) -> Table:
         w = row["weighted_f1"]
         cells.append(f"{w['mean']:.2f} ± {w['std']:.2f}")
         if "delta_wf1" in row:
-            cells.append(f"{row['delta_wf1']:+.2f}")
+            cells.append(f"{row['delta_wf1']:+.2f} ({row.get('vs', 'MRD')})")
             p = row["p_paired_t"]
             cells.append("n/a" if p is None else f"{p:.3f}")
             lo, hi = row["bootstrap_ci95"]
@@ -134,6 +149,8 @@ def ablation_table(summary: dict[str, Any]) -> Table:
             )
         else:
             cells += ["", "", ""]
+        kept = row.get("kept_pretrained")
+        cells.append("" if kept is None else f"{kept}/{n}")
         style = (
             "bold" if row["name"] == "MRD" else ("dim" if row["variant"] == "pretrained" else None)
         )

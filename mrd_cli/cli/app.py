@@ -1,11 +1,23 @@
-"""The `mrd` Typer application: registers one thin module per subcommand."""
+"""The `mrd` Typer application: registers one thin module per subcommand.
+
+Usage errors (an unknown option, a bad option value) are printed like every other error:
+one line ``Error: ...`` on stderr, exit 2, instead of click's boxed panel. SIGTERM is turned
+into ``Terminated`` (a ``KeyboardInterrupt``) so that it unwinds like Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
+from mrd_cli.cli.common import Terminated, click_exceptions, command_name
+from mrd_cli.cli.compare import compare
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.features import features
@@ -13,11 +25,38 @@ from mrd_cli.cli.partition import partition
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.run import run
 
+
+class OneLineErrors(TyperGroup):
+    """The root group: click's own errors become one ``Error:`` line (exit 2 for usage)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_exceptions.ClickException as exc:
+            message = " ".join(exc.format_message().replace("Value error, ", "").split())
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
+                stop = "" if message.endswith((".", "!", "?")) else "."
+                message += f"{stop} See `{command_name(ctx)} --help`."
+            sys.stderr.write(f"Error: {message}\n")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.stderr.write("Error: aborted.\n")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="mrd",
     help=(
         "Mutual Refinement Distillation for multimodal emotion recognition in conversations: "
-        "pretrain -> partition -> distill -> evaluate, and ablate."
+        "pretrain -> partition -> distill -> evaluate, ablate, and compare backbones."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -29,9 +68,15 @@ app.command("partition")(partition)
 app.command("distill")(distill)
 app.command("evaluate")(evaluate)
 app.command("ablate")(ablate)
+app.command("compare")(compare)
 app.add_typer(data_cmd.app, name="data")
 app.command("features")(features)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()

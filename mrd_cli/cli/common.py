@@ -17,10 +17,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from mrd_cli.core import lock
 from mrd_cli.errors import MRDError
 
+# Recent Typer releases carry their own copy of click (``typer._click``); older ones use click.
+try:
+    from typer._click import exceptions as click_exceptions
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - typer < 0.20
+    from click import exceptions as click_exceptions  # type: ignore[no-redef] # noqa: F401
+    from click import get_current_context  # type: ignore[no-redef] # noqa: F401
+
 if TYPE_CHECKING:
-    from mrd_cli.core.pipeline import Session
+    from mrd_cli.recipes.pretrain import TrainedModels
 
 # Progress bars, warnings and errors: never on stdout, so --json output stays clean.
 err_console = Console(stderr=True)
@@ -75,15 +84,16 @@ def handle_errors(func: F) -> F:
     """Turn project errors into one message on stderr and an exit code, without a traceback.
 
     ``MRDError`` exits with its own code (2 or 1), a file-system ``OSError`` with 1, Ctrl-C
-    with 130 after saying how to resume. A ``debug=True`` keyword argument re-raises instead,
-    for developers.
+    with 130 and SIGTERM (turned into ``Terminated`` by ``cli/app.py``) with 143, after
+    saying how to resume. A ``debug=True`` keyword argument re-raises instead, for
+    developers. Whatever happens, the run-directory locks the command took are released.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug", False))
         try:
-            return func(*args, **kwargs)
+            return _run_releasing_locks(func, args, kwargs)
         except MRDError as exc:
             if debug:
                 raise
@@ -108,17 +118,38 @@ def handle_errors(func: F) -> F:
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if debug:
                 raise
+            what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             err_console.print(
-                "[yellow]Interrupted.[/] Finished files were kept. To continue where it "
+                f"[yellow]{what}.[/] Finished files were kept. To continue where it "
                 "stopped, rerun `mrd pretrain` / `mrd distill` with --resume; `mrd run` and "
                 "`mrd ablate` reuse finished steps when rerun as they were."
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the handler ``cli/app.py`` installs, so that it
+    unwinds like Ctrl-C: temporary files removed, locks released, the same advice."""
+
+
+def _run_releasing_locks(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    try:
+        return func(*args, **kwargs)
+    finally:
+        lock.release_all()
+
+
+def command_name(ctx: Any) -> str:
+    """``mrd <subcommand ...>`` of a click context, whatever the program was called."""
+    if ctx is None:
+        return "mrd"
+    root = ctx.find_root().command_path
+    return " ".join(["mrd", *ctx.command_path[len(root) :].split()])
 
 
 def print_json(obj: Any) -> None:
@@ -135,27 +166,35 @@ def out_console() -> Console:
     return Console(width=220)
 
 
-def report_selected(
-    session: Session,
-    stage: str,
-    selected: dict[str, Any],
-    path_of: Callable[[str], Path],
-    json_out: bool,
-) -> None:
+def report_selected(result: TrainedModels, json_out: bool) -> None:
     """Say which epoch was chosen for each trained model, for people or as JSON."""
-    summary = {
-        role: {
-            "checkpoint": str(path_of(role)),
-            "epoch": sel.epoch,
-            "val_weighted_f1": sel.val_metrics["weighted_f1"],
-        }
-        for role, sel in selected.items()
-    }
+    stage = result.stage
     if json_out:
-        print_json({"dataset": session.corpus.name, stage: summary})
+        print_json(result.to_dict())
         return
+    summary = result.to_dict()[stage]
     for role, s in summary.items():
+        guard = s.get("start_guard") or {}
+        if s.get("kept_pretrained") and guard.get("kept_start"):
+            err_console.print(
+                f"[yellow]=[/] {stage} {role}: epoch {guard['best_epoch']} beat the pretrained "
+                f"weights on validation ({guard['best_val_weighted_f1']:.2f} vs "
+                f"{guard['start_val_weighted_f1']:.2f}) in only {100 * guard['p_gain']:.0f}% "
+                f"of bootstrap resamples (needs {100 * guard['required']:.0f}%); kept the "
+                f"pretrained weights (epoch 0) -> {s['checkpoint']}"
+            )
+            continue
+        if s.get("kept_pretrained"):
+            err_console.print(
+                f"[yellow]=[/] {stage} {role}: no distillation epoch beat the pretrained "
+                f"weights on validation (val W-F1 {s['val_weighted_f1']:.2f}); kept them "
+                f"(epoch 0) -> {s['checkpoint']}"
+            )
+            continue
+        gain = ""
+        if s.get("start_val_weighted_f1") is not None:
+            gain = f", pretrained {s['start_val_weighted_f1']:.2f}"
         err_console.print(
             f"[green]✓[/] {stage} {role}: epoch {s['epoch']} chosen on validation "
-            f"(val W-F1 {s['val_weighted_f1']:.2f}) -> {s['checkpoint']}"
+            f"(val W-F1 {s['val_weighted_f1']:.2f}{gain}) -> {s['checkpoint']}"
         )

@@ -81,6 +81,8 @@ def synth_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Write a synthetic corpus as community feature files (pickles) into --out."""
+    if not 0 <= seed < 2**32:
+        raise MRDError(f"--seed must be in [0, 2**32), got {seed}.")
     p = PRESETS[preset.value]
     existing = [out / name for name in FILE_NAMES[p.layout] if (out / name).exists()]
     if existing and not force:
@@ -181,6 +183,8 @@ def inspect_cmd(
     with err_console.status(f"Loading dataset '{cfg.dataset.name}'..."):
         corpus = load_corpus(cfg.dataset, data_dir, yaml_dir)
     summary = corpus_summary(corpus)
+    for message in corpus.warnings():
+        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
     if json_out:
         print_json(summary)
         return

@@ -23,8 +23,8 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
-from mrd_cli.core.ablation import apply_without
+from mrd_cli.recipes.ablate import apply_without
+from mrd_cli.recipes.distill import distill as distill_recipe
 
 
 class Component(str, Enum):
@@ -90,10 +90,10 @@ def distill(
     )
     with epoch_bars() as bars:
         bars.add("distill", "distill", d.epochs)
-        selected = pipeline.distill(
+        result = distill_recipe(
             session,
             resume=resume,
             on_epoch=lambda log: bars.update("distill", log),
             on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
         )
-    report_selected(session, "distill", selected, session.run.distilled, json_out)
+    report_selected(result, json_out)

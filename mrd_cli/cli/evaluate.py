@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mrd_cli.cli.common import (
     ConfigOpt,
@@ -23,7 +24,10 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.render import print_evaluation
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
+from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.errors import MRDError
+from mrd_cli.recipes.evaluate import evaluate as evaluate_recipe
+from mrd_cli.recipes.evaluate import metrics_path
 
 
 class Split(str, Enum):
@@ -56,22 +60,52 @@ def evaluate(
 
     Results are also saved as RUN/metrics/<split>.json.
     """
-    session = open_session(dataset, config, data_dir, run_dir, device, quiet=json_out)
-    if checkpoint:
-        found = {_name_of(p, i): p for i, p in enumerate(checkpoint)}
-    else:
-        found = pipeline.find_checkpoints(session.run)
-    result = pipeline.evaluate_checkpoints(session, found, split.value)
-    path = pipeline.save_metrics(session, result)
+    session = open_session(
+        dataset, config, data_dir, run_dir, device, quiet=json_out, read_only_ok=True
+    )
+    found = _named(checkpoint, session.run) if checkpoint else None
+    outcome = evaluate_recipe(session, found, split.value)
+    result = outcome.to_dict()
     if json_out:
         print_json(result)
         return
     print_evaluation(out_console(), result, confusion=not no_confusion)
-    err_console.print(f"Saved to {path}")
+    for problem in result["provenance"]["problems"]:
+        err_console.print(
+            f"[yellow]Warning:[/] {escape(problem)}; Δ columns left out. Rerun the steps "
+            "after it (`mrd run` redoes what is out of date).",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if outcome.saved_to:
+        err_console.print(f"Saved to {outcome.saved_to}")
+    elif found and any(n == str(p) for n, p in found.items()):
+        err_console.print(
+            f"Not saved: checkpoints from outside {session.run.root} are not this run's "
+            "results (pass --run-dir of the run they belong to)."
+        )
+    else:
+        err_console.print(
+            f"Not saved: {metrics_path(session, split.value)} cannot be written (read-only)."
+        )
 
 
-def _name_of(path: Path, index: int) -> str:
-    """Name a given checkpoint like the run-directory ones (stage/role) when it is one."""
-    if path.parent.name in ("pretrain", "distill") and path.stem in ("multi", "text"):
-        return f"{path.parent.name}/{path.stem}"
-    return str(path)
+def _named(paths: list[Path], run: RunDir) -> dict[str, Path]:
+    """Name each given checkpoint: ``stage/role`` when it is the run directory's own file,
+    else its path, so that no other run's model is labelled as this run's. The same name
+    twice is refused rather than one of them dropped."""
+    own = {
+        f"{stage}/{role}": path_of(role).resolve()
+        for stage, path_of in (("pretrain", run.pretrained), ("distill", run.distilled))
+        for role in ROLES
+    }
+    named: dict[str, Path] = {}
+    for path in paths:
+        name = next((n for n, p in own.items() if p == path.resolve()), str(path))
+        if name in named or any(p.resolve() == path.resolve() for p in named.values()):
+            raise MRDError(
+                f"--checkpoint {path} is given twice; pass each checkpoint once (results are "
+                "keyed by checkpoint, so one of them would be dropped)."
+            )
+        named[name] = path
+    return named

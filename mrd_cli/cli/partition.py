@@ -24,7 +24,7 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
+from mrd_cli.recipes.partition import partition as partition_recipe
 
 
 @handle_errors
@@ -83,9 +83,10 @@ def partition(
         f"({'cross-fitted, ' + str(p.folds) + ' folds' if p.method == 'cross_fit' else 'in-sample'})."
     )
     with epoch_bars() as bars:
-        doc = pipeline.partition(session, checkpoints=paths, on_epoch=bars.update)
+        result = partition_recipe(session, checkpoints=paths, on_epoch=bars.update)
+    doc = result.document
     if json_out:
-        print_json({k: v for k, v in doc.items() if k != "groups"})
+        print_json(result.to_dict())
         return
     out_console().print(partition_table(doc, session.corpus.label_names))
     err_console.print(f"Saved to {session.run.partition}")

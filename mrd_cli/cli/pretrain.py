@@ -23,7 +23,7 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
+from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
 
 
 class Modality(str, Enum):
@@ -31,6 +31,19 @@ class Modality(str, Enum):
     text = "text"
     both = "both"
 
+
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="M_multi's network: dialogue (mrd's dialogue network), foal (Foal-Net: audio + "
+        "visual; text too with model.foal.text, mrd's extension) or dual (DUAL: audio + "
+        "visual, text at its decoder; its differences run across a dialogue's utterances, "
+        "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
+        "paper or code defines them). M_text is always the dialogue network. Default: "
+        "config model.backbone.",
+    ),
+]
 
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch.")
@@ -43,6 +56,7 @@ def pretrain(
     modality: Annotated[
         Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
     ] = Modality.both,
+    backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -58,17 +72,22 @@ def pretrain(
     Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
     """
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed, "pretrain": {"epochs": epochs}}
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}},
     )
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
         f"({session.corpus.num_utterances('train')} train / {session.corpus.num_utterances('val')} "
         f"val utterances; val: {session.corpus.val_source}) on {session.device}, "
-        f"seed {session.cfg.seed}."
+        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}."
     )
     with epoch_bars() as bars:
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
-        results = pipeline.pretrain(session, roles, resume=resume, on_epoch=bars.update)
-    report_selected(session, "pretrain", results, session.run.pretrained, json_out)
+        result = pretrain_recipe(session, roles, resume=resume, on_epoch=bars.update)
+    report_selected(result, json_out)

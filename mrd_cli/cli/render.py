@@ -22,7 +22,10 @@ def metrics_table(result: dict[str, Any], title: str | None = None) -> Table:
     deltas = [
         (f"distill/{r}", f"pretrain/{r}")
         for r in ("multi", "text")
-        if f"distill/{r}" in models and f"pretrain/{r}" in models
+        if f"distill/{r}" in models
+        and f"pretrain/{r}" in models
+        # No Δ between models whose provenance chain is broken (``core/provenance.py``).
+        and not (result.get("provenance") or {}).get("problems")
     ]
     table = Table(
         title=title
@@ -51,7 +54,7 @@ def metrics_table(result: dict[str, Any], title: str | None = None) -> Table:
         table.add_section()
         table.add_row(
             "epoch chosen (val)",
-            *[str(models[n].get("epoch", "")) for n in names],
+            *[_epoch_cell(n, models[n].get("epoch")) for n in names],
             *["" for _ in deltas],
         )
         table.add_row(
@@ -138,3 +141,12 @@ def print_evaluation(console: Console, result: dict[str, Any], confusion: bool =
     amb = ambiguity_rich(result)
     if amb is not None:
         console.print(amb)
+
+
+def _epoch_cell(name: str, epoch: int | None) -> str:
+    """The chosen epoch; a distilled model at epoch 0 kept its pretrained weights."""
+    if epoch is None:
+        return ""
+    if epoch == 0 and name.startswith("distill"):
+        return "0 (pretrained kept)"
+    return str(epoch)

@@ -20,19 +20,27 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
 )
+from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation
 from mrd_cli.cli.session import open_session
-from mrd_cli.core import pipeline
-from mrd_cli.core.ablation import ensure_base
+from mrd_cli.recipes.distill import distill
+from mrd_cli.recipes.evaluate import evaluate, metrics_path
+from mrd_cli.recipes.partition import ensure_partitioned
 
 
 @handle_errors
 def run(
     dataset: DatasetOpt = "synthetic",
     force: Annotated[
-        bool, typer.Option("--force", help="Redo every step even if its outputs are current.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Redo every step even if its outputs are current, and replace pretrained "
+            "checkpoints made with other settings (kept otherwise).",
+        ),
     ] = False,
+    backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -50,7 +58,13 @@ def run(
     (use --force to redo them).
     """
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        {"seed": seed, "model": {"backbone": backbone}},
+        quiet=json_out,
     )
     err_console.print(
         f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
@@ -58,7 +72,7 @@ def run(
         f"utterances, device {session.device}, run directory {session.run.root}"
     )
     with epoch_bars() as bars:
-        ensure_base(
+        ensure_partitioned(
             session,
             force=force,
             on_epoch=bars.update,
@@ -66,13 +80,13 @@ def run(
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)
-        pipeline.distill(
+        distill(
             session,
             on_epoch=lambda log: bars.update("distill", log),
             on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
         )
-    result = pipeline.evaluate_checkpoints(session, pipeline.find_checkpoints(session.run))
-    path = pipeline.save_metrics(session, result)
+    result = evaluate(session).to_dict()
+    path = metrics_path(session, "test")
     if json_out:
         print_json(result)
         return

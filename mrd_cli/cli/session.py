@@ -1,16 +1,14 @@
-"""Turn the common CLI options into a core ``Session``: config, data, run directory, device."""
+"""Turn the common CLI options into a core ``Session`` (with a spinner while data loads)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.cli.common import err_console
-from mrd_cli.config import load_config
-from mrd_cli.core.device import resolve_device
-from mrd_cli.core.pipeline import Session
-from mrd_cli.core.rundir import RunDir
-from mrd_cli.data.formats import load_corpus
+from mrd_cli.cli.common import command_name, err_console, get_current_context
+from mrd_cli.core import lock
+from mrd_cli.core.session import Session
+from mrd_cli.errors import MRDError
 
 
 def open_session(
@@ -21,28 +19,33 @@ def open_session(
     device: str,
     overrides: dict[str, Any] | None = None,
     quiet: bool = False,
+    read_only_ok: bool = False,
 ) -> Session:
-    """Resolve config (dataset YAML, --config, CLI overrides), load the data once, pick the
-    device. ``overrides`` is a nested dict of config keys set by CLI options."""
-    cfg, yaml_dir = load_config(dataset, config, _drop_none(overrides or {}))
-    dev = resolve_device(device)
-    if quiet:
-        corpus = load_corpus(cfg.dataset, data_dir, yaml_dir)
-    else:
-        with err_console.status(f"Loading {cfg.dataset.name} features..."):
-            corpus = load_corpus(cfg.dataset, data_dir, yaml_dir)
-    root = run_dir if run_dir is not None else Path("runs") / cfg.dataset.name
-    return Session(cfg=cfg, corpus=corpus, run=RunDir(root), device=dev)
+    """``Session.open`` with a status spinner on stderr while the features load (none with
+    ``quiet``), the corpus's warnings printed, and the run directory locked for this command
+    (``core/lock.py``; ``handle_errors`` releases it when the command ends).
 
-
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    """Nested overrides without the options the user did not give."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            sub = _drop_none(v)
-            if sub:
-                out[k] = sub
-        elif v is not None:
-            out[k] = v
-    return out
+    With ``read_only_ok`` a run directory that cannot be written is no error: the session's
+    ``writable`` is then False (``mrd evaluate`` prints its tables without saving them).
+    """
+    if run_dir is not None:
+        lock.check_run_dir(Path(run_dir))
+    session = Session.open(
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        overrides,
+        loading=None if quiet else err_console.status,
+    )
+    for message in session.corpus.warnings():
+        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+    writable = lock.acquire(session.run.root, command_name(get_current_context(silent=True)))
+    if not writable and not read_only_ok:
+        raise MRDError(
+            f"The run directory {session.run.root} cannot be written. Pass --run-dir with a "
+            "directory you can write to."
+        )
+    session.__dict__["writable"] = writable
+    return session

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from mrd_cli.core.io import atomic_torch_save
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+from mrd_cli.io import atomic_torch_save
+from mrd_cli.models.dialogue import Backbone, ModelSpec
+from mrd_cli.models.registry import BACKBONES, build_backbone
 
 FORMAT = "mrd-checkpoint/1"
 REQUIRED = (
@@ -30,7 +31,7 @@ REQUIRED = (
 )
 
 
-def save_checkpoint(path: Path, model: DialogueModel, state_dict: dict, **meta: Any) -> None:
+def save_checkpoint(path: Path, model: Backbone, state_dict: dict, **meta: Any) -> None:
     """Write a checkpoint atomically. ``state_dict`` is the selected epoch's weights."""
     payload = {
         "format": FORMAT,
@@ -68,8 +69,62 @@ def load_checkpoint(path: Path, made_by: str = "mrd pretrain") -> dict[str, Any]
         raise MRDError(
             f"Checkpoint {path} has a malformed model spec or weights; run `{made_by}` again."
         )
+    problem = _metadata_problem(ckpt)
+    if problem:
+        raise MRDError(f"Checkpoint {path} is damaged: {problem}. Run `{made_by}` again.")
+    bad = [
+        name
+        for name, t in ckpt["state_dict"].items()
+        if not isinstance(t, torch.Tensor)
+        or (t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    ]
+    if bad:
+        raise MRDError(
+            f"Checkpoint {path} holds NaN or infinite weights (first: '{bad[0]}'); a model "
+            f"with them predicts garbage. Delete it and run `{made_by}` again."
+        )
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _metadata_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the fields read besides the weights (None when all are sound)."""
+    checks: list[tuple[str, bool]] = [
+        ("stage", ckpt["stage"] in ("pretrain", "distill")),
+        ("role", ckpt["role"] in ("multi", "text")),
+        (
+            "label_names",
+            isinstance(ckpt["label_names"], list)
+            and len(ckpt["label_names"]) >= 1
+            and all(isinstance(x, str) for x in ckpt["label_names"]),
+        ),
+        ("data_fingerprint", isinstance(ckpt["data_fingerprint"], str)),
+        ("epoch", ckpt.get("epoch") is None or (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0)),
+        ("seed", ckpt.get("seed") is None or _is_int(ckpt["seed"])),
+        ("config", ckpt.get("config") is None or isinstance(ckpt["config"], dict)),
+        (
+            "val_metrics",
+            ckpt.get("val_metrics") is None
+            or (
+                isinstance(ckpt["val_metrics"], dict)
+                and all(
+                    isinstance(v, (int, float, list, dict)) and not isinstance(v, bool)
+                    for v in ckpt["val_metrics"].values()
+                )
+                and isinstance(ckpt["val_metrics"].get("weighted_f1", 0.0), (int, float))
+            ),
+        ),
+        (
+            "partition_sha256",
+            ckpt.get("partition_sha256") is None or isinstance(ckpt["partition_sha256"], str),
+        ),
+    ]
+    bad = [name for name, ok in checks if not ok]
+    return f"its field '{bad[0]}' is malformed" if bad else None
 
 
 def _spec_is_valid(spec: Any) -> bool:
@@ -80,7 +135,12 @@ def _spec_is_valid(spec: Any) -> bool:
         built = ModelSpec(**spec)
     except TypeError:
         return False
-    return isinstance(built.input_dims, dict) and isinstance(built.modalities, list)
+    return (
+        isinstance(built.input_dims, dict)
+        and isinstance(built.modalities, list)
+        and isinstance(built.options, dict)
+        and built.backbone in BACKBONES
+    )
 
 
 def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
@@ -117,10 +177,11 @@ def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
         )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> DialogueModel:
-    """Rebuild the network of a checkpoint on ``device``, in eval mode."""
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> Backbone:
+    """Rebuild the network of a checkpoint (its spec names the backbone) on ``device``, in
+    eval mode."""
     try:
-        model = DialogueModel(ModelSpec(**ckpt["model_spec"]))
+        model = build_backbone(ModelSpec(**ckpt["model_spec"]))
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise MRDError(

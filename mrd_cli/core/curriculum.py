@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrd_cli.core.partition import GROUP_CODE, GROUPS, STAGE_GROUPS
+from mrd_cli.errors import MRDError
 
 ORDERS = {
     "reverse": ("difficult", "general", "simple"),
@@ -38,16 +39,25 @@ class Curriculum:
         cls,
         kind: str,
         epochs: int,
-        stage_fractions: list[float],
+        stage_fractions: dict[str, float],
         cumulative: bool,
         group_sizes: dict[str, int],
     ) -> Curriculum:
         """Schedule ``epochs`` over the non-empty stages; empty stages are skipped (listed in
-        ``skipped`` so the caller can warn) and their share goes to the others."""
+        ``skipped`` so the caller can warn) and their share goes to the others.
+
+        ``stage_fractions`` maps each stage name (difficult, general, simple) to its share of
+        the epochs, whatever the order the curriculum visits the stages in.
+        """
+        if set(stage_fractions) != set(ORDERS["reverse"]):
+            raise MRDError(
+                "stage_fractions must name exactly the stages difficult, general and simple; "
+                f"got {', '.join(map(str, stage_fractions)) or 'none'}."
+            )
         if kind == "none":
             return cls(kind, [("all", epochs)], cumulative, [])
         order = ORDERS[kind]
-        fractions = dict(zip(ORDERS["reverse"], stage_fractions))
+        fractions = dict(stage_fractions)
         size = {s: sum(group_sizes.get(g, 0) for g in STAGE_GROUPS[s]) for s in order}
         kept = [s for s in order if size[s] > 0]
         skipped = [s for s in order if size[s] == 0]

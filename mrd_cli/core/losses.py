@@ -1,4 +1,4 @@
-"""Every loss term of MRD, one function per equation of the paper (DESIGN.md section 2).
+"""Every loss term of MRD, one function per equation of the paper.
 
 All terms take logits shaped [B, L, C] and an ``active`` weight [B, L] (1 for utterances of
 the current curriculum stage, 0 for padding and inactive ones) and return the mean over the
@@ -77,11 +77,11 @@ def mutual_distillation_loss(
 ) -> dict[str, Tensor]:
     """MIC, Eq. 5: L_distill = alpha * L_dm + beta * L_dt.
 
-    Returns ``{"dm": L_dm, "dt": L_dt, "distill": L_distill}``.
+    Returns ``{"kd_m": L_dm, "kd_t": L_dt, "distill": L_distill}``.
     """
     l_dm = distillation_kl(multi_logits, text_logits, active, temperature, t2_scaling)
     l_dt = distillation_kl(text_logits, multi_logits, active, temperature, t2_scaling)
-    return {"dm": l_dm, "dt": l_dt, "distill": alpha * l_dm + beta * l_dt}
+    return {"kd_m": l_dm, "kd_t": l_dt, "distill": alpha * l_dm + beta * l_dt}
 
 
 def refactoring_loss(logits: Tensor, frozen_logits: Tensor, active: Tensor) -> Tensor:
@@ -93,7 +93,7 @@ def refactoring_loss(logits: Tensor, frozen_logits: Tensor, active: Tensor) -> T
     return masked_mean(sq, active)
 
 
-def interactive_constraint_loss(
+def ilc_loss(
     multi_logits: Tensor,
     multi_frozen: Tensor,
     text_logits: Tensor,
@@ -102,13 +102,13 @@ def interactive_constraint_loss(
     gamma: float,
     delta: float,
 ) -> dict[str, Tensor]:
-    """ILC, Eq. 8: L_ref = gamma * L_rm + delta * L_rt.
+    """ILC, Eq. 8, the refactoring losses of ILC: L_ref = gamma * L_rm + delta * L_rt.
 
-    Returns ``{"rm": L_rm, "rt": L_rt, "ref": L_ref}``.
+    Returns ``{"ref_m": L_rm, "ref_t": L_rt, "ref": L_ref}``.
     """
     l_rm = refactoring_loss(multi_logits, multi_frozen, active)
     l_rt = refactoring_loss(text_logits, text_frozen, active)
-    return {"rm": l_rm, "rt": l_rt, "ref": gamma * l_rm + delta * l_rt}
+    return {"ref_m": l_rm, "ref_t": l_rt, "ref": gamma * l_rm + delta * l_rt}
 
 
 def l2_penalty(parameters: Iterable[Tensor], weight: float) -> Tensor:
@@ -163,7 +163,7 @@ def mrd_total_loss(
         )
     )
     terms.update(
-        interactive_constraint_loss(
+        ilc_loss(
             multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta
         )
     )

@@ -1,4 +1,4 @@
-"""The run directory layout (DESIGN.md section 5): what flows between the steps.
+"""The run directory layout: what flows between the steps.
 
 ```
 RUN/config.yaml  pretrain/{multi,text}.pt  partition.json  distill/{multi,text}.pt
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrd_cli.config import Config
-from mrd_cli.core.io import atomic_write_text
+from mrd_cli.io import atomic_write_text
 
 ROLES = ("multi", "text")
 
@@ -46,6 +46,15 @@ class RunDir:
     @property
     def ablation(self) -> Path:
         return self.root / "ablation"
+
+    def checkpoints(self) -> dict[str, Path]:
+        """Checkpoints present, named ``<stage>/<role>`` (pretrain/multi, distill/text, ...)."""
+        found = {}
+        for stage, path_of in (("pretrain", self.pretrained), ("distill", self.distilled)):
+            for role in ROLES:
+                if path_of(role).is_file():
+                    found[f"{stage}/{role}"] = path_of(role)
+        return found
 
     def save_config(self, cfg: Config) -> None:
         atomic_write_text(self.config, cfg.to_yaml())

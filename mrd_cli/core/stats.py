@@ -65,3 +65,31 @@ def paired_bootstrap_wf1(
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     p = 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())
     return float(lo), float(hi), float(min(p, 1.0))
+
+
+def gain_probability(
+    y_true: np.ndarray,
+    pred_new: np.ndarray,
+    pred_old: np.ndarray,
+    clusters: np.ndarray,
+    num_classes: int,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> float:
+    """Share of bootstrap resamples in which W-F1(new) > W-F1(old), paired.
+
+    Whole dialogues are resampled (``clusters`` gives each utterance's dialogue index),
+    since the utterances of one dialogue are not independent. A tie counts as no gain.
+    """
+    rng = np.random.default_rng(seed)
+    ids, cluster_of = np.unique(clusters, return_inverse=True)
+    draws = rng.integers(0, len(ids), size=(resamples, len(ids)))
+    counts = np.zeros((resamples, len(ids)))
+    np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
+    weights = counts[:, cluster_of]  # [R, N]: how often each utterance is drawn
+    wf1 = []
+    for pred in (pred_new, pred_old):
+        codes = np.eye(num_classes * num_classes)[y_true * num_classes + pred]  # [N, C*C]
+        conf = (weights @ codes).reshape(resamples, num_classes, num_classes)
+        wf1.append(_weighted_f1_from_confusion(conf))
+    return float((wf1[0] > wf1[1]).mean())

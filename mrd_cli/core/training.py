@@ -1,22 +1,18 @@
-"""The training loop shared by pretraining and distillation, plus prediction.
+"""Building blocks of the training loops: prediction, validation and best-epoch selection,
+and the resumable training state.
 
-``train_epochs`` runs epochs of a given step function, validates after each one, keeps each
-model's best epoch by validation W-F1 (never the test set), saves a resumable state after
-every epoch, and stops on a non-finite loss naming the term. Losses and predictions stay on
-the device; the host reads them once per epoch.
-
-A step is an ``EpochStep``: it builds an epoch's batches (``batches``) and makes one optimizer
-step per batch (``update``). The two halves are separate so that a benchmark can time the
-updates alone on batches built beforehand (``benchmarks/throughput.py``); ``ClassifierStep``
-is the pretraining step, ``mrd.DistillStep`` the distillation step.
+The loops themselves live in the recipes (``mrd_cli.recipes.pretrain`` and ``.distill``);
+each one creates a ``Trainer`` and calls ``trainer.end_epoch`` after every epoch. The trainer
+validates every model (never on the test set), keeps each model's best epoch by validation
+W-F1, saves a resumable state, reports the epoch and stops on a non-finite loss naming the
+term. Losses and predictions stay on the device; the host reads them once per epoch.
 """
 
 from __future__ import annotations
 
 import copy
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mrd_cli.config import PretrainConfig
-from mrd_cli.core.io import atomic_torch_save
-from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
+from mrd_cli.core.losses import class_weights_from_labels, classification_loss
 from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.stats import gain_probability
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
+from mrd_cli.io import atomic_torch_save
 from mrd_cli.models.dialogue import DialogueModel, run_model
 
 EVAL_BATCH = 64
@@ -42,6 +38,8 @@ class Selected:
     state_dict: dict[str, Tensor]
     epoch: int
     val_metrics: dict[str, Any]
+    # Predicted class of every validation utterance (flat, CPU), for the start guard.
+    val_predictions: Tensor | None = None
 
 
 @dataclass
@@ -53,10 +51,6 @@ class EpochLog:
     losses: dict[str, float]
     val_wf1: dict[str, float]
     best_wf1: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-StepFn = Callable[[int, torch.Generator], dict[str, Tensor]]
 
 
 @torch.no_grad()
@@ -112,106 +106,240 @@ def make_classification_loss(
     return fn
 
 
-class EpochStep(ABC):
-    """One training epoch of ``models``: ``step(epoch, generator)`` returns its mean loss terms.
+def mean_terms(names: tuple[str, ...], sums: Tensor, count: int) -> dict[str, Tensor]:
+    """An epoch's mean of each loss term from their stacked sums over ``count`` batches."""
+    return dict(zip(names, sums / max(count, 1)))
 
-    Subclasses say how an epoch's batches are built (``batches``: the data handling, drawing
-    the shuffle from ``generator``) and what one optimizer step on a batch is (``update``:
-    forward, backward, step; returns the loss terms stacked in the order of ``terms``).
+
+class Trainer:
+    """The bookkeeping around a training loop over ``models`` for ``epochs`` epochs.
+
+    ``generator`` draws the batch shuffles. With ``resume`` and a saved state at
+    ``state_path``, the models, the optimizer, the best epochs so far and the random state
+    are restored and ``epochs()`` starts after the last finished epoch. ``signature``
+    identifies config + data; a saved state with another signature is refused.
     """
-
-    terms: tuple[str, ...]
-    models: dict[str, DialogueModel]
-    optimizer: torch.optim.Optimizer
-
-    @abstractmethod
-    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
-        """The batches of 0-based ``epoch``, built on the device as they are consumed."""
-
-    @abstractmethod
-    def update(self, batch: Any) -> Tensor:
-        """One optimizer step on ``batch``; its loss terms stacked as in ``terms``."""
-
-    def run(self, batches: Iterable[Any]) -> dict[str, Tensor]:
-        """Train on ``batches``; the mean of each loss term, still on the device."""
-        for model in self.models.values():
-            model.train()
-        device = next(next(iter(self.models.values())).parameters()).device
-        sums = torch.zeros(len(self.terms), device=device)
-        count = 0
-        for batch in batches:
-            sums += self.update(batch)
-            count += 1
-        return dict(zip(self.terms, sums / max(count, 1)))
-
-    def __call__(self, epoch: int, generator: torch.Generator) -> dict[str, Tensor]:
-        return self.run(self.batches(epoch, generator))
-
-
-class ClassifierStep(EpochStep):
-    """A pretraining epoch of one model: L_cls + L_reg over shuffled batches of dialogues.
-
-    Building the step takes the model's input standardisation statistics from ``train``.
-    """
-
-    terms = ("total", "cls", "reg")
 
     def __init__(
-        self, model: DialogueModel, train: SplitTensors, cfg: PretrainConfig, num_classes: int
+        self,
+        *,
+        models: dict[str, DialogueModel],
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        val: SplitTensors,
+        label_names: list[str],
+        seed: int,
+        state_path: Path | None = None,
+        resume: bool = False,
+        signature: str = "",
+        on_epoch: Callable[[EpochLog], None] | None = None,
+        start_candidate: bool = False,
+        start_confidence: float = 0.0,
     ):
-        self.model = model
-        self.models = {"model": model}
-        self.train = train.select(model.modalities)
-        self.cfg = cfg
-        model.set_input_stats(self.train.features, self.train.mask)
-        self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.models = models
+        self.seed = seed
+        self.start_confidence = start_confidence
+        # Per model: the outcome of the start guard (see ``selected``).
+        self.start_guard: dict[str, dict[str, Any]] = {}
+        self.optimizer = optimizer
+        self.num_epochs = epochs
+        self.val = val
+        self.label_names = label_names
+        self.state_path = state_path
+        self.signature = signature
+        self.on_epoch = on_epoch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.best: dict[str, Selected | None] = {n: None for n in models}
+        self.history: list[dict[str, Any]] = []
+        self.start_selected: dict[str, Selected | None] = {}
+        self.start = 0
+        if resume and state_path is not None and state_path.is_file():
+            self._restore(state_path)
+        elif start_candidate:
+            self._add_start_candidates()
 
-    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
-        return self.train.batches(self.cfg.batch_size, generator)
+    def epochs(self) -> range:
+        """The 0-based epochs still to train."""
+        return range(self.start, self.num_epochs)
 
-    def update(self, batch: Batch) -> Tensor:
-        logits = run_model(self.model, batch)
-        l_cls = self.cls_loss(logits, batch.labels, batch.mask)
-        l_reg = l2_penalty(self.model.parameters(), self.cfg.l2)
-        loss = l_cls + l_reg
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return torch.stack([loss, l_cls, l_reg]).detach()
+    def end_epoch(self, epoch: int, terms: dict[str, Tensor]) -> EpochLog:
+        """Close 0-based ``epoch`` whose mean loss terms are ``terms`` (device tensors):
+        check them, validate every model, keep the best epochs, save the state, report.
 
-
-def run_epoch(
-    step: StepFn,
-    models: dict[str, DialogueModel],
-    epoch: int,
-    generator: torch.Generator,
-    val: SplitTensors,
-    label_names: list[str],
-    state_path: Path | None = None,
-) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    """Train one epoch with ``step`` and validate every model: (mean losses, val reports).
-
-    Reading the losses is the epoch's one synchronisation with the device. A non-finite loss
-    stops training before anything of this epoch is kept.
-    """
-    terms = step(epoch, generator)
-    names = list(terms)
-    values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
-    losses = dict(zip(names, values))
-    # Name the term that broke, not the total that merely inherits it.
-    bad = [n for n, v in losses.items() if n != "total" and not np.isfinite(v)] or [
-        n for n, v in losses.items() if not np.isfinite(v)
-    ]
-    if bad:
-        where = f" The last good state (epoch {epoch}) is in {state_path}." if epoch else ""
-        raise MRDRunError(
-            f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
-            f"and nothing from this epoch was saved.{where} Lower the learning rate or "
-            "check the features."
+        Reading the losses is the epoch's one synchronisation with the device. A non-finite
+        loss stops training before anything of this epoch is kept.
+        """
+        names = list(terms)
+        values = torch.stack([terms[n].detach().float() for n in names]).cpu().tolist()
+        losses = dict(zip(names, values))
+        self._check_finite(epoch, losses)
+        val_wf1: dict[str, float] = {}
+        for name, model in self.models.items():
+            report, preds = self._validate(model)
+            val_wf1[name] = report["weighted_f1"]
+            current = self.best[name]
+            if current is None or report["weighted_f1"] > current.val_metrics["weighted_f1"]:
+                self.best[name] = Selected(
+                    state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                    epoch=epoch + 1,
+                    val_metrics=report,
+                    val_predictions=preds,
+                )
+        self.history.append({"epoch": epoch + 1, "losses": losses, "val_wf1": val_wf1})
+        if self.state_path is not None:
+            self._save(epoch)
+        log = EpochLog(
+            epoch=epoch + 1,
+            epochs=self.num_epochs,
+            losses=losses,
+            val_wf1=val_wf1,
+            best_wf1={n: s.val_metrics["weighted_f1"] for n, s in self.best.items() if s},
         )
-    reports = {name: evaluate(model, val, label_names) for name, model in models.items()}
-    return losses, reports
+        if self.on_epoch is not None:
+            self.on_epoch(log)
+        return log
+
+    def _add_start_candidates(self) -> None:
+        """Validate the models as they are before any training and make them the best so
+        far, as "epoch 0": a later epoch is chosen only if it beats them."""
+        val_wf1 = {}
+        for name, model in self.models.items():
+            report, preds = self._validate(model)
+            val_wf1[name] = report["weighted_f1"]
+            self.best[name] = Selected(
+                state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                epoch=0,
+                val_metrics=report,
+                val_predictions=preds,
+            )
+        self.history.append({"epoch": 0, "losses": {}, "val_wf1": val_wf1})
+        self.start_selected = dict(self.best)
+
+    def _validate(self, model: DialogueModel) -> tuple[dict[str, Any], Tensor]:
+        """Validation metrics of ``model`` and its flat predictions (CPU)."""
+        preds = predict(model, self.val)[self.val.mask].cpu()
+        y_true = self.val.labels[self.val.mask].cpu().numpy()
+        return classification_report(y_true, preds.numpy(), self.label_names), preds
+
+    def start_val_wf1(self) -> dict[str, float] | None:
+        """Each model's validation W-F1 before training, if it was a candidate."""
+        first = self.history[0] if self.history else None
+        return dict(first["val_wf1"]) if first and first["epoch"] == 0 else None
+
+    def selected(self) -> dict[str, Selected]:
+        """Each model's best epoch on validation.
+
+        With a start candidate and ``start_confidence`` > 0, a trained epoch replaces the
+        starting weights only if a paired bootstrap over validation dialogues gives it the
+        higher W-F1 in at least that share of resamples: a gain within the validation
+        split's noise keeps the starting weights (``start_guard`` says what was decided).
+        """
+        for name, best in self.best.items():
+            start = self.start_selected.get(name)
+            if start is None or best is None or best.epoch == 0 or self.start_confidence <= 0:
+                continue
+            p_gain = self._gain_probability(best, start)
+            kept = p_gain < self.start_confidence
+            self.start_guard[name] = {
+                "best_epoch": best.epoch,
+                "best_val_weighted_f1": best.val_metrics["weighted_f1"],
+                "start_val_weighted_f1": start.val_metrics["weighted_f1"],
+                "p_gain": p_gain,
+                "required": self.start_confidence,
+                "kept_start": kept,
+            }
+            if kept:
+                self.best[name] = start
+        result = {n: s for n, s in self.best.items() if s is not None}
+        if len(result) != len(self.models):
+            raise MRDRunError("Training finished without a single epoch; check 'epochs'.")
+        return result
+
+    def _gain_probability(self, new: Selected, old: Selected) -> float:
+        mask = self.val.mask.cpu()
+        dialogue = torch.nonzero(mask)[:, 0].numpy()
+        y_true = self.val.labels.cpu()[mask].numpy()
+        return gain_probability(
+            y_true,
+            new.val_predictions.numpy(),
+            old.val_predictions.numpy(),
+            dialogue,
+            len(self.label_names),
+            seed=self.seed,
+        )
+
+    def _check_finite(self, epoch: int, losses: dict[str, float]) -> None:
+        # Name the term that broke, not the total that merely inherits it.
+        bad = [n for n, v in losses.items() if n != "total" and not np.isfinite(v)] or [
+            n for n, v in losses.items() if not np.isfinite(v)
+        ]
+        if bad:
+            where = f" The last good state (epoch {epoch}) is in {self.state_path}." if epoch else ""
+            raise MRDRunError(
+                f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
+                f"and nothing from this epoch was saved.{where} Lower the learning rate or "
+                "check the features."
+            )
+
+    def _save(self, epoch: int) -> None:
+        atomic_torch_save(
+            {
+                "signature": self.signature,
+                "epoch": epoch + 1,
+                "models": {n: m.state_dict() for n, m in self.models.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "best": {
+                    n: None if s is None else copy.copy(s.__dict__) for n, s in self.best.items()
+                },
+                "history": self.history,
+                "start": {
+                    n: None if s is None else copy.copy(s.__dict__)
+                    for n, s in self.start_selected.items()
+                },
+                "rng": _cpu_rng_states(self.generator),
+            },
+            self.state_path,
+        )
+
+    def _restore(self, state_path: Path) -> None:
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            stored_signature = state.get("signature")
+        except Exception as exc:  # any unreadable file: corrupt, truncated, foreign
+            raise MRDError(
+                f"The saved training state {state_path} is unreadable ({type(exc).__name__}); "
+                "delete it or run without --resume to start over."
+            ) from None
+        if stored_signature != self.signature:
+            raise MRDError(
+                f"The saved training state {state_path} comes from another config, data or "
+                "seed; run without --resume to start over."
+            )
+        try:
+            for name, model in self.models.items():
+                model.load_state_dict(state["models"][name])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for name, sel in state["best"].items():
+                self.best[name] = Selected(**sel) if sel is not None else None
+            if not isinstance(state["history"], list):
+                raise TypeError("history is not a list")
+            self.history = state["history"]
+            self.start_selected = {
+                n: Selected(**sel) if sel is not None else None
+                for n, sel in state.get("start", {}).items()
+            }
+            _restore_rng(state["rng"], self.generator)
+            epoch = state["epoch"]
+            total = self.num_epochs
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= total:
+                raise ValueError(f"epoch {epoch!r} is outside 0..{total}")
+            self.start = epoch
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise MRDError(
+                f"The saved training state {state_path} is damaged ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); delete it or run without --resume to "
+                "start over."
+            ) from None
 
 
 def _cpu_rng_states(generator: torch.Generator) -> dict[str, Any]:
@@ -226,126 +354,3 @@ def _restore_rng(states: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(states["shuffle"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def train_epochs(
-    *,
-    models: dict[str, DialogueModel],
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    step: StepFn,
-    val: SplitTensors,
-    label_names: list[str],
-    seed: int,
-    state_path: Path | None = None,
-    resume: bool = False,
-    signature: str = "",
-    on_epoch: Callable[[EpochLog], None] | None = None,
-) -> dict[str, Selected]:
-    """Run ``epochs`` epochs of ``step`` and return each model's best epoch on validation.
-
-    ``step(epoch, generator)`` trains one epoch and returns its mean loss terms as device
-    tensors. ``signature`` identifies config + data; a saved state with another signature
-    is refused on resume.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    best: dict[str, Selected | None] = {n: None for n in models}
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume and state_path is not None and state_path.is_file():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            stored_signature = state.get("signature")
-        except Exception as exc:  # any unreadable file: corrupt, truncated, foreign
-            raise MRDError(
-                f"The saved training state {state_path} is unreadable ({type(exc).__name__}); "
-                "delete it or run without --resume to start over."
-            ) from None
-        if stored_signature != signature:
-            raise MRDError(
-                f"The saved training state {state_path} comes from another config, data or "
-                "seed; run without --resume to start over."
-            )
-        for name, model in models.items():
-            model.load_state_dict(state["models"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        for name, sel in state["best"].items():
-            best[name] = Selected(**sel) if sel is not None else None
-        history = state["history"]
-        _restore_rng(state["rng"], generator)
-        start = int(state["epoch"])
-
-    for epoch in range(start, epochs):
-        losses, reports = run_epoch(step, models, epoch, generator, val, label_names, state_path)
-        val_wf1: dict[str, float] = {}
-        for name, model in models.items():
-            report = reports[name]
-            val_wf1[name] = report["weighted_f1"]
-            current = best[name]
-            if current is None or report["weighted_f1"] > current.val_metrics["weighted_f1"]:
-                best[name] = Selected(
-                    state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-                    epoch=epoch + 1,
-                    val_metrics=report,
-                )
-        history.append({"epoch": epoch + 1, "losses": losses, "val_wf1": val_wf1})
-        if state_path is not None:
-            atomic_torch_save(
-                {
-                    "signature": signature,
-                    "epoch": epoch + 1,
-                    "models": {n: m.state_dict() for n, m in models.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "best": {
-                        n: None if s is None else copy.copy(s.__dict__) for n, s in best.items()
-                    },
-                    "history": history,
-                    "rng": _cpu_rng_states(generator),
-                },
-                state_path,
-            )
-        if on_epoch is not None:
-            on_epoch(
-                EpochLog(
-                    epoch=epoch + 1,
-                    epochs=epochs,
-                    losses=losses,
-                    val_wf1=val_wf1,
-                    best_wf1={n: s.val_metrics["weighted_f1"] for n, s in best.items() if s},
-                )
-            )
-    result = {n: s for n, s in best.items() if s is not None}
-    if len(result) != len(models):
-        raise MRDRunError("Training finished without a single epoch; check 'epochs'.")
-    return result
-
-
-def fit_classifier(
-    model: DialogueModel,
-    train: SplitTensors,
-    val: SplitTensors,
-    cfg: PretrainConfig,
-    label_names: list[str],
-    seed: int,
-    state_path: Path | None = None,
-    resume: bool = False,
-    signature: str = "",
-    on_epoch: Callable[[EpochLog], None] | None = None,
-) -> Selected:
-    """Supervised pretraining of one model (L_cls + L_reg), epoch chosen on validation W-F1."""
-    torch.manual_seed(seed)
-    step = ClassifierStep(model, train, cfg, len(label_names))
-    selected = train_epochs(
-        models=step.models,
-        optimizer=step.optimizer,
-        epochs=cfg.epochs,
-        step=step,
-        val=val,
-        label_names=label_names,
-        seed=seed,
-        state_path=state_path,
-        resume=resume,
-        signature=signature,
-        on_epoch=on_epoch,
-    )
-    return selected["model"]

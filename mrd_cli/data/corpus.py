@@ -122,6 +122,13 @@ class Corpus:
                         "clean the feature file before training."
                     )
             here = {m: x.shape[1] for m, x in d.features.items()}
+            empty = [m for m, width in here.items() if width == 0]
+            if empty:
+                raise MRDError(
+                    f"Dialogue '{did}': modality '{empty[0]}' has 0 features per utterance; "
+                    "a model cannot learn from an empty feature vector. Use the complete "
+                    "feature file, or leave the modality out of dataset.modalities."
+                )
             if dims is None:
                 dims = here
             elif here != dims:
@@ -142,3 +149,18 @@ class Corpus:
                     f"Dataset '{self.name}': {len(missing)} dialogue id(s) of the {split} split "
                     f"are missing from the features (first: '{missing[0]}')."
                 )
+
+    def warnings(self) -> list[str]:
+        """What is legal but probably not meant: classes that no training utterance has
+        (their F1 can only be 0, and nothing is learned about them)."""
+        present = set()
+        for did in self.splits.get("train", []):
+            present.update(int(y) for y in np.unique(self.dialogues[did].labels))
+        absent = [name for i, name in enumerate(self.label_names) if i not in present]
+        if not absent:
+            return []
+        return [
+            f"Dataset '{self.name}': no training utterance has the class(es) "
+            f"{', '.join(absent)}; the models cannot learn them and their F1 will be 0. "
+            "Check the labels in the feature file and dataset.label_names."
+        ]

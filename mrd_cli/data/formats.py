@@ -1,4 +1,4 @@
-"""Read and write the community feature files (IEMOCAP and MELD, DESIGN.md section 3).
+"""Read and write the community feature files (IEMOCAP and MELD).
 
 ``parse_iemocap`` / ``parse_meld`` turn the unpickled tuples into a ``Corpus``, checking the
 layout as they go; ``load_corpus`` finds the files for a ``DatasetConfig``, reads them with
@@ -9,11 +9,8 @@ back under the community file names.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-import os
-import pickle
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,23 @@ import numpy as np
 
 from mrd_cli.config import DatasetConfig
 from mrd_cli.data.corpus import Corpus, Dialogue
-from mrd_cli.data.safe_pickle import safe_load
+from mrd_cli.data.layouts import (
+    DEFAULT_LABELS,
+    FILE_NAMES,
+    IEMOCAP_FEATURES,
+    IEMOCAP_LABELS,
+    IEMOCAP_ROBERTA,
+    MELD_FEATURES,
+    MELD_LABELS,
+    MELD_ROBERTA,
+    ROBERTA_LAYERS,
+    TupleLayout,
+    unpack,
+    write_iemocap,
+    write_meld,
+)
+from mrd_cli.data.safe_pickle import expansion_budget, human_size, safe_load
+from mrd_cli.data.synthetic import PRESETS, generate
 from mrd_cli.errors import MRDError
 
 __all__ = [
@@ -38,76 +51,10 @@ __all__ = [
     "write_meld",
 ]
 
-IEMOCAP_LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]
-MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
-_DEFAULT_LABELS = {"iemocap": IEMOCAP_LABELS, "meld": MELD_LABELS}
-
-# layout -> (features file, roberta file): the names the community code and CMERC use.
-FILE_NAMES = {
-    "iemocap": ("IEMOCAP_features.pkl", "iemocap_features_roberta.pkl"),
-    "meld": ("MELD_features_raw1.pkl", "meld_features_roberta.pkl"),
-}
-
 # latin1 reads Python 2 pickles (numpy buffers stored as str) and changes nothing for
 # Python 3 pickles, so every file is read with it.
 _ENCODING = "latin1"
 _LN_EPS = 1e-5
-_ROBERTA_LAYERS = ("roberta1", "roberta2", "roberta3", "roberta4")
-
-
-@dataclass(frozen=True)
-class _TupleLayout:
-    """The fields of one community pickle, in order; which are dicts and which id lists."""
-
-    file: str
-    fields: tuple[str, ...]
-    id_fields: tuple[str, ...]
-    free_fields: tuple[str, ...] = ()  # present but unused, any type
-
-    def describe(self) -> str:
-        return f"the {len(self.fields)}-tuple ({', '.join(self.fields)}) of {self.file}"
-
-
-_IEMOCAP_FEATURES = _TupleLayout(
-    "IEMOCAP_features.pkl",
-    (
-        "videoIDs",
-        "videoSpeakers",
-        "videoLabels",
-        "videoText",
-        "videoAudio",
-        "videoVisual",
-        "videoSentence",
-        "trainVid",
-        "testVid",
-    ),
-    ("trainVid", "testVid"),
-)
-_IEMOCAP_ROBERTA = _TupleLayout(
-    "iemocap_features_roberta.pkl",
-    ("speakers", "labels", *_ROBERTA_LAYERS, "sentences", "trainIds", "testIds", "validIds"),
-    ("trainIds", "testIds", "validIds"),
-)
-_MELD_FEATURES = _TupleLayout(
-    "MELD_features_raw1.pkl",
-    (*_IEMOCAP_FEATURES.fields, "_"),
-    ("trainVid", "testVid"),
-    ("_",),
-)
-_MELD_ROBERTA = _TupleLayout(
-    "meld_features_roberta.pkl",
-    (
-        "speakers",
-        "emotion_labels",
-        "sentiment_labels",
-        *_ROBERTA_LAYERS,
-        "sentences",
-        "trainIds",
-        "testIds",
-        "validIds",
-    ),
-    ("trainIds", "testIds", "validIds"),
-)
 
 
 # --------------------------------------------------------------------------------------
@@ -141,74 +88,7 @@ def average_roberta_layers(layers: list[np.ndarray]) -> np.ndarray:
 # Checking and converting the pieces of a tuple
 
 
-def _unpack(obj: Any, layout: _TupleLayout) -> dict[str, Any]:
-    """Check that ``obj`` is the tuple ``layout`` describes; return its fields by name.
-
-    Dicts come back with ``str`` keys (MELD ids are ints in the files); id lists as lists of
-    ``str`` without duplicates.
-    """
-    if not isinstance(obj, tuple):
-        raise MRDError(
-            f"Expected {layout.describe()}, got a {type(obj).__name__}. Is this the right "
-            "file for the dataset's layout?"
-        )
-    if len(obj) != len(layout.fields):
-        raise MRDError(
-            f"Expected {layout.describe()}, got a {len(obj)}-tuple. Is this the right file "
-            "for the dataset's layout?"
-        )
-    out: dict[str, Any] = {}
-    for name, value in zip(layout.fields, obj, strict=True):
-        if name in layout.free_fields:
-            out[name] = value
-        elif name in layout.id_fields:
-            out[name] = _id_list(value, name, layout)
-        else:
-            if not isinstance(value, dict):
-                raise MRDError(
-                    f"Expected {layout.describe()}, but '{name}' is a {type(value).__name__}, "
-                    "not a dict keyed by dialogue id."
-                )
-            out[name] = _str_keys(value, name, layout)
-    return out
-
-
-def _str_keys(d: dict[Any, Any], name: str, layout: _TupleLayout) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        skey = str(key)
-        if skey in out:
-            raise MRDError(
-                f"'{name}' in {layout.file} has two dialogue ids that read as '{skey}'; "
-                "dialogue ids must be unique."
-            )
-        out[skey] = value
-    return out
-
-
-def _id_list(value: Any, name: str, layout: _TupleLayout) -> list[str]:
-    if isinstance(value, np.ndarray) and value.ndim == 1:
-        items: list[Any] = value.tolist()
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    elif isinstance(value, (set, frozenset)):
-        items = sorted(value, key=str)
-    else:
-        raise MRDError(
-            f"Expected {layout.describe()}, but '{name}' is a {type(value).__name__}, not a "
-            "list of dialogue ids."
-        )
-    for item in items:
-        if not isinstance(item, (str, bytes, int, np.integer)) or isinstance(item, bool):
-            raise MRDError(
-                f"Expected {layout.describe()}, but '{name}' holds {item!r} "
-                f"({type(item).__name__}), not a dialogue id."
-            )
-    # dict.fromkeys keeps the file's order and drops repeated ids.
-    return list(dict.fromkeys(str(i) for i in items))
-
-
-def _entry(fields: dict[str, Any], name: str, did: str, split: str, layout: _TupleLayout) -> Any:
+def _entry(fields: dict[str, Any], name: str, did: str, split: str, layout: TupleLayout) -> Any:
     try:
         return fields[name][did]
     except KeyError:
@@ -219,8 +99,35 @@ def _entry(fields: dict[str, Any], name: str, did: str, split: str, layout: _Tup
         ) from None
 
 
+# Bytes the features read from files may still take when lists become arrays: a pickle can
+# list one row a million times (its memo), which costs nothing in the file and everything in
+# memory. None: no budget (tuples built in memory).
+_ARRAY_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "_ARRAY_BUDGET", default=None
+)
+
+
+def _charge_list(value: Any, did: str, modality: str, source: str) -> None:
+    """Refuse a list of rows whose array would exceed what is left of the load's budget."""
+    budget = _ARRAY_BUDGET.get()
+    if budget is None or not isinstance(value, (list, tuple)):
+        return
+    first = value[0] if len(value) else None
+    width = len(first) if hasattr(first, "__len__") else 1
+    need = len(value) * max(width, 1) * 4
+    budget[0] -= need
+    if budget[0] < 0:
+        raise MRDError(
+            f"Dialogue '{did}': the {modality} features ({source}) would expand to "
+            f"{human_size(need)}, beyond what the feature files' size allows; the file is "
+            "corrupt or crafted (rows repeated by reference). Nothing was allocated. Use the "
+            "feature files as distributed."
+        )
+
+
 def _matrix(value: Any, did: str, modality: str, source: str) -> np.ndarray:
     """One dialogue's features as float32 ``[n, d]`` (lists of lists, of arrays, or 2-D)."""
+    _charge_list(value, did, modality, source)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             x = np.asarray(value, dtype=np.float32)
@@ -364,9 +271,9 @@ def _build_corpus(
     name: str,
     layout_name: str,
     feats: dict[str, Any],
-    feat_layout: _TupleLayout,
+    feat_layout: TupleLayout,
     rob: dict[str, Any] | None,
-    rob_layout: _TupleLayout | None,
+    rob_layout: TupleLayout | None,
     rob_label_field: str,
     splits: dict[str, list[str]],
     val_source: str,
@@ -408,7 +315,7 @@ def _build_corpus(
                     assert rob is not None and rob_layout is not None
                     layers = [
                         _matrix(_entry(rob, f, did, split, rob_layout), did, "text", f)
-                        for f in _ROBERTA_LAYERS
+                        for f in ROBERTA_LAYERS
                     ]
                     if len({x.shape for x in layers}) != 1:
                         raise MRDError(
@@ -429,7 +336,7 @@ def _build_corpus(
         did: Dialogue(id=did, speakers=speakers[did], labels=labels, features=features)
         for did, (labels, features) in pending.items()
     }
-    label_names = list(cfg.label_names) or list(_DEFAULT_LABELS[layout_name])
+    label_names = list(cfg.label_names) or list(DEFAULT_LABELS[layout_name])
     corpus = Corpus(
         name=name,
         label_names=label_names,
@@ -459,17 +366,17 @@ def parse_iemocap(
     ``roberta_tuple`` may be None when ``cfg.text_features`` is "legacy".
     """
     name = name or cfg.name
-    feats = _unpack(features_tuple, _IEMOCAP_FEATURES)
-    rob = _unpack(roberta_tuple, _IEMOCAP_ROBERTA) if roberta_tuple is not None else None
+    feats = unpack(features_tuple, IEMOCAP_FEATURES)
+    rob = unpack(roberta_tuple, IEMOCAP_ROBERTA) if roberta_tuple is not None else None
     train, val = seeded_val_split(feats["trainVid"], cfg.val_fraction, cfg.data_seed)
     return _build_corpus(
         cfg=cfg,
         name=name,
         layout_name="iemocap",
         feats=feats,
-        feat_layout=_IEMOCAP_FEATURES,
+        feat_layout=IEMOCAP_FEATURES,
         rob=rob,
-        rob_layout=_IEMOCAP_ROBERTA if rob is not None else None,
+        rob_layout=IEMOCAP_ROBERTA if rob is not None else None,
         rob_label_field="labels",
         splits={"train": train, "val": val, "test": feats["testVid"]},
         val_source=_seeded_source(cfg),
@@ -490,8 +397,8 @@ def parse_meld(
     ``trainVid`` is held out instead; ``Corpus.val_source`` says which.
     """
     name = name or cfg.name
-    feats = _unpack(features_tuple, _MELD_FEATURES)
-    rob = _unpack(roberta_tuple, _MELD_ROBERTA) if roberta_tuple is not None else None
+    feats = unpack(features_tuple, MELD_FEATURES)
+    rob = unpack(roberta_tuple, MELD_ROBERTA) if roberta_tuple is not None else None
     if rob is not None and rob["validIds"]:
         dev = set(rob["validIds"])
         train = [d for d in feats["trainVid"] if d not in dev]
@@ -509,9 +416,9 @@ def parse_meld(
         name=name,
         layout_name="meld",
         feats=feats,
-        feat_layout=_MELD_FEATURES,
+        feat_layout=MELD_FEATURES,
         rob=rob,
-        rob_layout=_MELD_ROBERTA if rob is not None else None,
+        rob_layout=MELD_ROBERTA if rob is not None else None,
         rob_label_field="emotion_labels",
         splits={"train": train, "val": val, "test": feats["testVid"]},
         val_source=val_source,
@@ -568,9 +475,6 @@ def load_corpus(
 ) -> Corpus:
     """The validated Corpus for ``cfg``: files read safely (or generated), parsed and checked."""
     if cfg.layout == "synthetic":
-        # Imported here: generating is rare and the module is only needed for it.
-        from mrd_cli.data.synthetic import PRESETS, generate
-
         preset = PRESETS[cfg.synthetic_preset]
         if len(cfg.label_names) != len(preset.label_names):
             cfg = dataclasses.replace(cfg, label_names=list(preset.label_names))
@@ -580,7 +484,10 @@ def load_corpus(
     else:
         features_path, roberta_path = resolve_feature_files(cfg, data_dir, yaml_dir)
         need_roberta = cfg.text_features == "roberta"
-        expected = [features_path, roberta_path] if need_roberta else [features_path]
+        # A RoBERTa file named in the config must exist even where it is optional (MELD's
+        # dev split): a typo must not quietly change the validation split.
+        named = need_roberta or bool(cfg.roberta_file)
+        expected = [features_path, roberta_path] if named else [features_path]
         if not all(p.is_file() for p in expected):
             raise _missing_files_error(cfg, expected)
         features = safe_load(features_path, _ENCODING)
@@ -588,48 +495,15 @@ def load_corpus(
         # text, so that validation is the official dev split whenever it can be.
         read_roberta = need_roberta or (cfg.layout == "meld" and roberta_path.is_file())
         roberta = safe_load(roberta_path, _ENCODING) if read_roberta else None
-        corpus = _PARSERS[cfg.layout](features, roberta, cfg, cfg.name)
+        read = [features_path, roberta_path] if read_roberta else [features_path]
+        size = sum(p.stat().st_size for p in read)
+        token = _ARRAY_BUDGET.set([expansion_budget(size)])
+        try:
+            corpus = _PARSERS[cfg.layout](features, roberta, cfg, cfg.name)
+        finally:
+            _ARRAY_BUDGET.reset(token)
         corpus.extra["features_file"] = str(features_path)
         if read_roberta:
             corpus.extra["roberta_file"] = str(roberta_path)
     corpus.validate()
     return corpus
-
-
-def _dump(obj: Any, path: Path) -> None:
-    """Pickle ``obj`` to ``path`` via a temporary file, so an interrupted write leaves no
-    truncated file under the real name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write(
-    out_dir: Path,
-    features_tuple: Any,
-    roberta_tuple: Any,
-    layouts: tuple[_TupleLayout, _TupleLayout],
-) -> list[Path]:
-    _unpack(features_tuple, layouts[0])
-    _unpack(roberta_tuple, layouts[1])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / layouts[0].file, out_dir / layouts[1].file]
-    _dump(features_tuple, paths[0])
-    _dump(roberta_tuple, paths[1])
-    return paths
-
-
-def write_iemocap(out_dir: Path, features_tuple: tuple, roberta_tuple: tuple) -> list[Path]:
-    """Write the IEMOCAP 9-tuple and RoBERTa 10-tuple under the community file names."""
-    return _write(out_dir, features_tuple, roberta_tuple, (_IEMOCAP_FEATURES, _IEMOCAP_ROBERTA))
-
-
-def write_meld(out_dir: Path, features_tuple: tuple, roberta_tuple: tuple) -> list[Path]:
-    """Write the MELD 10-tuple and RoBERTa 11-tuple under the community file names."""
-    return _write(out_dir, features_tuple, roberta_tuple, (_MELD_FEATURES, _MELD_ROBERTA))

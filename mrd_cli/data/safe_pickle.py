@@ -4,6 +4,11 @@
 could run ``os.system`` on load. ``safe_load`` resolves globals through an allow-list that
 holds only the builtin containers and scalars and the numpy reconstruction helpers those
 files contain; any other global is refused, with its name, before it can be called.
+
+A pickle is also a compression format: a few bytes can ask numpy for an array of any shape.
+Every array the file asks numpy to allocate is charged to a size budget
+(``expansion_budget``: ``EXPANSION`` times the file's size, at least ``MIN_BUDGET``), and a
+file that asks for more is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -20,7 +25,32 @@ import numpy as np
 
 from mrd_cli.errors import MRDError
 
-__all__ = ["ALLOWED_GLOBALS", "safe_load"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "EXPANSION",
+    "MIN_BUDGET",
+    "expansion_budget",
+    "human_size",
+    "safe_load",
+]
+
+# A community feature file holds its arrays nearly as they are in memory (float32 buffers or
+# lists of floats); 64x leaves ample room for any layout and none for a pickle bomb.
+EXPANSION = 64
+MIN_BUDGET = 256 * 2**20
+
+
+def expansion_budget(file_size: int) -> int:
+    """Bytes of arrays a file of ``file_size`` bytes may expand to."""
+    return max(EXPANSION * int(file_size), MIN_BUDGET)
+
+
+def human_size(n: float) -> str:
+    """A byte count for people (373 GiB, 7.7 MiB, 120 KiB)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _numpy_attr(name: str, *modules: str) -> Any:
@@ -105,9 +135,48 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 class _RestrictedUnpickler(pickle.Unpickler):
     """An unpickler whose only reachable globals are those in ``ALLOWED_GLOBALS``."""
 
-    def __init__(self, file: Any, path: Path, encoding: str) -> None:
+    def __init__(self, file: Any, path: Path, encoding: str, budget: int) -> None:
         super().__init__(file, encoding=encoding)
         self._path = path
+        self._budget = budget
+        self._spent = 0
+
+    def _charge(self, shape: Any, dtype: Any) -> None:
+        """Refuse an array allocation that would take the file beyond its size budget."""
+        try:
+            dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+            itemsize = np.dtype(dtype).itemsize
+        except Exception:
+            return  # numpy itself refuses what is not a shape or a dtype
+        need = max(itemsize, 1)
+        for d in dims:
+            need *= max(d, 0)
+        self._spent += need
+        if self._spent > self._budget:
+            raise MRDError(
+                f"Refused to load {self._path}: it asks for {human_size(self._spent)} of arrays, far "
+                f"more than a file of its size ({human_size(self._path.stat().st_size)}) can hold "
+                f"(budget {human_size(self._budget)}). The file is corrupt or crafted; nothing was "
+                "allocated. Use the feature files as distributed."
+            )
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
+        self._charge(shape, dtype)
+        return _reconstruct(subtype, shape, dtype)
+
+    def _scalar(self, dtype: Any, *args: Any) -> Any:
+        self._charge((), dtype)
+        return _scalar(dtype, *args)
+
+    def _sized(self, cls: type) -> Any:
+        """``bytes`` / ``bytearray`` whose ``cls(n)`` (n zero bytes) is charged first."""
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            if args and isinstance(args[0], int):
+                self._charge((args[0],), "u1")
+            return cls(*args, **kwargs)
+
+        return make
 
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 pickles say __builtin__ / copy_reg; map them the way pickle itself would
@@ -116,6 +185,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if key is None:
             key = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
         obj = ALLOWED_GLOBALS.get(key)
+        # The allocating constructors go through the size budget.
+        if obj is _reconstruct:
+            return self._reconstruct
+        if obj is _scalar:
+            return self._scalar
+        if obj in (bytes, bytearray):
+            return self._sized(obj)
         if obj is None:
             raise MRDError(
                 f"Refused to load {self._path}: it asks to call '{module}.{name}', which is not "
@@ -138,8 +214,9 @@ def safe_load(path: Path, encoding: str = "ASCII") -> Any:
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise MRDError(f"Feature file {path} {what}. Put the file there or pass --data-dir.")
     try:
+        budget = expansion_budget(path.stat().st_size)
         with path.open("rb") as fh:
-            return _RestrictedUnpickler(fh, path, encoding).load()
+            return _RestrictedUnpickler(fh, path, encoding, budget).load()
     except MRDError:
         raise
     except MemoryError:

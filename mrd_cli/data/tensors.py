@@ -167,8 +167,3 @@ def split_tensors(
     """One split of the corpus as padded tensors on ``device``."""
     mods = modalities if modalities is not None else corpus.modalities
     return pad_dialogues(corpus.split(split), mods).to(device)
-
-
-def flat(values: Tensor, mask: Tensor) -> Tensor:
-    """Real utterances of a [D, L, ...] tensor in dialogue order, utterance order."""
-    return values[mask]

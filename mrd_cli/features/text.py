@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mrd_cli.core.io import atomic_write_bytes
 from mrd_cli.errors import MRDError
 from mrd_cli.features import require
+from mrd_cli.io import atomic_write_bytes
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 LAYERS = 4

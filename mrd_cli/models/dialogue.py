@@ -13,7 +13,7 @@ RoBERTa inputs was the most expensive step of a CPU epoch, hence ``Dropout`` bel
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -57,25 +57,62 @@ class ModelSpec:
     layers: int = 1
     heads: int = 4
     dropout: float = 0.5
+    # Which network the spec builds (``models/registry.py``) and that network's own
+    # settings; a checkpoint without them is a dialogue network.
+    backbone: str = "dialogue"
+    options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class DialogueModel(nn.Module):
-    """Utterance-level emotion classifier over a dialogue; returns logits [B, L, C] (0 at
-    padding)."""
+class Backbone(nn.Module):
+    """What every network of the registry shares: the spec, input standardisation, and the
+    auxiliary-loss interface of the pretraining loop.
+
+    ``forward(features, speakers, mask, lengths)`` returns logits [B, L, C], 0 at padding.
+    A network with auxiliary losses lists them in ``aux_weights`` (name -> weight) and, in
+    training mode, keeps what they need from its last forward call; ``aux_losses(labels,
+    mask)`` then returns each term, unweighted, by name. The dialogue network has none.
+    """
+
+    aux_weights: dict[str, float] = {}
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        h = spec.hidden
         self.modalities = list(spec.modalities)
         for m in self.modalities:
             # Standardisation statistics from the training split (set_input_stats); the
             # community audio features span several orders of magnitude.
             self.register_buffer(f"mean_{m}", torch.zeros(spec.input_dims[m]))
             self.register_buffer(f"std_{m}", torch.ones(spec.input_dims[m]))
+
+    @torch.no_grad()
+    def set_input_stats(self, features: dict[str, Tensor], mask: Tensor) -> None:
+        """Standardise each input feature with its mean / std over real training utterances."""
+        for m in self.modalities:
+            x = features[m][mask]
+            getattr(self, f"mean_{m}").copy_(x.mean(0))
+            getattr(self, f"std_{m}").copy_(x.std(0).clamp_min(1e-5))
+
+    def standardised(self, features: dict[str, Tensor], m: str, real: Tensor) -> Tensor:
+        """Modality ``m`` of the real utterances [N, d], standardised."""
+        x = gather(features[m], real)
+        return (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+
+    def aux_losses(self, labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The auxiliary losses of the last training forward call, by name (unweighted)."""
+        return {}
+
+
+class DialogueModel(Backbone):
+    """Utterance-level emotion classifier over a dialogue; returns logits [B, L, C] (0 at
+    padding)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        h = spec.hidden
         self.project = nn.ModuleDict(
             {
                 m: nn.Sequential(Dropout(spec.dropout), nn.Linear(spec.input_dims[m], h), nn.ReLU())
@@ -107,14 +144,6 @@ class DialogueModel(nn.Module):
             nn.Linear(h, spec.num_classes),
         )
 
-    @torch.no_grad()
-    def set_input_stats(self, features: dict[str, Tensor], mask: Tensor) -> None:
-        """Standardise each input feature with its mean / std over real training utterances."""
-        for m in self.modalities:
-            x = features[m][mask]
-            getattr(self, f"mean_{m}").copy_(x.mean(0))
-            getattr(self, f"std_{m}").copy_(x.std(0).clamp_min(1e-5))
-
     def forward(
         self, features: dict[str, Tensor], speakers: Tensor, mask: Tensor, lengths: Tensor
     ) -> Tensor:
@@ -122,25 +151,23 @@ class DialogueModel(nn.Module):
         where = UtteranceLayout.of(lengths, length, mask.device)
         parts = []
         for m in self.modalities:
-            x = _gather(features[m], where.real)
-            x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
-            parts.append(self.project[m](x))
-        fused = self.fuse(torch.cat(parts, dim=-1)) + self.speaker(_gather(speakers, where.real))
+            parts.append(self.project[m](self.standardised(features, m, where.real)))
+        fused = self.fuse(torch.cat(parts, dim=-1)) + self.speaker(gather(speakers, where.real))
         fused = self.dropout(fused)  # [N, H], the N real utterances of the batch
         if self.spec.encoder == "gru":
             # Packed with the dialogues laid out longest first, as packing wants them: the
             # GRU never sees padding, and no permutation is left to do on the device.
-            padded = _scatter(fused, where.longest_first, batch, length)
+            padded = scatter(fused, where.longest_first, batch, length)
             packed = pack_padded_sequence(padded, where.sorted_lengths, batch_first=True)
             out, _ = self.context(packed)
             ctx, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
-            ctx = _gather(ctx, where.longest_first)
+            ctx = gather(ctx, where.longest_first)
         else:
-            padded = _scatter(fused, where.real, batch, length)
-            ctx = self.context(padded + _positions(padded), src_key_padding_mask=~mask)
-            ctx = _gather(ctx, where.real)
+            padded = scatter(fused, where.real, batch, length)
+            ctx = self.context(padded + positions(padded), src_key_padding_mask=~mask)
+            ctx = gather(ctx, where.real)
         logits = self.classify(torch.cat([fused, ctx], dim=-1))
-        return _scatter(logits, where.real, batch, length)
+        return scatter(logits, where.real, batch, length)
 
 
 @dataclass
@@ -168,18 +195,18 @@ class UtteranceLayout:
         return cls(both[0], both[1], lengths[order])
 
 
-def _gather(x: Tensor, real: Tensor) -> Tensor:
+def gather(x: Tensor, real: Tensor) -> Tensor:
     """The real utterances of a padded [B, L, ...] tensor, as [N, ...]."""
     return x.flatten(0, 1).index_select(0, real)
 
 
-def _scatter(x: Tensor, real: Tensor, batch: int, length: int) -> Tensor:
+def scatter(x: Tensor, real: Tensor, batch: int, length: int) -> Tensor:
     """Per-utterance rows [N, ...] back into a padded [B, L, ...] tensor (zeros at padding)."""
     out = x.new_zeros(batch * length, *x.shape[1:]).index_copy(0, real, x)
     return out.view(batch, length, *x.shape[1:])
 
 
-def _positions(x: Tensor) -> Tensor:
+def positions(x: Tensor) -> Tensor:
     """Sinusoidal position encodings [1, L, H] for the Transformer context encoder."""
     length, dim = x.shape[1], x.shape[2]
     pos = torch.arange(length, device=x.device, dtype=x.dtype)[:, None]
@@ -192,6 +219,6 @@ def _positions(x: Tensor) -> Tensor:
     return enc[None]
 
 
-def run_model(model: DialogueModel, batch) -> Tensor:
+def run_model(model: Backbone, batch) -> Tensor:
     """Logits of ``model`` on a ``Batch`` (features restricted to the model's modalities)."""
     return model(batch.features, batch.speakers, batch.mask, batch.lengths)

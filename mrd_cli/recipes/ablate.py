@@ -1,4 +1,4 @@
-"""The ablation study (paper Table 5): MRD and MRD without MIC / ILC / RCL over seeds.
+"""Recipe: the ablation study (paper Table 5): MRD and MRD without MIC / ILC / RCL over seeds.
 
 Each (variant, seed) cell is distilled, evaluated on the test split and saved on its own
 (``RUN/ablation/cells/``), so an interrupted study continues where it stopped. The summary
@@ -13,21 +13,55 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mrd_cli.config import Config
-from mrd_cli.core import pipeline
-from mrd_cli.core.io import atomic_write_json, atomic_write_text
 from mrd_cli.core.metrics import classification_report
-from mrd_cli.core.pipeline import Session
 from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.session import Session, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import predict
 from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_json, atomic_write_text, file_sha256
+from mrd_cli.recipes.distill import distill
+from mrd_cli.recipes.partition import ensure_partitioned
 
 COMPONENTS = ("mic", "ilc", "rcl")
+
+
+@dataclass
+class AblationResult:
+    """The ablation summary (``rows``: one per model, mean ± std over ``seeds``; MRD's
+    difference from the pretrained model of the same role, each variant's from MRD);
+    ``computed`` lists the (variant, seed) cells this call trained (the others were reused
+    from ``RUN/ablation/cells/``)."""
+
+    dataset: str
+    split: str
+    labels: list[str]
+    seeds: list[int]
+    repretrain: bool
+    keep_start: bool
+    refactoring_target: str
+    bootstrap_resamples: int
+    rows: list[dict[str, Any]]
+    computed: list[tuple[str, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "labels": self.labels,
+            "seeds": self.seeds,
+            "repretrain": self.repretrain,
+            "keep_start": self.keep_start,
+            "refactoring_target": self.refactoring_target,
+            "bootstrap_resamples": self.bootstrap_resamples,
+            "rows": self.rows,
+        }
 
 
 def apply_without(cfg: Config, without: Iterable[str]) -> Config:
@@ -51,27 +85,6 @@ def variant_name(without: tuple[str, ...]) -> str:
     return "MRD" if not without else "MRD w/o " + " & ".join(c.upper() for c in without)
 
 
-def ensure_base(
-    session: Session,
-    force: bool = False,
-    on_epoch: Callable[[str, Any], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-) -> None:
-    """Pretrain and partition unless current outputs are already in the run directory."""
-    if force or not pipeline.pretrained_is_current(session):
-        if on_step:
-            on_step("pretrain")
-        pipeline.pretrain(session, on_epoch=on_epoch)
-    elif on_step:
-        on_step("pretrain (reused)")
-    if force or not pipeline.partition_is_current(session):
-        if on_step:
-            on_step("partition")
-        pipeline.partition(session, on_epoch=on_epoch)
-    elif on_step:
-        on_step("partition (reused)")
-
-
 def run_cell(
     session: Session, without: tuple[str, ...], seed: int, base: RunDir, on_epoch=None
 ) -> dict[str, Any]:
@@ -81,12 +94,12 @@ def run_cell(
     cfg.seed = seed
     cell_dir = session.run.ablation / "models" / f"{_slug(without)}_seed{seed}"
     sub = session.derive(cfg, base)
-    pipeline.distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
+    distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
     test = session.tensors("test")
     y_true = test.labels[test.mask].cpu().numpy()
     out: dict[str, Any] = {}
     for role in ROLES:
-        model, ckpt = pipeline.load_model(session, cell_dir / f"{role}.pt", "mrd distill")
+        model, ckpt = session.load_model(cell_dir / f"{role}.pt", "mrd distill")
         pred = predict(model, test)[test.mask].cpu().numpy()
         report = classification_report(y_true, pred, session.corpus.label_names)
         out[role] = {
@@ -102,14 +115,14 @@ def _slug(without: tuple[str, ...]) -> str:
     return "mrd" if not without else "without_" + "_".join(without)
 
 
-def run_ablation(
+def ablate(
     session: Session,
     variants: list[tuple[str, ...]],
     seeds: int,
     on_cell: Callable[[str, int, bool], None] | None = None,
     on_epoch=None,
     on_step=None,
-) -> dict[str, Any]:
+) -> AblationResult:
     """Run (or reuse) every (variant, seed) cell and summarise. ``variants`` excludes MRD
     itself, which is always run."""
     cfg = session.cfg
@@ -117,6 +130,7 @@ def run_ablation(
     seed_list = [cfg.seed + i for i in range(seeds)]
     cells_dir = session.run.ablation / "cells"
     cells: dict[tuple[tuple[str, ...], int], dict[str, Any]] = {}
+    computed: list[tuple[str, int]] = []
     base_metrics: dict[int, dict[str, Any]] = {}
     for seed in seed_list:
         if cfg.ablate.repretrain:
@@ -126,13 +140,20 @@ def run_ablation(
             base_session = session.derive(base_cfg, base)
         else:
             base, base_session = session.run, session
-        ensure_base(base_session, on_epoch=on_epoch, on_step=on_step)
+        # Each seed's own pretrained pair (repretrain) is the ablation's cache: it may be
+        # replaced; the run's pair is not replaced without `mrd run --force`.
+        ensure_partitioned(
+            base_session,
+            on_epoch=on_epoch,
+            on_step=on_step,
+            replace_pretrained=cfg.ablate.repretrain,
+        )
         # A reused pretrained pair gives the same test metrics for every seed.
         if cfg.ablate.repretrain or not base_metrics:
             base_metrics[seed] = _pretrained_test(base_session)
         else:
             base_metrics[seed] = next(iter(base_metrics.values()))
-        sig = pipeline.signature(
+        sig = signature(
             cfg.to_dict()["dataset"],
             cfg.to_dict()["model"],
             cfg.to_dict()["pretrain"],
@@ -140,12 +161,12 @@ def run_ablation(
             cfg.to_dict()["distill"],
             cfg.ablate.repretrain,
             session.corpus.fingerprint(),
-            [pipeline.file_sha256(base.pretrained(r)) for r in ROLES],
+            [file_sha256(base.pretrained(r)) for r in ROLES],
         )
         for without in all_variants:
             name = variant_name(without)
             path = cells_dir / f"{_slug(without)}_seed{seed}.json"
-            cached = _read_cell(path, sig)
+            cached = _read_cell(path, sig, session.corpus.label_names)
             if on_cell:
                 on_cell(name, seed, cached is not None)
             if cached is None:
@@ -158,21 +179,42 @@ def run_ablation(
                 )
                 cached = {"signature": sig, "variant": name, "seed": seed, "result": result}
                 atomic_write_json(path, cached)
+                computed.append((name, seed))
             cells[(without, seed)] = cached["result"]
     summary = summarise(session, all_variants, seed_list, cells, base_metrics)
     atomic_write_json(session.run.ablation / "results.json", summary)
     atomic_write_text(session.run.ablation / "results.csv", to_csv(summary))
-    return summary
+    return AblationResult(**summary, computed=computed)
 
 
-def _read_cell(path, sig: str) -> dict[str, Any] | None:
+def _read_cell(path, sig: str, labels: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         cell = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return cell if cell.get("signature") == sig else None
+    # A cell file is a cache: one that is damaged (or edited) is recomputed, not trusted.
+    if not isinstance(cell, dict) or cell.get("signature") != sig:
+        return None
+    result = cell.get("result")
+    if not isinstance(result, dict) or not all(_role_ok(result.get(r), labels) for r in ROLES):
+        return None
+    return cell
+
+
+def _role_ok(entry: Any, labels: list[str]) -> bool:
+    """One model's cached cell metrics have the fields ``summarise`` reads, well typed."""
+    number = (int, float)
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("weighted_f1"), number)
+        and isinstance(entry.get("per_class_f1"), dict)
+        and set(labels) <= set(entry["per_class_f1"])
+        and all(isinstance(v, number) for v in entry["per_class_f1"].values())
+        and isinstance(entry.get("predictions"), list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in entry["predictions"])
+    )
 
 
 def _pretrained_test(session: Session) -> dict[str, Any]:
@@ -180,10 +222,14 @@ def _pretrained_test(session: Session) -> dict[str, Any]:
     y_true = test.labels[test.mask].cpu().numpy()
     out = {}
     for role in ROLES:
-        model, _ = pipeline.load_model(session, session.run.pretrained(role), "mrd pretrain")
+        model, _ = session.load_model(session.run.pretrained(role), "mrd pretrain")
         pred = predict(model, test)[test.mask].cpu().numpy()
         report = classification_report(y_true, pred, session.corpus.label_names)
-        out[role] = {"weighted_f1": report["weighted_f1"], "per_class_f1": report["per_class_f1"]}
+        out[role] = {
+            "weighted_f1": report["weighted_f1"],
+            "per_class_f1": report["per_class_f1"],
+            "predictions": pred.tolist(),
+        }
     return out
 
 
@@ -207,19 +253,42 @@ def summarise(
             per_class[lab] = {"mean": cm, "std": cs}
         return {"weighted_f1": {"mean": m, "std": s, "values": wf1}, "per_class_f1": per_class}
 
-    rows = []
-    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
-        rows.append(
+    def compare(row: dict[str, Any], per_seed: list, reference: list, against: str) -> None:
+        """Paired difference of ``per_seed`` from ``reference`` (same seeds, same role)."""
+        delta, p_t = paired_t_test(
+            [c["weighted_f1"] for c in per_seed], [c["weighted_f1"] for c in reference]
+        )
+        lo, hi, p_boot = (
+            paired_bootstrap_wf1(
+                y_true,
+                [np.asarray(c["predictions"]) for c in per_seed],
+                [np.asarray(c["predictions"]) for c in reference],
+                len(labels),
+                session.cfg.ablate.bootstrap,
+                seed=session.cfg.seed,
+            )
+            if session.cfg.ablate.bootstrap > 0
+            else (None, None, None)
+        )
+        row.update(
             {
-                "name": label,
-                "variant": "pretrained",
-                "role": role,
-                **stats_of([base_metrics[s][role] for s in seeds]),
+                "vs": against,
+                "delta_wf1": delta,
+                "p_paired_t": p_t,
+                "bootstrap_ci95": [lo, hi],
+                "p_bootstrap": p_boot,
             }
         )
-    mrd_multi = [cells[((), s)]["multi"] for s in seeds]
+
+    rows = []
+    pretrained = {role: [base_metrics[s][role] for s in seeds] for role in ROLES}
+    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
+        rows.append(
+            {"name": label, "variant": "pretrained", "role": role, **stats_of(pretrained[role])}
+        )
+    mrd = {role: [cells[((), s)][role] for s in seeds] for role in ROLES}
     for without in variants:
-        for role in ("multi", "text") if not without else ("multi",):
+        for role in ROLES:
             per_seed = [cells[(without, s)][role] for s in seeds]
             name = variant_name(without) + (" (text model)" if role == "text" else "")
             row = {
@@ -227,31 +296,13 @@ def summarise(
                 "variant": variant_name(without),
                 "role": role,
                 **stats_of(per_seed),
+                # Seeds whose distillation kept the pretrained weights (epoch 0).
+                "kept_pretrained": sum(1 for c in per_seed if c["epoch"] == 0),
             }
             if without:
-                delta, p_t = paired_t_test(
-                    [c["weighted_f1"] for c in per_seed], [c["weighted_f1"] for c in mrd_multi]
-                )
-                lo, hi, p_boot = (
-                    paired_bootstrap_wf1(
-                        y_true,
-                        [np.asarray(c["predictions"]) for c in per_seed],
-                        [np.asarray(c["predictions"]) for c in mrd_multi],
-                        len(labels),
-                        session.cfg.ablate.bootstrap,
-                        seed=session.cfg.seed,
-                    )
-                    if session.cfg.ablate.bootstrap > 0
-                    else (None, None, None)
-                )
-                row.update(
-                    {
-                        "delta_wf1": delta,
-                        "p_paired_t": p_t,
-                        "bootstrap_ci95": [lo, hi],
-                        "p_bootstrap": p_boot,
-                    }
-                )
+                compare(row, per_seed, mrd[role], "MRD")
+            else:
+                compare(row, per_seed, pretrained[role], "pretrained")
             rows.append(row)
     return {
         "dataset": session.corpus.name,
@@ -259,6 +310,10 @@ def summarise(
         "labels": labels,
         "seeds": seeds,
         "repretrain": session.cfg.ablate.repretrain,
+        # How distillation chose its epoch: with keep_start the pretrained weights were a
+        # candidate (epoch 0), so a distilled model can equal its pretrained one.
+        "keep_start": session.cfg.distill.keep_start,
+        "refactoring_target": session.cfg.distill.refactoring_target,
         "bootstrap_resamples": session.cfg.ablate.bootstrap,
         "rows": rows,
     }

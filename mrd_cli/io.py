@@ -1,7 +1,10 @@
 """Atomic file writes: an interruption leaves either the previous good file or the new one.
 
 Every checkpoint, partition file and metrics file goes through here: write a temporary file
-in the same directory, flush and fsync, then rename over the target.
+in the same directory, flush and fsync, then rename over the target. The file gets the mode
+any other tool would give it (0666 less the umask), not ``mkstemp``'s private 0600; an
+interruption (Ctrl-C, SIGTERM turned into an exception by the CLI, a full disk) removes the
+temporary file.
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from typing import Any
 import torch
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; Linux also shows it in /proc)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -1,0 +1,135 @@
+"""`mrd compare`: M_multi's backbones (dialogue, Foal-Net, DUAL) on the same data over seeds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mrd_cli.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DebugOpt,
+    DeviceOpt,
+    EpochsOpt,
+    JsonOpt,
+    RunDirOpt,
+    SeedOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+)
+from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.session import open_session
+from mrd_cli.recipes.compare import compare as compare_recipe
+
+
+@handle_errors
+def compare(
+    dataset: DatasetOpt = "synthetic",
+    backbones: Annotated[
+        str,
+        typer.Option(
+            "--backbones",
+            help="Comma-separated backbones for M_multi: dialogue, foal (Foal-Net), dual (DUAL; "
+            "its losses and sizes are mrd's own choices, as no paper or code defines them).",
+        ),
+    ] = "dialogue,foal,dual",
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", help="Number of seeds (default: config ablate.seeds, 5).", min=1),
+    ] = None,
+    epochs: EpochsOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare M_multi's backbones: test W-F1 over seeds, against the default backbone.
+
+    Pretrains the multimodal model with each backbone and seed (same data, loss, schedule;
+    each epoch chosen on validation W-F1), scores it on the test split, and prints W-F1 as
+    mean ± std with each backbone's difference from the dialogue network (a paired t-test
+    over seeds and a paired bootstrap over test utterances), the majority-class W-F1, and
+    each loss term at the first and last epoch. A backbone the data cannot feed (Foal-Net or
+    DUAL without audio and visual features) is listed as not run.
+
+    Results go to RUN/compare/results.json; finished (backbone, seed) cells are reused when
+    the command is run again.
+    """
+    names = [b.strip() for b in backbones.split(",") if b.strip()]
+    overrides = {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}}
+    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    n = session.cfg.ablate.seeds
+    err_console.print(
+        f"Comparing backbones {', '.join(names)} on {session.corpus.name}, {n} seeds, "
+        f"{session.cfg.pretrain.epochs} pretraining epochs each, device {session.device}."
+    )
+    total = n * len(names)
+    with epoch_bars() as bars:
+        bars.add("cells", "compare cells", total)
+        done = {"n": 0}
+
+        def on_cell(name: str, s: int, cached: bool) -> None:
+            done["n"] += 1
+            bars.progress.update(
+                bars.tasks["cells"],
+                completed=done["n"] - (0 if cached else 1),
+                info=f"{name}, seed {s}" + (" (reused)" if cached else ""),
+            )
+
+        result = compare_recipe(session, names, n, on_cell=on_cell, on_epoch=bars.update)
+        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+    summary = result.to_dict()
+    if json_out:
+        print_json(summary)
+        return
+    out_console().print(comparison_table(summary))
+    for name, why in summary["not_run"].items():
+        err_console.print(f"[yellow]Not run:[/] {name}: {why}")
+    err_console.print(f"Saved to {session.run.root / 'compare' / 'results.json'}")
+
+
+def comparison_table(summary: dict[str, Any]) -> Table:
+    n = len(summary["seeds"])
+    table = Table(
+        title=f"Backbones of M_multi on {summary['dataset']} (test W-F1, percent, mean ± std over "
+        f"{n} seeds; epochs chosen on validation; majority class "
+        f"{summary['majority_weighted_f1']:.2f})",
+        title_justify="left",
+    )
+    table.add_column("backbone")
+    table.add_column("W-F1", justify="right")
+    table.add_column(f"Δ vs {summary['reference']}", justify="right")
+    table.add_column("p (paired t)", justify="right")
+    table.add_column("bootstrap 95% CI (p)", justify="right")
+    table.add_column("loss terms, first -> last epoch")
+    for row in summary["rows"]:
+        w = row["weighted_f1"]
+        cells = [f"{w['mean']:.2f} ± {w['std']:.2f}"]
+        if "delta_wf1" in row:
+            p = row["p_paired_t"]
+            lo, hi = row["bootstrap_ci95"]
+            cells += [
+                f"{row['delta_wf1']:+.2f}",
+                "n/a" if p is None else f"{p:.3f}",
+                "n/a" if lo is None else f"[{lo:+.2f}, {hi:+.2f}] ({row['p_bootstrap']:.3f})",
+            ]
+        else:
+            cells += ["(reference)", "", ""]
+        first, last = row["losses_first_epoch"], row["losses_last_epoch"]
+        cells.append(
+            " ".join(
+                f"{k} {first[k]:.3g}->{last[k]:.3g}" for k in first if k not in ("total", "reg")
+            )
+        )
+        table.add_row(row["backbone"], *cells)
+    for name in summary["not_run"]:
+        table.add_row(name, "not run", "", "", "", "needs audio and visual features", style="dim")
+    return table

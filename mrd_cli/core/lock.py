@@ -1,0 +1,204 @@
+"""The run-directory lock: one writing ``mrd`` command per run directory at a time.
+
+Two processes writing one run directory (two ``pretrain`` runs with other seeds, ``distill``
+while ``pretrain`` runs) would leave a pair of checkpoints that were not made together. A
+writing command takes ``RUN/.mrd.lock`` first: a small JSON file naming the holder (pid,
+host, command, start time), created atomically (written aside, then hard-linked into place,
+which fails if a lock is already there). A second command is refused with the holder's pid
+and command. A lock whose process is gone (same host, pid no longer alive) is stale: it is
+removed and taken over, so a crash or SIGKILL never blocks the run directory for good.
+
+Locks taken within one process are counted, so nested sessions of one command share it;
+``release_all`` (called by the CLI when a command ends) drops every lock this process holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from mrd_cli.errors import MRDError
+
+LOCK_NAME = ".mrd.lock"
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+# A lock file without a readable holder younger than this may still be being written.
+_DAMAGED_GRACE_S = 2.0
+
+# Lock path -> number of times this process took it.
+_held: dict[Path, int] = {}
+# Run directories this process created to lock them: removed again if left empty.
+_created: set[Path] = set()
+
+
+class RunDirLocked(MRDError):
+    """Another live ``mrd`` process holds the run directory."""
+
+
+def check_run_dir(root: Path) -> None:
+    """Refuse a run directory that exists but is not a directory."""
+    if root.exists() and not root.is_dir():
+        raise MRDError(
+            f"The run directory {root} is a file, not a directory. Pass --run-dir with a "
+            "directory (it is created if missing)."
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _read_holder(path: Path) -> dict[str, Any] | None:
+    """The holder recorded in a lock file, or None if the file is gone or unreadable."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _is_stale(holder: dict[str, Any]) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return True  # damaged lock file: no live holder can be named
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot tell whether a process on another machine is alive
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def acquire(root: Path, command: str) -> bool:
+    """Take the lock of run directory ``root`` for ``command``.
+
+    Returns False (and takes nothing) when the directory cannot be written at all (a
+    read-only run directory: the caller decides whether it can go on without writing).
+    Raises ``RunDirLocked`` when another live process holds it.
+    """
+    root = Path(root)
+    check_run_dir(root)
+    path = root.resolve() / LOCK_NAME
+    if path in _held:
+        _held[path] += 1
+        return True
+    existed = root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in _READ_ONLY:
+            return False
+        raise
+    if not existed:
+        _created.add(path.parent)
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(me) + "\n")
+    except OSError as exc:
+        if exc.errno in _READ_ONLY:
+            return False
+        raise
+    try:
+        for _ in range(50):
+            try:
+                _place(tmp, path)
+            except FileExistsError:
+                holder = _read_holder(path)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                if not holder and _age(path) < _DAMAGED_GRACE_S:
+                    time.sleep(0.1)  # being written by its holder (no hard links): wait
+                    continue
+                if holder.get("pid") == os.getpid() and holder.get("host") == me["host"]:
+                    # Left by this very process (a command that ended without releasing).
+                    path.unlink(missing_ok=True)
+                    continue
+                if _is_stale(holder):
+                    path.unlink(missing_ok=True)
+                    continue
+                raise RunDirLocked(
+                    f"The run directory {root} is in use by another mrd process (pid "
+                    f"{holder.get('pid')} on {holder.get('host')}, running "
+                    f"`{holder.get('command')}` since {holder.get('started')}). Wait for it "
+                    f"to finish, or use another --run-dir. If that process is gone, delete "
+                    f"{path}."
+                ) from None
+            else:
+                _held[path] = 1
+                return True
+        raise RunDirLocked(f"Could not take the lock {path}: it keeps changing hands. Try again.")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """Put the complete lock file ``tmp`` at ``path``; FileExistsError if one is there.
+
+    A hard link does it atomically; on a file system without hard links, an exclusive
+    create does (a reader may then see it empty for an instant; ``acquire`` waits a moment
+    before it takes an unreadable lock file for a stale one)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+            raise
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tmp.read_text())
+
+
+def release(root: Path) -> None:
+    """Give back one hold of ``root``'s lock (the file goes when the last hold does)."""
+    path = Path(root).resolve() / LOCK_NAME
+    count = _held.get(path, 0)
+    if count > 1:
+        _held[path] = count - 1
+        return
+    if count == 1:
+        del _held[path]
+        _unlink_if_mine(path)
+
+
+def release_all() -> None:
+    """Drop every lock this process holds (the CLI calls it when a command ends)."""
+    for path in list(_held):
+        del _held[path]
+        _unlink_if_mine(path)
+
+
+def _unlink_if_mine(path: Path) -> None:
+    holder = _read_holder(path)
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+    if path.parent in _created:
+        _created.discard(path.parent)
+        try:
+            path.parent.rmdir()  # only if the command left nothing in it
+        except OSError:
+            pass

@@ -1,0 +1,60 @@
+"""The backbone registry: which network a ``ModelSpec`` builds, and what each one needs.
+
+``model.backbone`` picks M_multi's network; M_text is always the dialogue network. A
+checkpoint stores its spec, whose ``backbone`` names the class that rebuilds it.
+
+| name | network | modalities it reads |
+|---|---|---|
+| ``dialogue`` | ``dialogue.DialogueModel`` (mrd's speaker-aware dialogue network) | all configured |
+| ``foal`` | ``foal.FoalNet`` | audio + visual; + text with ``text`` (mrd's extension) |
+| ``dual`` | ``dual.DualModel`` (every loss and size is mrd's choice) | audio + visual + text |
+"""
+
+from __future__ import annotations
+
+from mrd_cli.errors import MRDError
+from mrd_cli.models.dialogue import Backbone, DialogueModel, ModelSpec
+from mrd_cli.models.dual import DualModel
+from mrd_cli.models.foal import FoalNet
+
+BACKBONES: dict[str, type[Backbone]] = {
+    "dialogue": DialogueModel,
+    "foal": FoalNet,
+    "dual": DualModel,
+}
+DEFAULT_BACKBONE = "dialogue"
+
+
+def check_backbone(name: str) -> None:
+    """Refuse a name that is not in the registry."""
+    if name not in BACKBONES:
+        raise MRDError(f"Unknown backbone '{name}'; use one of {', '.join(BACKBONES)}.")
+
+
+def backbone_modalities(name: str, options: dict, available: list[str]) -> list[str]:
+    """The modalities backbone ``name`` reads, given the corpus's ``available`` ones.
+
+    Foal-Net and DUAL need audio and visual features: on a corpus without them (a
+    text-only corpus such as EmoryNLP) they refuse with an MRDError instead of running.
+    """
+    check_backbone(name)
+    if name == "dialogue":
+        return list(available)
+    needed = ["audio", "visual"]
+    if name == "dual" or options.get("text", False):
+        needed = ["text", *needed]
+    missing = [m for m in needed if m not in available]
+    if missing:
+        what = " and ".join(needed)
+        raise MRDError(
+            f"Backbone '{name}' needs {what} features, and the data declares only "
+            f"{', '.join(available)} (dataset.modalities); it lacks {', '.join(missing)}. "
+            "Use --backbone dialogue on this corpus."
+        )
+    return needed
+
+
+def build_backbone(spec: ModelSpec) -> Backbone:
+    """A fresh network for ``spec`` (its ``backbone`` picks the class)."""
+    check_backbone(spec.backbone)
+    return BACKBONES[spec.backbone](spec)

@@ -1,0 +1,260 @@
+"""Recipe: compare M_multi's backbones (dialogue, Foal-Net, DUAL) on the same data over seeds.
+
+Each (backbone, seed) cell pretrains the multimodal model with that backbone (the loop of
+``recipes.pretrain``: same data, loss, schedule and validation-chosen epoch for every
+backbone), scores it on the test split and is saved on its own (``RUN/compare/cells/``), so
+an interrupted comparison continues where it stopped. The summary gives each backbone's
+test W-F1 as mean ± std over seeds, its difference from the reference backbone (the default,
+``dialogue``, when compared; else the first named) with a paired t-test over seeds and a
+paired bootstrap over test utterances, the majority-class W-F1, and each loss term's mean
+over seeds at the first and the last epoch. A backbone the data cannot feed (Foal-Net or
+DUAL on a text-only corpus) is reported as not run, with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.rundir import RunDir
+from mrd_cli.core.session import Session, role_backbone, role_modalities, signature
+from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
+from mrd_cli.core.training import EpochLog, predict
+from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_json
+from mrd_cli.models.registry import DEFAULT_BACKBONE, backbone_modalities, check_backbone
+from mrd_cli.recipes.pretrain import pretrain
+
+
+@dataclass
+class ComparisonResult:
+    """The comparison summary (``rows``: one per backbone that ran); ``not_run`` gives the
+    reason for each backbone the data cannot feed; ``computed`` lists the (backbone, seed)
+    cells this call trained (the others were reused)."""
+
+    dataset: str
+    split: str
+    labels: list[str]
+    seeds: list[int]
+    reference: str
+    majority_weighted_f1: float
+    bootstrap_resamples: int
+    rows: list[dict[str, Any]]
+    not_run: dict[str, str]
+    computed: list[tuple[str, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "labels": self.labels,
+            "seeds": self.seeds,
+            "reference": self.reference,
+            "majority_weighted_f1": self.majority_weighted_f1,
+            "bootstrap_resamples": self.bootstrap_resamples,
+            "rows": self.rows,
+            "not_run": self.not_run,
+        }
+
+
+def compare(
+    session: Session,
+    backbones: list[str],
+    seeds: int,
+    on_cell: Callable[[str, int, bool], None] | None = None,
+    on_epoch: Callable[[str, EpochLog], None] | None = None,
+) -> ComparisonResult:
+    """Pretrain M_multi with each of ``backbones`` for ``seeds`` seeds (from ``cfg.seed``),
+    score each on the test split and summarise; writes ``RUN/compare/results.json``."""
+    if not backbones:
+        raise MRDError("Name at least one backbone to compare.")
+    for name in backbones:
+        check_backbone(name)
+    if len(set(backbones)) != len(backbones):
+        raise MRDError(f"Each backbone may be named once, got {', '.join(backbones)}.")
+    root = session.run.root / "compare"
+    seed_list = [session.cfg.seed + i for i in range(seeds)]
+    available = role_modalities(session.cfg, "multi")
+    runnable, not_run = [], {}
+    for name in backbones:
+        cfg = _with_backbone(session, name, session.cfg.seed)
+        try:
+            backbone_modalities(name, role_backbone(cfg, "multi")[1], available)
+        except MRDError as exc:
+            not_run[name] = str(exc)
+            continue
+        runnable.append(name)
+    if not runnable:
+        raise MRDError(
+            "None of the backbones can run on this data: "
+            + " ".join(f"{k}: {v}" for k, v in not_run.items())
+        )
+    reference = DEFAULT_BACKBONE if DEFAULT_BACKBONE in runnable else runnable[0]
+    cells: dict[tuple[str, int], dict[str, Any]] = {}
+    computed: list[tuple[str, int]] = []
+    for name in runnable:
+        for seed in seed_list:
+            cfg = _with_backbone(session, name, seed)
+            sig = signature(
+                "compare",
+                cfg.to_dict()["dataset"],
+                cfg.to_dict()["model"],
+                cfg.to_dict()["pretrain"],
+                seed,
+                session.corpus.fingerprint(),
+            )
+            path = root / "cells" / f"{name}_seed{seed}.json"
+            cached = _read_cell(path, sig)
+            if on_cell:
+                on_cell(name, seed, cached is not None)
+            if cached is None:
+                result = run_cell(
+                    session.derive(cfg, RunDir(root / f"{name}_seed{seed}")), on_epoch
+                )
+                cached = {"signature": sig, "backbone": name, "seed": seed, "result": result}
+                atomic_write_json(path, cached)
+                computed.append((name, seed))
+            cells[(name, seed)] = cached["result"]
+    summary = summarise(session, runnable, seed_list, cells, reference, not_run)
+    atomic_write_json(root / "results.json", summary)
+    return ComparisonResult(**summary, computed=computed)
+
+
+def _with_backbone(session: Session, name: str, seed: int):
+    cfg = copy.deepcopy(session.cfg)
+    cfg.model.backbone = name
+    cfg.seed = seed
+    return cfg
+
+
+def run_cell(
+    sub: Session, on_epoch: Callable[[str, EpochLog], None] | None = None
+) -> dict[str, Any]:
+    """Pretrain M_multi in ``sub`` (its config names the backbone and seed); its test
+    metrics and predictions, the epoch chosen on validation, and the loss terms of the first
+    and the last epoch."""
+    logs: list[EpochLog] = []
+
+    def keep(role: str, log: EpochLog) -> None:
+        logs.append(log)
+        if on_epoch:
+            on_epoch(role, log)
+
+    result = pretrain(sub, roles=("multi",), on_epoch=keep)
+    model, ckpt = sub.load_model(result.checkpoints["multi"], "mrd compare")
+    test = sub.tensors("test")
+    y_true = test.labels[test.mask].cpu().numpy()
+    pred = predict(model, test)[test.mask].cpu().numpy()
+    report = classification_report(y_true, pred, sub.corpus.label_names)
+    return {
+        "weighted_f1": report["weighted_f1"],
+        "per_class_f1": report["per_class_f1"],
+        "epoch": ckpt["epoch"],
+        "val_weighted_f1": ckpt["val_metrics"]["weighted_f1"],
+        "losses_first_epoch": logs[0].losses if logs else None,
+        "losses_last_epoch": logs[-1].losses if logs else None,
+        "predictions": pred.tolist(),
+    }
+
+
+def _read_cell(path: Path, sig: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        cell = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return cell if cell.get("signature") == sig else None
+
+
+def majority_weighted_f1(session: Session) -> float:
+    """Test W-F1 of always predicting the training split's most frequent class."""
+    train, test = session.tensors("train"), session.tensors("test")
+    counts = np.bincount(
+        train.labels[train.mask].cpu().numpy(), minlength=len(session.corpus.label_names)
+    )
+    y_true = test.labels[test.mask].cpu().numpy()
+    pred = np.full_like(y_true, int(counts.argmax()))
+    return classification_report(y_true, pred, session.corpus.label_names)["weighted_f1"]
+
+
+def summarise(
+    session: Session,
+    backbones: list[str],
+    seeds: list[int],
+    cells: dict[tuple[str, int], dict[str, Any]],
+    reference: str,
+    not_run: dict[str, str],
+) -> dict[str, Any]:
+    labels = session.corpus.label_names
+    test = session.tensors("test")
+    y_true = test.labels[test.mask].cpu().numpy()
+    resamples = session.cfg.ablate.bootstrap
+    ref = [cells[(reference, s)] for s in seeds]
+    rows = []
+    for name in backbones:
+        per_seed = [cells[(name, s)] for s in seeds]
+        wf1 = [c["weighted_f1"] for c in per_seed]
+        m, sd = mean_std(wf1)
+        row: dict[str, Any] = {
+            "backbone": name,
+            "weighted_f1": {"mean": m, "std": sd, "values": wf1},
+            "per_class_f1": {
+                lab: dict(
+                    zip(("mean", "std"), mean_std([c["per_class_f1"][lab] for c in per_seed]))
+                )
+                for lab in labels
+            },
+            "epochs": [c["epoch"] for c in per_seed],
+            "losses_first_epoch": _mean_losses([c["losses_first_epoch"] for c in per_seed]),
+            "losses_last_epoch": _mean_losses([c["losses_last_epoch"] for c in per_seed]),
+        }
+        if name != reference:
+            delta, p_t = paired_t_test(wf1, [c["weighted_f1"] for c in ref])
+            lo, hi, p_boot = (
+                paired_bootstrap_wf1(
+                    y_true,
+                    [np.asarray(c["predictions"]) for c in per_seed],
+                    [np.asarray(c["predictions"]) for c in ref],
+                    len(labels),
+                    resamples,
+                    seed=session.cfg.seed,
+                )
+                if resamples > 0
+                else (None, None, None)
+            )
+            row.update(
+                {
+                    "delta_wf1": delta,
+                    "p_paired_t": p_t,
+                    "bootstrap_ci95": [lo, hi],
+                    "p_bootstrap": p_boot,
+                }
+            )
+        rows.append(row)
+    return {
+        "dataset": session.corpus.name,
+        "split": "test",
+        "labels": labels,
+        "seeds": seeds,
+        "reference": reference,
+        "majority_weighted_f1": majority_weighted_f1(session),
+        "bootstrap_resamples": resamples,
+        "rows": rows,
+        "not_run": not_run,
+    }
+
+
+def _mean_losses(per_seed: list[dict[str, float] | None]) -> dict[str, float]:
+    """Each loss term's mean over seeds."""
+    present = [p for p in per_seed if p]
+    if not present:
+        return {}
+    return {k: float(np.mean([p[k] for p in present])) for k in present[0]}

@@ -1,0 +1,300 @@
+"""Recipe: Mutual Refinement Distillation of the pretrained pair.
+
+Both models train together on L_total (Eq. 15, ``losses.mrd_total_loss``): their own
+classification losses, mutual distillation (MIC, Eq. 3-5), refactoring towards their frozen
+pre-distillation outputs (ILC, Eq. 6-8) and L2, over the utterances the curriculum (RCL,
+Eq. 14) makes active in each epoch. Each model's epoch is chosen on its own validation W-F1,
+with its pretrained weights as a candidate ("epoch 0", ``distill.keep_start``). Writes
+``RUN/distill/multi.pt`` and ``text.pt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mrd_cli.config import DistillConfig
+from mrd_cli.core.checkpoint import save_checkpoint
+from mrd_cli.core.curriculum import Curriculum
+from mrd_cli.core.device import seed_everything
+from mrd_cli.core.losses import l2_penalty, mrd_total_loss
+from mrd_cli.core.partition import partition_codes, read_partition
+from mrd_cli.core.rundir import ROLES
+from mrd_cli.core.session import Session, signature
+from mrd_cli.core.training import (
+    EpochLog,
+    Trainer,
+    make_classification_loss,
+    mean_terms,
+    predict_logits,
+)
+from mrd_cli.data.tensors import Batch, SplitTensors
+from mrd_cli.io import file_sha256
+from mrd_cli.models.dialogue import DialogueModel, run_model
+from mrd_cli.recipes.pretrain import TrainedModels
+
+# The logged loss terms: classification (cls_*), mutual distillation (kd_*, Eq. 3-4),
+# refactoring (ref_*, Eq. 6-7) and L2 (reg), for the multimodal (_m) and text (_t) model.
+TERMS = ("total", "cls_m", "cls_t", "kd_m", "kd_t", "ref_m", "ref_t", "reg")
+
+
+@dataclass
+class DistillResult(TrainedModels):
+    """What ``distill`` returns: the selected epoch of each distilled model, and (with
+    ``keep_start``) each pretrained model's validation W-F1, the bar distillation had to
+    beat. ``selected_epoch`` 0 means the pretrained weights were kept."""
+
+    start_val_wf1: dict[str, float] | None = None
+    # Per model, when a distillation epoch beat the pretrained weights on validation: how
+    # sure the bootstrap was of the gain, and whether that sufficed (``Trainer.selected``).
+    start_guard: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for role, entry in out[self.stage].items():
+            entry["selected_epoch"] = entry["epoch"]
+            entry["keep_start"] = self.start_val_wf1 is not None
+            entry["kept_pretrained"] = entry["epoch"] == 0
+            entry["start_val_weighted_f1"] = (self.start_val_wf1 or {}).get(role)
+            entry["start_guard"] = self.start_guard.get(role)
+        return out
+
+
+def distill(
+    session: Session,
+    resume: bool = False,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    out_dir: Path | None = None,
+) -> DistillResult:
+    """MRD on the pretrained pair; writes ``RUN/distill/multi.pt`` and ``text.pt``
+    (or into ``out_dir``)."""
+    cfg = session.cfg
+    name = cfg.dataset.name
+    paths = {r: session.run.pretrained(r) for r in ROLES}
+    models = {r: session.load_model(paths[r], f"mrd pretrain --dataset {name}")[0] for r in ROLES}
+    doc = read_partition(session.run.partition, name, session.corpus.fingerprint(), paths)
+    train, val = session.tensors("train"), session.tensors("val")
+    curriculum = Curriculum.build(
+        cfg.distill.curriculum,
+        cfg.distill.epochs,
+        cfg.distill.stage_fractions,
+        cfg.distill.cumulative,
+        doc["totals"],
+    )
+    for stage in curriculum.skipped:
+        if on_warning:
+            on_warning(
+                f"The {stage} group of the partition is empty; its curriculum stage is skipped."
+            )
+    seed_everything(cfg.seed)
+    state_path = (out_dir or session.run.root / "distill") / ".pair.state.pt"
+    # The partition's own hash: a state saved under another partition (other method or
+    # folds, same checkpoints) must not be resumed.
+    part_sha = file_sha256(session.run.partition)
+    sig = signature(
+        "distill",
+        cfg.dataset,
+        cfg.distill,
+        cfg.seed,
+        session.corpus.fingerprint(),
+        doc["provenance"],
+        part_sha,
+    )
+    step = DistillStep(
+        models["multi"],
+        models["text"],
+        train,
+        partition_codes(doc, train),
+        cfg.distill,
+        curriculum,
+        session.corpus.num_classes,
+    )
+    trainer = Trainer(
+        models=models,
+        optimizer=step.optimizer,
+        epochs=cfg.distill.epochs,
+        val=val,
+        label_names=session.corpus.label_names,
+        seed=cfg.seed,
+        state_path=state_path,
+        resume=resume,
+        signature=sig,
+        on_epoch=on_epoch,
+        # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
+        start_candidate=cfg.distill.keep_start,
+        start_confidence=cfg.distill.start_confidence,
+    )
+    for epoch in trainer.epochs():
+        for model in models.values():
+            model.train()
+        sums, count = torch.zeros(len(TERMS), device=session.device), 0
+        for batch in step.batches(epoch, trainer.generator):
+            terms = step.loss(batch)  # L_total, Eq. 15 (mrd_total_loss)
+            step.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            step.optimizer.step()
+            sums += torch.stack([terms[t] for t in TERMS]).detach()
+            count += 1
+        trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
+    selected = trainer.selected()
+    start = trainer.start_val_wf1()
+
+    targets = {r: (out_dir / f"{r}.pt") if out_dir else session.run.distilled(r) for r in ROLES}
+    for role in ROLES:
+        save_checkpoint(
+            targets[role],
+            models[role],
+            selected[role].state_dict,
+            **session.checkpoint_meta(
+                "distill",
+                role,
+                selected[role],
+                partition_sha256=part_sha,
+                curriculum=curriculum.describe(),
+                kept_pretrained=selected[role].epoch == 0,
+                start_val_weighted_f1=None if start is None else start[role],
+                start_guard=trainer.start_guard.get(role),
+            ),
+        )
+    state_path.unlink(missing_ok=True)
+    if out_dir is None:
+        session.run.save_config(cfg)
+    return DistillResult(
+        stage="distill",
+        dataset=session.corpus.name,
+        selected=selected,
+        checkpoints=targets,
+        start_val_wf1=start,
+        start_guard=trainer.start_guard,
+    )
+
+
+@dataclass
+class DistillBatch:
+    """A batch of dialogues with what L_total needs besides the models' own logits."""
+
+    batch: Batch
+    active: Tensor  # [B, L] bool: utterances of the current curriculum stage
+    # [B, L, C] eval-mode logits of the frozen pre-distillation models, for
+    # ``refactoring_target: eval``; None with ``matched_dropout`` (computed in ``loss``).
+    frozen_multi: Tensor | None
+    frozen_text: Tensor | None
+
+
+class DistillStep:
+    """What one distillation step of the pair needs: the batches of an epoch (the dialogues
+    with utterances of the curriculum's current stage) and L_total of a batch.
+
+    ``groups`` [D, L] holds each training utterance's partition code (``GROUPS`` index).
+    Building the step freezes a copy of each model (the refactoring targets, Eq. 6-7) and
+    makes a fresh Adam optimizer over both models. With ``refactoring_target: eval`` the
+    copies' eval-mode logits are computed once; with ``matched_dropout`` each batch runs the
+    copy under the same random state as the model, so both draw the same dropout mask. ``update`` (loss, backward, step in one call) is
+    what ``benchmarks/throughput.py`` times.
+    """
+
+    def __init__(
+        self,
+        multi: DialogueModel,
+        text: DialogueModel,
+        train: SplitTensors,
+        groups: Tensor,
+        cfg: DistillConfig,
+        curriculum: Curriculum,
+        num_classes: int,
+    ):
+        self.multi, self.text = multi, text
+        self.models = {"multi": multi, "text": text}
+        self.train = train
+        self.groups = groups
+        self.cfg = cfg
+        self.curriculum = curriculum
+        self.matched = cfg.refactoring_target == "matched_dropout"
+        if self.matched:
+            self.frozen = {role: frozen_copy(model) for role, model in self.models.items()}
+        else:
+            # The frozen copies never change, so their eval-mode logits are computed once.
+            self.frozen_multi = predict_logits(multi, train)
+            self.frozen_text = predict_logits(text, train)
+        self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
+        self.params = list(multi.parameters()) + list(text.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[DistillBatch]:
+        """Shuffled batches of the dialogues with an utterance active in ``epoch``."""
+        train = self.train
+        device = train.mask.device
+        codes = torch.as_tensor(self.curriculum.active_codes(epoch), device=device)
+        active_all = train.mask & codes[self.groups]
+        # Dialogues with no active utterance this stage are left out of the epoch; the host
+        # reads this once per epoch.
+        rows = torch.nonzero(active_all.any(1)).flatten().cpu()
+        for batch in train.batches(self.cfg.batch_size, generator, rows=rows):
+            length = batch.mask.shape[1]
+            yield DistillBatch(
+                batch,
+                active_all[batch.index, :length],
+                None if self.matched else self.frozen_multi[batch.index, :length],
+                None if self.matched else self.frozen_text[batch.index, :length],
+            )
+
+    def loss(self, b: DistillBatch) -> dict[str, Tensor]:
+        """L_total (Eq. 15) of one batch, every term by name."""
+        cfg = self.cfg
+        logits, frozen = {}, {"multi": b.frozen_multi, "text": b.frozen_text}
+        for role, model in self.models.items():
+            if self.matched:
+                frozen[role] = same_dropout_logits(self.frozen[role], b.batch)
+            logits[role] = run_model(model, b.batch)
+        return mrd_total_loss(
+            logits["multi"],
+            logits["text"],
+            frozen["multi"],
+            frozen["text"],
+            b.batch.labels,
+            b.active,
+            cls_loss=self.cls_loss,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            gamma=cfg.gamma,
+            delta=cfg.delta,
+            temperature=cfg.temperature,
+            t2_scaling=cfg.t2_scaling,
+            l_reg=l2_penalty(self.params, cfg.l2),
+        )
+
+    def update(self, b: DistillBatch) -> Tensor:
+        """One optimizer step on ``b``; its loss terms stacked as in ``TERMS``."""
+        terms = self.loss(b)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        return torch.stack([terms[t] for t in TERMS]).detach()
+
+
+def frozen_copy(model: DialogueModel) -> DialogueModel:
+    """A copy of ``model`` that never trains (no gradients); it stays in train mode, so that
+    it applies dropout like the model it was copied from."""
+    copy = deepcopy(model).train()
+    for p in copy.parameters():
+        p.requires_grad_(False)
+    return copy
+
+
+@torch.no_grad()
+def same_dropout_logits(frozen: DialogueModel, batch: Batch) -> Tensor:
+    """Logits of the frozen copy on ``batch`` drawing the dropout mask that the model's next
+    forward pass will draw: the random state is restored afterwards (``fork_rng``), so the
+    model's own forward starts from the same state, and the two networks have the same
+    layers in the same order."""
+    device = batch.labels.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return run_model(frozen, batch)

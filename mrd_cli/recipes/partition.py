@@ -1,0 +1,189 @@
+"""Recipe: partition the training utterances into mcti / mitc / general / simple (Eq. 9-13).
+
+``in_sample`` uses the pretrained checkpoints' predictions on the training split;
+``cross_fit`` trains ``folds`` pairs of fold models (the pretraining loop of
+``recipes.pretrain.train_role``) and uses each pair's predictions on the dialogues it did
+not see. Writes ``RUN/partition.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrd_cli.core.checkpoint import load_checkpoint
+from mrd_cli.core.partition import (
+    fold_assignment,
+    partition_by_agreement,
+    partition_document,
+    read_partition,
+)
+from mrd_cli.core.provenance import check_pretrained_pair, settings_differences
+from mrd_cli.core.rundir import ROLES
+from mrd_cli.core.session import Session
+from mrd_cli.core.training import EpochLog, predict
+from mrd_cli.data.tensors import SplitTensors
+from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_json, file_sha256
+from mrd_cli.recipes.pretrain import pretrain, train_role
+
+
+@dataclass
+class PartitionResult:
+    """The partition file's content (``document``, as written to ``RUN/partition.json``)."""
+
+    document: dict[str, Any]
+    path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary printed by ``--json``: the document without the per-dialogue groups."""
+        return {k: v for k, v in self.document.items() if k != "groups"}
+
+
+def partition(
+    session: Session,
+    method: str | None = None,
+    folds: int | None = None,
+    checkpoints: dict[str, Path] | None = None,
+    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_fold: Callable[[str], None] | None = None,
+) -> PartitionResult:
+    """Partition the training utterances by the agreement of the two models' predictions."""
+    cfg = session.cfg
+    method = method or cfg.partition.method
+    folds = folds or cfg.partition.folds
+    paths = checkpoints or {r: session.run.pretrained(r) for r in ROLES}
+    # Loading also checks both checkpoints against the data, whichever method runs.
+    name = cfg.dataset.name
+    loaded = {r: session.load_model(paths[r], f"mrd pretrain --dataset {name}") for r in ROLES}
+    check_pretrained_pair({r: ckpt for r, (_, ckpt) in loaded.items()})
+    models = {r: model for r, (model, _) in loaded.items()}
+    train = session.tensors("train")
+    if method == "in_sample":
+        preds = {role: predict(models[role], train) for role in ROLES}
+    else:
+        preds = _cross_fitted_predictions(session, train, folds, on_epoch, on_fold)
+    y_true = train.labels[train.mask].cpu().numpy()
+    codes = partition_by_agreement(
+        y_true, preds["multi"][train.mask].cpu().numpy(), preds["text"][train.mask].cpu().numpy()
+    )
+    doc = partition_document(
+        codes=codes,
+        y_true=y_true,
+        lengths=train.lengths.numpy(),
+        dialogue_ids=train.ids,
+        label_names=session.corpus.label_names,
+        method=method,
+        folds=folds,
+        provenance={
+            "dataset": session.corpus.name,
+            "data_fingerprint": session.corpus.fingerprint(),
+            "checkpoints": {
+                r: {"path": str(paths[r]), "sha256": file_sha256(paths[r])} for r in ROLES
+            },
+            "seed": cfg.seed,
+            "pretrain_config": asdict(cfg.pretrain),
+            "model_config": asdict(cfg.model),
+        },
+    )
+    atomic_write_json(session.run.partition, doc)
+    return PartitionResult(document=doc, path=session.run.partition)
+
+
+def _cross_fitted_predictions(
+    session: Session,
+    train: SplitTensors,
+    folds: int,
+    on_epoch: Callable[[str, EpochLog], None] | None,
+    on_fold: Callable[[str], None] | None,
+) -> dict[str, torch.Tensor]:
+    """Out-of-fold predictions [D, L] of fold models for every training dialogue."""
+    val = session.tensors("val")
+    assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
+    preds = {r: torch.zeros_like(train.labels) for r in ROLES}
+    for k in range(folds):
+        held = np.flatnonzero(assignment == k)
+        fit_part = train.subset(np.flatnonzero(assignment != k))
+        held_part = train.subset(held)
+        for role in ROLES:
+            key = f"fold {k + 1}/{folds} {role}"
+            if on_fold:
+                on_fold(key)
+            model, _ = train_role(
+                session,
+                role,
+                fit_part,
+                val,
+                session.cfg.seed + 1000 * (k + 1),
+                on_epoch=(lambda log, key=key: on_epoch(key, log)) if on_epoch else None,
+            )
+            fold_pred = predict(model, held_part)
+            rows = torch.as_tensor(held, device=train.mask.device)
+            preds[role][rows, : fold_pred.shape[1]] = fold_pred
+    return preds
+
+
+def partition_is_current(session: Session) -> bool:
+    """The partition exists, matches the pretrained checkpoints, data and partition config."""
+    paths = {r: session.run.pretrained(r) for r in ROLES}
+    try:
+        doc = read_partition(
+            session.run.partition, session.cfg.dataset.name, session.corpus.fingerprint(), paths
+        )
+    except (MRDError, KeyError, TypeError, OSError):
+        return False
+    p = session.cfg.partition
+    return doc["method"] == p.method and (p.method != "cross_fit" or doc["folds"] == p.folds)
+
+
+def ensure_partitioned(
+    session: Session,
+    force: bool = False,
+    on_epoch: Callable[[str, Any], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+    replace_pretrained: bool = False,
+) -> None:
+    """Pretrain and partition unless current outputs are already in the run directory
+    (``mrd run`` and ``mrd ablate`` start with it).
+
+    Pretrained checkpoints made with other settings are not replaced silently: without
+    ``force`` (or ``replace_pretrained``) that is an error saying what differs.
+    """
+    if not (force or replace_pretrained):
+        _refuse_replacing_pretrained(session)
+    if force or not session.pretrained_is_current():
+        if on_step:
+            on_step("pretrain")
+        pretrain(session, on_epoch=on_epoch)
+    elif on_step:
+        on_step("pretrain (reused)")
+    if force or not partition_is_current(session):
+        if on_step:
+            on_step("partition")
+        partition(session, on_epoch=on_epoch)
+    elif on_step:
+        on_step("partition (reused)")
+
+
+def _refuse_replacing_pretrained(session: Session) -> None:
+    """Refuse to retrain over pretrained checkpoints made with other settings."""
+    for role in ROLES:
+        path = session.run.pretrained(role)
+        if not path.is_file() or session.current_pretrained(role) is not None:
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except MRDError:
+            what = "cannot be read"
+        else:
+            diffs = settings_differences(ckpt, session.cfg.to_dict(), session.corpus.fingerprint())
+            what = f"was made with other settings ({'; '.join(diffs) or 'another config'})"
+        raise MRDError(
+            f"{path} {what}; this run would replace it. Use `mrd run --force` to retrain it "
+            "with the current settings, or another --run-dir to keep it."
+        )
