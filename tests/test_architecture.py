@@ -1,7 +1,7 @@
 """The package's import graph: no cycles, and no import from a lower layer to a higher one.
 
 Layers, highest first: the public API (``mrd_cli``, ``mrd_cli.__main__``) > ``cli`` >
-``recipes`` > ``core`` > ``models`` and ``data`` > ``io``, ``errors``, ``config``. Imports
+``recipes`` > ``core`` > ``models``, ``data`` and ``features`` > ``io``, ``errors``, ``config``. Imports
 inside functions and under ``TYPE_CHECKING`` count too.
 """
 
@@ -21,6 +21,7 @@ LAYERS = {
     "mrd_cli.core": 3,
     "mrd_cli.models": 2,
     "mrd_cli.data": 2,
+    "mrd_cli.features": 2,  # transcripts -> feature files; uses data's formats, never core
     "mrd_cli.io": 1,
     "mrd_cli.errors": 1,
     "mrd_cli.config": 1,

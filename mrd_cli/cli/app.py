@@ -20,6 +20,7 @@ from mrd_cli.cli.common import Terminated, click_exceptions, command_name
 from mrd_cli.cli.compare import compare
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
+from mrd_cli.cli.features import features
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.run import run
@@ -71,6 +72,7 @@ app.command("ablate")(ablate)
 app.command("compare")(compare)
 app.command("tune")(tune)
 app.add_typer(data_cmd.app, name="data")
+app.command("features")(features)
 
 
 def _terminate(signum: int, frame: Any) -> None:

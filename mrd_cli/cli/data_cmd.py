@@ -6,6 +6,7 @@ writers, ``inspect`` loads a corpus exactly as the training commands do and tabu
 
 from __future__ import annotations
 
+import json
 import time
 from enum import Enum
 from pathlib import Path
@@ -140,10 +141,32 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
         "labels": corpus.label_names,
         "num_speakers": corpus.num_speakers,
         "input_dims": corpus.input_dims,
+        "signal": modality_signal(corpus),
+        "placeholders": _placeholders(corpus),
         "val_source": corpus.val_source,
         "extra": dict(corpus.extra),
         "splits": splits,
     }
+
+
+def modality_signal(corpus: Corpus) -> dict[str, bool]:
+    """Per modality: does it vary across training utterances (False = a constant placeholder)?"""
+    out = {}
+    for m in corpus.modalities:
+        x = np.concatenate([d.features[m] for d in corpus.split("train")])
+        out[m] = bool((x.max(axis=0) > x.min(axis=0)).any())
+    return out
+
+
+def _placeholders(corpus: Corpus) -> dict[str, str]:
+    """Modalities that `mrd features` wrote as placeholders, from its manifest if there is one."""
+    if not corpus.extra.get("features_file"):
+        return {}
+    path = Path(corpus.extra["features_file"]).parent / "features_manifest.json"
+    try:
+        return dict(json.loads(path.read_text()).get("placeholders") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 @app.command("inspect")
@@ -204,9 +227,19 @@ def inspect_cmd(
         classes.add_row(*row)
     console.print(classes)
 
-    dims = Table(title="Features per utterance")
+    dims = Table(title="Features per utterance (the modalities the dataset declares)")
     dims.add_column("modality")
     dims.add_column("dimension", justify="right")
+    dims.add_column("signal")
     for modality, dim in corpus.input_dims.items():
-        dims.add_row(modality, str(dim))
+        varies = summary["signal"][modality]
+        dims.add_row(modality, str(dim), "varies" if varies else "[red]constant: no signal[/]")
     console.print(dims)
+    for modality, what in summary["placeholders"].items():
+        used = " (declared, so it is used!)" if modality in corpus.modalities else ""
+        console.print(f"{modality} in the files is a placeholder{used}: {what}.", soft_wrap=True)
+    if corpus.modalities == ["text"]:
+        console.print(
+            "Text only: M_multi sees the same input as M_text here (no audio or visual).",
+            highlight=False,
+        )

