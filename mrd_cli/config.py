@@ -77,6 +77,10 @@ class PretrainConfig:
     l2: float = 1e-5
     loss: Literal["ce", "weighted_ce", "focal"] = "weighted_ce"
     focal_gamma: float = 2.0
+    # Early stopping: stop once validation W-F1 has not improved for this many epochs
+    # (0 = off). The chosen epoch is still the best on validation. Also used by the
+    # cross-fitted partition's fold models.
+    patience: int = 10
 
 
 @dataclass
@@ -117,6 +121,10 @@ class DistillConfig:
     # True: a stage adds its group to the earlier ones (the last stage sees all data).
     # False: a stage trains on its own group only.
     cumulative: bool = True
+    # Early stopping (0 = off): stop once neither model's validation W-F1 has improved for
+    # this many epochs, counted only within the last curriculum stage, so that no stage is
+    # ever cut short (the earliest stop is this many epochs into the last stage).
+    patience: int = 5
 
 
 @dataclass
@@ -142,6 +150,11 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
     seed: int = 0
+    # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
+    # default, one per core. 1 by default: the GRU's small operations gain only 10-15% from
+    # a second thread on an idle machine and lose several times that when another process
+    # holds a core (README, "Performance").
+    threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +272,7 @@ def validate(cfg: Config) -> Config:
         need(_get(cfg, f"{section}.batch_size") >= 1, f"{section}.batch_size", "must be >= 1")
         need(_get(cfg, f"{section}.l2") >= 0, f"{section}.l2", "must be >= 0")
         need(_get(cfg, f"{section}.focal_gamma") >= 0, f"{section}.focal_gamma", "must be >= 0")
+        need(_get(cfg, f"{section}.patience") >= 0, f"{section}.patience", "must be >= 0 (0 = off)")
     for key in ("alpha", "beta", "gamma", "delta"):
         need(getattr(cfg.distill, key) >= 0, f"distill.{key}", "must be >= 0 (a weight)")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
@@ -273,6 +287,7 @@ def validate(cfg: Config) -> Config:
         "distill.stage_fractions",
         "must hold non-negative numbers with a positive sum",
     )
+    need(cfg.threads >= 0, "threads", "must be >= 0 (0 = one per core)")
     need(cfg.partition.folds >= 2, "partition.folds", "must be >= 2")
     need(cfg.ablate.seeds >= 1, "ablate.seeds", "must be >= 1")
     need(cfg.ablate.bootstrap >= 0, "ablate.bootstrap", "must be >= 0")

@@ -138,3 +138,19 @@ def print_evaluation(console: Console, result: dict[str, Any], confusion: bool =
     amb = ambiguity_rich(result)
     if amb is not None:
         console.print(amb)
+
+
+def timings_table(timings: dict[str, float], title: str) -> Table:
+    """Wall time per step (``core.timing.StepTimer.to_dict``), with each step's share."""
+    total = timings.get("total") or sum(v for k, v in timings.items() if k != "total")
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    table.add_column("wall time", justify="right")
+    table.add_column("share", justify="right")
+    for step, seconds in timings.items():
+        if step == "total":
+            continue
+        share = f"{100 * seconds / total:.0f}%" if total else ""
+        table.add_row(step, f"{seconds:.1f} s", share)
+    table.add_row("total", f"{total:.1f} s", "", style="bold")
+    return table

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mrd_cli.cli.common import err_console
+from mrd_cli.core.device import set_threads
 from mrd_cli.core.session import Session
 
 
@@ -19,8 +20,8 @@ def open_session(
     quiet: bool = False,
 ) -> Session:
     """``Session.open`` with a status spinner on stderr while the features load (none with
-    ``quiet``)."""
-    return Session.open(
+    ``quiet``). Applies the config's ``threads`` (``torch.set_num_threads``)."""
+    session = Session.open(
         dataset,
         config,
         data_dir,
@@ -29,3 +30,5 @@ def open_session(
         overrides,
         loading=None if quiet else err_console.status,
     )
+    set_threads(session.cfg.threads)
+    return session

@@ -11,8 +11,8 @@ term. Losses and predictions stay on the device; the host reads them once per ep
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Selected:
     state_dict: dict[str, Tensor]
     epoch: int
     val_metrics: dict[str, Any]
+    # How the training ended (``Trainer.stopping()``): epochs run, early stop or not, why.
+    stopping: dict[str, Any] | None = None
 
 
 @dataclass
@@ -115,6 +117,12 @@ class Trainer:
     ``state_path``, the models, the optimizer, the best epochs so far and the random state
     are restored and ``epochs()`` starts after the last finished epoch. ``signature``
     identifies config + data; a saved state with another signature is refused.
+
+    Early stopping: with ``patience`` > 0, ``epochs()`` stops yielding once every model has
+    gone ``patience`` epochs without a better validation W-F1, counting only epochs after
+    the first ``stop_floor`` (distillation passes the epochs before its last curriculum
+    stage, so a stage is never cut short). The epoch choice (best validation W-F1) is the
+    same as without it; ``stopping()`` says where and why training ended.
     """
 
     def __init__(
@@ -130,8 +138,13 @@ class Trainer:
         resume: bool = False,
         signature: str = "",
         on_epoch: Callable[[EpochLog], None] | None = None,
+        patience: int = 0,
+        stop_floor: int = 0,
     ):
         self.models = models
+        self.patience = patience
+        self.stop_floor = stop_floor
+        self.stopped_at: int | None = None  # 1-based epoch after which training stopped early
         self.optimizer = optimizer
         self.num_epochs = epochs
         self.val = val
@@ -146,9 +159,41 @@ class Trainer:
         if resume and state_path is not None and state_path.is_file():
             self._restore(state_path)
 
-    def epochs(self) -> range:
-        """The 0-based epochs still to train."""
-        return range(self.start, self.num_epochs)
+    def epochs(self) -> Iterator[int]:
+        """The 0-based epochs still to train; ends early when the patience runs out."""
+        for epoch in range(self.start, self.num_epochs):
+            if self.stopped_at is not None:
+                return
+            yield epoch
+
+    def stopping(self) -> dict[str, Any]:
+        """How training ended: epochs run, the early-stop epoch (None if it ran them all)
+        and the reason, for checkpoints and JSON."""
+        run = self.history[-1]["epoch"] if self.history else self.start
+        if self.stopped_at is not None:
+            reason = f"early stop: no better validation W-F1 in {self.patience} epochs" + (
+                f" counted from epoch {self.stop_floor + 1}" if self.stop_floor else ""
+            )
+        else:
+            reason = f"ran all {self.num_epochs} epochs"
+        return {
+            "epochs_run": run,
+            "max_epochs": self.num_epochs,
+            "patience": self.patience,
+            "stopped_at": self.stopped_at,
+            "stop_reason": reason,
+        }
+
+    def _patience_ran_out(self, epoch: int) -> bool:
+        """Every model has gone ``patience`` epochs (after ``stop_floor``) without a better
+        validation W-F1, at the end of 0-based ``epoch``."""
+        if self.patience <= 0 or epoch + 1 >= self.num_epochs:
+            return False
+        for s in self.best.values():
+            since = max(s.epoch if s else 0, self.stop_floor)
+            if epoch + 1 - since < self.patience:
+                return False
+        return True
 
     def end_epoch(self, epoch: int, terms: dict[str, Tensor]) -> EpochLog:
         """Close 0-based ``epoch`` whose mean loss terms are ``terms`` (device tensors):
@@ -173,6 +218,8 @@ class Trainer:
                     val_metrics=report,
                 )
         self.history.append({"epoch": epoch + 1, "losses": losses, "val_wf1": val_wf1})
+        if self._patience_ran_out(epoch):
+            self.stopped_at = epoch + 1
         if self.state_path is not None:
             self._save(epoch)
         log = EpochLog(
@@ -188,7 +235,12 @@ class Trainer:
 
     def selected(self) -> dict[str, Selected]:
         """Each model's best epoch on validation."""
-        result = {n: s for n, s in self.best.items() if s is not None}
+        stopping = self.stopping()
+        result = {
+            n: replace(s, stopping=stopping)
+            for n, s in self.best.items()
+            if s is not None
+        }
         if len(result) != len(self.models):
             raise MRDRunError("Training finished without a single epoch; check 'epochs'.")
         return result
@@ -217,6 +269,7 @@ class Trainer:
                     n: None if s is None else copy.copy(s.__dict__) for n, s in self.best.items()
                 },
                 "history": self.history,
+                "stopped_at": self.stopped_at,
                 "rng": _cpu_rng_states(self.generator),
             },
             self.state_path,
@@ -242,6 +295,7 @@ class Trainer:
         for name, sel in state["best"].items():
             self.best[name] = Selected(**sel) if sel is not None else None
         self.history = state["history"]
+        self.stopped_at = state.get("stopped_at")
         _restore_rng(state["rng"], self.generator)
         self.start = int(state["epoch"])
 

@@ -106,6 +106,9 @@ def distill(
         resume=resume,
         signature=sig,
         on_epoch=on_epoch,
+        # Early stopping only within the last curriculum stage: no stage is cut short.
+        patience=cfg.distill.patience,
+        stop_floor=curriculum.last_stage_start,
     )
     for epoch in trainer.epochs():
         for model in models.values():

@@ -24,6 +24,7 @@ from mrd_cli.core.partition import (
 )
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session
+from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import EpochLog, predict
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
@@ -142,18 +143,21 @@ def ensure_partitioned(
     force: bool = False,
     on_epoch: Callable[[str, Any], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    timer: StepTimer | None = None,
 ) -> None:
     """Pretrain and partition unless current outputs are already in the run directory
-    (``mrd run`` and ``mrd ablate`` start with it)."""
+    (``mrd run`` and ``mrd ablate`` start with it); ``timer`` gets each step's wall time."""
     if force or not session.pretrained_is_current():
         if on_step:
             on_step("pretrain")
-        pretrain(session, on_epoch=on_epoch)
+        with maybe(timer, "pretrain"):
+            pretrain(session, on_epoch=on_epoch)
     elif on_step:
         on_step("pretrain (reused)")
     if force or not partition_is_current(session):
         if on_step:
             on_step("partition")
-        partition(session, on_epoch=on_epoch)
+        with maybe(timer, "partition"):
+            partition(session, on_epoch=on_epoch)
     elif on_step:
         on_step("partition (reused)")

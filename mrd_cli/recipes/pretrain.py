@@ -50,6 +50,7 @@ class TrainedModels:
                     "checkpoint": str(self.checkpoints[role]),
                     "epoch": sel.epoch,
                     "val_weighted_f1": sel.val_metrics["weighted_f1"],
+                    **({"stopping": sel.stopping} if sel.stopping is not None else {}),
                 }
                 for role, sel in self.selected.items()
             },
@@ -82,6 +83,7 @@ def pretrain(
                 state_dict=finished["state_dict"],
                 epoch=finished["epoch"],
                 val_metrics=finished["val_metrics"],
+                stopping=finished.get("stopping"),
             )
             continue
         model, selected[role] = train_role(
@@ -141,6 +143,7 @@ def train_role(
         resume=resume,
         signature=sig,
         on_epoch=on_epoch,
+        patience=cfg.pretrain.patience,
     )
     for epoch in trainer.epochs():
         model.train()
