@@ -110,6 +110,17 @@ def mean_terms(names: tuple[str, ...], sums: Tensor, count: int) -> dict[str, Te
     return dict(zip(names, sums / max(count, 1)))
 
 
+def patience_exhausted(
+    done: int, best_epochs: list[int], patience: int, floor: int, max_epochs: int
+) -> bool:
+    """Early stopping's rule after ``done`` epochs: every model's best epoch (1-based; 0 for
+    none yet) lies ``patience`` or more epochs back, counting only epochs after the first
+    ``floor``. Never at the last epoch (nothing is left to skip), never with patience 0."""
+    if patience <= 0 or done >= max_epochs:
+        return False
+    return all(done - max(best, floor) >= patience for best in best_epochs)
+
+
 class Trainer:
     """The bookkeeping around a training loop over ``models`` for ``epochs`` epochs.
 
@@ -185,15 +196,8 @@ class Trainer:
         }
 
     def _patience_ran_out(self, epoch: int) -> bool:
-        """Every model has gone ``patience`` epochs (after ``stop_floor``) without a better
-        validation W-F1, at the end of 0-based ``epoch``."""
-        if self.patience <= 0 or epoch + 1 >= self.num_epochs:
-            return False
-        for s in self.best.values():
-            since = max(s.epoch if s else 0, self.stop_floor)
-            if epoch + 1 - since < self.patience:
-                return False
-        return True
+        best = [s.epoch if s else 0 for s in self.best.values()]
+        return patience_exhausted(epoch + 1, best, self.patience, self.stop_floor, self.num_epochs)
 
     def end_epoch(self, epoch: int, terms: dict[str, Tensor]) -> EpochLog:
         """Close 0-based ``epoch`` whose mean loss terms are ``terms`` (device tensors):

@@ -29,7 +29,8 @@ from mrd_cli.core.training import EpochLog, predict
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, file_sha256
-from mrd_cli.recipes.pretrain import pretrain, train_role
+from mrd_cli.models.stacked import supports as stacked_supports
+from mrd_cli.recipes.pretrain import pretrain, train_role, train_role_stacked
 
 
 @dataclass
@@ -103,25 +104,43 @@ def _cross_fitted_predictions(
     val = session.tensors("val")
     assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
     preds = {r: torch.zeros_like(train.labels) for r in ROLES}
-    for k in range(folds):
-        held = np.flatnonzero(assignment == k)
-        fit_part = train.subset(np.flatnonzero(assignment != k))
-        held_part = train.subset(held)
-        for role in ROLES:
-            key = f"fold {k + 1}/{folds} {role}"
+    held = [np.flatnonzero(assignment == k) for k in range(folds)]
+    fit_parts = [train.subset(np.flatnonzero(assignment != k)) for k in range(folds)]
+    seeds = [session.cfg.seed + 1000 * (k + 1) for k in range(folds)]
+
+    def fold_key(k: int, role: str) -> str:
+        return f"fold {k + 1}/{folds} {role}"
+
+    def callback(key: str):
+        return (lambda log: on_epoch(key, log)) if on_epoch else None
+
+    def keep(role: str, k: int, model) -> None:
+        fold_pred = predict(model, train.subset(held[k]))
+        rows = torch.as_tensor(held[k], device=train.mask.device)
+        preds[role][rows, : fold_pred.shape[1]] = fold_pred
+
+    for role in ROLES:
+        if session.cfg.partition.stacked and stacked_supports(session.cfg.model):
+            # The folds of a role as one batched computation (equal to training each alone).
             if on_fold:
-                on_fold(key)
-            model, _ = train_role(
+                on_fold(f"folds 1-{folds}/{folds} {role} (together)")
+            trained = train_role_stacked(
                 session,
                 role,
-                fit_part,
+                list(zip(fit_parts, seeds)),
                 val,
-                session.cfg.seed + 1000 * (k + 1),
-                on_epoch=(lambda log, key=key: on_epoch(key, log)) if on_epoch else None,
+                on_epoch=[callback(fold_key(k, role)) for k in range(folds)],
             )
-            fold_pred = predict(model, held_part)
-            rows = torch.as_tensor(held, device=train.mask.device)
-            preds[role][rows, : fold_pred.shape[1]] = fold_pred
+            for k, (model, _) in enumerate(trained):
+                keep(role, k, model)
+            continue
+        for k in range(folds):
+            if on_fold:
+                on_fold(fold_key(k, role))
+            model, _ = train_role(
+                session, role, fit_parts[k], val, seeds[k], on_epoch=callback(fold_key(k, role))
+            )
+            keep(role, k, model)
     return preds
 
 
