@@ -228,9 +228,10 @@ class StackedModels:
         steps = torch.cat([lay.steps, lay.steps])[..., None]  # [2K, B, 1]
         h = fused.new_zeros(2 * k, b, hh)
         outs = []
-        for t in range(length):
+        # unbind, not gi[:, :, t]: the backward of one unbind is one stack, that of L
+        # slices L full-size zero tensors.
+        for t, g in enumerate(gi.unbind(2)):
             gh = torch.baddbmm(b_hh, h, w_hh_t)
-            g = gi[:, :, t]
             rz = torch.sigmoid(g[..., : 2 * hh] + gh[..., : 2 * hh])
             r, z = rz[..., :hh], rz[..., hh:]
             n = torch.tanh(g[..., 2 * hh :] + r * gh[..., 2 * hh :])
