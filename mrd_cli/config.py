@@ -77,9 +77,10 @@ class PretrainConfig:
     l2: float = 1e-5
     loss: Literal["ce", "weighted_ce", "focal"] = "weighted_ce"
     focal_gamma: float = 2.0
-    # Early stopping: stop once validation W-F1 has not improved for this many epochs
-    # (0 = off). The chosen epoch is still the best on validation. Also used by the
-    # cross-fitted partition's fold models.
+    # Early stopping: stop once validation W-F1 has not improved for this many epochs,
+    # counted within the second half of the schedule only (an early collapse is not a
+    # plateau); 0 = off. The chosen epoch is still the best on validation. Also used by
+    # the cross-fitted partition's fold models.
     patience: int = 10
 
 

@@ -26,12 +26,12 @@ except ImportError:  # run as a script
 ATOL = 1e-4
 
 
-def _session(tmp_path: Path, epochs: int = 3, patience: int = 0) -> Session:
+def _session(tmp_path: Path, epochs: int = 3, patience: int = 0, lr: float = 1e-2) -> Session:
     cfg = Config()
     cfg.model.hidden = 16
     cfg.pretrain.epochs = epochs
     cfg.pretrain.batch_size = 4
-    cfg.pretrain.lr = 1e-2
+    cfg.pretrain.lr = lr
     cfg.pretrain.patience = patience
     corpus = make_toy_corpus(num_dialogues=40)
     return Session(cfg, corpus, RunDir(tmp_path), torch.device("cpu"))
@@ -65,9 +65,12 @@ def test_stacked_forward_equals_each_model(tmp_path, role):
             torch.testing.assert_close(logits[k, : lay.counts[k]], alone, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("patience", [0, 1])
-def test_models_trained_together_equal_models_trained_alone(tmp_path, patience):
-    session = _session(tmp_path, epochs=4, patience=patience)
+@pytest.mark.parametrize(
+    ("patience", "lr"),
+    [(0, 1e-2), (1, 1e-5)],  # the second case stops early: validation barely moves
+)
+def test_models_trained_together_equal_models_trained_alone(tmp_path, patience, lr):
+    session = _session(tmp_path, epochs=6, patience=patience, lr=lr)
     train, val = session.tensors("train"), session.tensors("val")
     parts = _folds(train, 3)
     seeds = [11, 22, 33]
@@ -82,3 +85,5 @@ def test_models_trained_together_equal_models_trained_alone(tmp_path, patience):
         )
         for name, value in alone.state_dict().items():
             torch.testing.assert_close(model.state_dict()[name], value, atol=ATOL, rtol=1e-3)
+    if patience:  # the case exercises early stopping
+        assert any(sel.stopping["stopped_at"] for _, sel in together)
