@@ -100,7 +100,6 @@ def run_once(source: Path, preset: str, data_dir: Path, threads: int) -> dict[st
         "test_wf1": {r: m["weighted_f1"] for r, m in result["models"].items()}
         if "models" in result
         else None,
-        "early_stop": timings.get("early_stop"),
         "load_avg_before": load_before,
         "load_avg_after": _load(),
     }
