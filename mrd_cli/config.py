@@ -117,6 +117,11 @@ class PretrainConfig:
     l2: float = 1e-5
     loss: Literal["ce", "weighted_ce", "focal"] = "weighted_ce"
     focal_gamma: float = 2.0
+    # Early stopping: stop once validation W-F1 has not improved for this many epochs,
+    # counted within the second half of the schedule only (an early collapse is not a
+    # plateau); 0 = off. The chosen epoch is still the best on validation. Also used by
+    # the cross-fitted partition's fold models.
+    patience: int = 10
 
 
 @dataclass
@@ -127,6 +132,10 @@ class PartitionConfig:
     # of the pretrained checkpoints on the data they were trained on.
     method: Literal["cross_fit", "in_sample"] = "cross_fit"
     folds: int = 5
+    # Train the folds' models of a role together, as one batched computation (one-layer GRU
+    # models; each equals its model trained alone up to floating-point rounding). False:
+    # one after another.
+    stacked: bool = True
 
 
 @dataclass
@@ -172,6 +181,10 @@ class DistillConfig:
     # literal reading): the frozen copy's eval-mode logits, against a model that trains
     # with dropout, so most of the term is dropout noise rather than drift.
     refactoring_target: Literal["matched_dropout", "eval"] = "matched_dropout"
+    # Early stopping (0 = off): stop once neither model's validation W-F1 has improved for
+    # this many epochs, counted only within the last curriculum stage, so that no stage is
+    # ever cut short (the earliest stop is this many epochs into the last stage).
+    patience: int = 5
 
 
 @dataclass
@@ -197,6 +210,11 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
     seed: int = 0
+    # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
+    # default, one per core. 1 by default: the GRU's small operations gain only 10-15% from
+    # a second thread on an idle machine and lose several times that when another process
+    # holds a core (README, "Performance").
+    threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,6 +332,7 @@ def validate(cfg: Config) -> Config:
         need(_get(cfg, f"{section}.batch_size") >= 1, f"{section}.batch_size", "must be >= 1")
         need(_get(cfg, f"{section}.l2") >= 0, f"{section}.l2", "must be >= 0")
         need(_get(cfg, f"{section}.focal_gamma") >= 0, f"{section}.focal_gamma", "must be >= 0")
+        need(_get(cfg, f"{section}.patience") >= 0, f"{section}.patience", "must be >= 0 (0 = off)")
     for key in ("alpha", "beta", "gamma", "delta"):
         need(getattr(cfg.distill, key) >= 0, f"distill.{key}", "must be >= 0 (a weight)")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
@@ -333,6 +352,7 @@ def validate(cfg: Config) -> Config:
         "distill.stage_fractions",
         "must hold non-negative numbers with a positive sum",
     )
+    need(cfg.threads >= 0, "threads", "must be >= 0 (0 = one per core)")
     need(cfg.partition.folds >= 2, "partition.folds", "must be >= 2")
     need(cfg.ablate.seeds >= 1, "ablate.seeds", "must be >= 1")
     need(cfg.ablate.bootstrap >= 0, "ablate.bootstrap", "must be >= 0")

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mrd_cli.data.corpus import Corpus, Dialogue
 
 LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]
+
+# One thread, as the CLI runs by default: the tests' thousands of small operations are
+# several times slower with two OpenMP threads when other processes hold the cores.
+torch.set_num_threads(1)
 
 
 def make_toy_corpus(num_dialogues: int = 30, seed: int = 0) -> Corpus:

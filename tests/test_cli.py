@@ -285,14 +285,56 @@ def test_run_and_ablate_on_a_tiny_config(tmp_path, tiny_config):
     # The fast tier's pass through `mrd run` and `mrd ablate`; the slow tests above check
     # their outputs in depth.
     common = ["--config", str(tiny_config), "--run-dir", str(tmp_path), "--device", "cpu"]
+    common += ["--threads", "1", "--no-early-stop"]
     res = _invoke("run", *common, "--json")
     assert res.exit_code == 0, res.output
-    assert set(json.loads(res.stdout)["models"]) >= {"distill/multi", "distill/text"}
+    out = json.loads(res.stdout)
+    assert set(out["models"]) >= {"distill/multi", "distill/text"}
+    steps = ("load", "pretrain", "partition", "distill", "evaluate")
+    assert set(out["timings"]) == {*steps, "total"}
+    assert out["timings"]["total"] == pytest.approx(sum(out["timings"][s] for s in steps), abs=0.01)
     res = _invoke("ablate", *common, "--seeds", "1", "--without", "mic", "--json")
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.stdout)["rows"]
-    assert [r["name"] for r in rows][-2:] == ["MRD w/o MIC", "MRD w/o MIC (text model)"]
+    out = json.loads(res.stdout)
+    assert [r["name"] for r in out["rows"]][-2:] == ["MRD w/o MIC", "MRD w/o MIC (text model)"]
     assert "pretrain (reused)" in res.stderr
+    assert out["timings"]["pretrain"] == 0.0 and out["timings"]["distill"] > 0
+    # Without --json both end with the time summary.
+    res = _invoke("ablate", *common, "--seeds", "1", "--without", "mic")
+    assert res.exit_code == 0, res.output
+    assert "wall time per step" in res.stdout
+
+
+def test_threads_and_no_early_stop_reach_the_config(tmp_path, tiny_config):
+    import torch
+
+    from mrd_cli.cli.common import training_overrides
+    from mrd_cli.config import load_config
+
+    over = training_overrides({"distill": {"epochs": 3}}, 1, True)
+    cfg, _ = load_config("synthetic", None, over)
+    assert (cfg.threads, cfg.pretrain.patience, cfg.distill.patience) == (1, 0, 0)
+    assert cfg.distill.epochs == 3
+    before = torch.get_num_threads()
+    try:
+        res = _invoke(
+            "pretrain",
+            "--config",
+            str(tiny_config),
+            "--run-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+        )
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1
+        stopping = json.loads(res.stdout)["pretrain"]["multi"]["stopping"]
+        assert stopping["epochs_run"] == 1 and stopping["stopped_at"] is None
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_python_dash_m_runs_the_app(monkeypatch, capsys):

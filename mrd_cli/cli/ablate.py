@@ -14,17 +14,22 @@ from mrd_cli.cli.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
 from mrd_cli.cli.distill import WithoutOpt
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.render import timings_table
 from mrd_cli.cli.session import open_session
+from mrd_cli.core.timing import StepTimer
 from mrd_cli.recipes.ablate import COMPONENTS
 from mrd_cli.recipes.ablate import ablate as ablate_recipe
 
@@ -50,6 +55,8 @@ def ablate(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -67,7 +74,12 @@ def ablate(
         "model": {"backbone": backbone},
         "ablate": {"seeds": seeds, "repretrain": repretrain},
     }
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    timer = StepTimer()
+    overrides = training_overrides(overrides, threads, no_early_stop)
+    with timer.step("load"):
+        session = open_session(
+            dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
+        )
     comps = [c.value for c in without] if without else list(COMPONENTS)
     variants = [(c,) for c in comps]
     a = session.cfg.ablate
@@ -100,13 +112,16 @@ def ablate(
             on_cell=on_cell,
             on_epoch=bars.update,
             on_step=lambda step: err_console.print(f"  {step}"),
+            timer=timer,
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = summary.to_dict()
     if json_out:
         print_json(summary)
         return
-    out_console().print(ablation_table(summary))
+    console = out_console()
+    console.print(ablation_table(summary))
+    console.print(timings_table(summary["timings"], "mrd ablate: wall time per step"))
     err_console.print(f"Saved to {session.run.ablation / 'results.json'} and results.csv")
 
 

@@ -15,11 +15,14 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     report_selected,
+    training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -66,6 +69,8 @@ def distill(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch.")
     ] = False,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -81,6 +86,7 @@ def distill(
             "curriculum": curriculum.value if curriculum else None,
         },
     }
+    overrides = training_overrides(overrides, threads, no_early_stop)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     session.cfg = apply_without(session.cfg, [c.value for c in without or []])
     d = session.cfg.distill

@@ -15,12 +15,15 @@ from mrd_cli.cli.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -56,6 +59,8 @@ def partition(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -72,6 +77,7 @@ def partition(
         overrides["partition"] = {"method": "cross_fit", "folds": cross_fit}
     elif in_sample:
         overrides["partition"] = {"method": "in_sample"}
+    overrides = training_overrides(overrides, threads, no_early_stop)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     paths = {
         "multi": multi_checkpoint or session.run.pretrained("multi"),

@@ -15,11 +15,14 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     report_selected,
+    training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -64,6 +67,8 @@ def pretrain(
     seed: SeedOpt = None,
     epochs: EpochsOpt = None,
     resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -71,14 +76,10 @@ def pretrain(
 
     Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
     """
-    session = open_session(
-        dataset,
-        config,
-        data_dir,
-        run_dir,
-        device,
-        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}},
+    overrides = training_overrides(
+        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}}, threads, no_early_stop
     )
+    session = open_session(dataset, config, data_dir, run_dir, device, overrides)
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "

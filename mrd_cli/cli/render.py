@@ -150,3 +150,19 @@ def _epoch_cell(name: str, epoch: int | None) -> str:
     if epoch == 0 and name.startswith("distill"):
         return "0 (pretrained kept)"
     return str(epoch)
+
+
+def timings_table(timings: dict[str, float], title: str) -> Table:
+    """Wall time per step (``core.timing.StepTimer.to_dict``), with each step's share."""
+    total = timings.get("total") or sum(v for k, v in timings.items() if k != "total")
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    table.add_column("wall time", justify="right")
+    table.add_column("share", justify="right")
+    for step, seconds in timings.items():
+        if step == "total":
+            continue
+        share = f"{100 * seconds / total:.0f}%" if total else ""
+        table.add_row(step, f"{seconds:.1f} s", share)
+    table.add_row("total", f"{total:.1f} s", "", style="bold")
+    return table

@@ -13,17 +13,21 @@ from mrd_cli.cli.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.render import print_evaluation
+from mrd_cli.cli.render import print_evaluation, timings_table
 from mrd_cli.cli.session import open_session
+from mrd_cli.core.timing import StepTimer
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.evaluate import evaluate, metrics_path
 from mrd_cli.recipes.partition import ensure_partitioned
@@ -49,6 +53,8 @@ def run(
     no_confusion: Annotated[
         bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
     ] = False,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -57,15 +63,12 @@ def run(
     Pretrained checkpoints and the partition are reused when they match the data and config
     (use --force to redo them).
     """
-    session = open_session(
-        dataset,
-        config,
-        data_dir,
-        run_dir,
-        device,
-        {"seed": seed, "model": {"backbone": backbone}},
-        quiet=json_out,
-    )
+    timer = StepTimer()
+    overrides = training_overrides({"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop)
+    with timer.step("load"):
+        session = open_session(
+            dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
+        )
     err_console.print(
         f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
@@ -77,18 +80,24 @@ def run(
             force=force,
             on_epoch=bars.update,
             on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+            timer=timer,
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)
-        distill(
-            session,
-            on_epoch=lambda log: bars.update("distill", log),
-            on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
-        )
-    result = evaluate(session).to_dict()
+        with timer.step("distill"):
+            distill(
+                session,
+                on_epoch=lambda log: bars.update("distill", log),
+                on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
+            )
+    with timer.step("evaluate"):
+        result = evaluate(session).to_dict()
+    result["timings"] = timer.to_dict()
     path = metrics_path(session, "test")
     if json_out:
         print_json(result)
         return
-    print_evaluation(out_console(), result, confusion=not no_confusion)
+    console = out_console()
+    print_evaluation(console, result, confusion=not no_confusion)
+    console.print(timings_table(result["timings"], "mrd run: wall time per step"))
     err_console.print(f"Saved to {path}")

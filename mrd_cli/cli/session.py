@@ -7,6 +7,7 @@ from typing import Any
 
 from mrd_cli.cli.common import command_name, err_console, get_current_context
 from mrd_cli.core import lock as run_lock
+from mrd_cli.core.device import set_threads
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 
@@ -23,7 +24,8 @@ def open_session(
     lock: bool = True,
 ) -> Session:
     """``Session.open`` with a status spinner on stderr while the features load (none with
-    ``quiet``), the corpus's warnings printed, and the run directory locked for this command
+    ``quiet``), the config's ``threads`` applied, the corpus's warnings printed, and the run
+    directory locked for this command
     (``core/lock.py``; ``handle_errors`` releases it when the command ends).
 
     With ``read_only_ok`` a run directory that cannot be written is no error: the session's
@@ -42,6 +44,7 @@ def open_session(
         overrides,
         loading=None if quiet else err_console.status,
     )
+    set_threads(session.cfg.threads)
     for message in session.corpus.warnings():
         err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
     if not lock:

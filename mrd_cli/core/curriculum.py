@@ -94,6 +94,12 @@ class Curriculum:
         active = self.active_groups(epoch)
         return np.array([g in active for g in GROUP_CODE], dtype=bool)
 
+    @property
+    def last_stage_start(self) -> int:
+        """Number of epochs before the last stage (early stopping may end training only
+        within the last stage)."""
+        return sum(n for _, n in self.stages[:-1])
+
     def describe(self) -> str:
         if self.kind == "none":
             return "none (all utterances every epoch)"

@@ -120,6 +120,7 @@ class Session:
             "seed": self.cfg.seed,
             "epoch": selected.epoch,
             "val_metrics": selected.val_metrics,
+            "stopping": selected.stopping,
             "config": self.cfg.to_dict(),
             **extra,
         }

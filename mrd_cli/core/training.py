@@ -11,8 +11,8 @@ term. Losses and predictions stay on the device; the host reads them once per ep
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class Selected:
     val_metrics: dict[str, Any]
     # Predicted class of every validation utterance (flat, CPU), for the start guard.
     val_predictions: Tensor | None = None
+    # How the training ended (``Trainer.stopping()``): epochs run, early stop or not, why.
+    stopping: dict[str, Any] | None = None
 
 
 @dataclass
@@ -111,6 +113,17 @@ def mean_terms(names: tuple[str, ...], sums: Tensor, count: int) -> dict[str, Te
     return dict(zip(names, sums / max(count, 1)))
 
 
+def patience_exhausted(
+    done: int, best_epochs: list[int], patience: int, floor: int, max_epochs: int
+) -> bool:
+    """Early stopping's rule after ``done`` epochs: every model's best epoch (1-based; 0 for
+    none yet) lies ``patience`` or more epochs back, counting only epochs after the first
+    ``floor``. Never at the last epoch (nothing is left to skip), never with patience 0."""
+    if patience <= 0 or done >= max_epochs:
+        return False
+    return all(done - max(best, floor) >= patience for best in best_epochs)
+
+
 class Trainer:
     """The bookkeeping around a training loop over ``models`` for ``epochs`` epochs.
 
@@ -118,6 +131,12 @@ class Trainer:
     ``state_path``, the models, the optimizer, the best epochs so far and the random state
     are restored and ``epochs()`` starts after the last finished epoch. ``signature``
     identifies config + data; a saved state with another signature is refused.
+
+    Early stopping: with ``patience`` > 0, ``epochs()`` stops yielding once every model has
+    gone ``patience`` epochs without a better validation W-F1, counting only epochs after
+    the first ``stop_floor`` (distillation passes the epochs before its last curriculum
+    stage, so a stage is never cut short). The epoch choice (best validation W-F1) is the
+    same as without it; ``stopping()`` says where and why training ended.
     """
 
     def __init__(
@@ -135,12 +154,17 @@ class Trainer:
         on_epoch: Callable[[EpochLog], None] | None = None,
         start_candidate: bool = False,
         start_confidence: float = 0.0,
+        patience: int = 0,
+        stop_floor: int = 0,
     ):
         self.models = models
         self.seed = seed
         self.start_confidence = start_confidence
         # Per model: the outcome of the start guard (see ``selected``).
         self.start_guard: dict[str, dict[str, Any]] = {}
+        self.patience = patience
+        self.stop_floor = stop_floor
+        self.stopped_at: int | None = None  # 1-based epoch after which training stopped early
         self.optimizer = optimizer
         self.num_epochs = epochs
         self.val = val
@@ -158,9 +182,34 @@ class Trainer:
         elif start_candidate:
             self._add_start_candidates()
 
-    def epochs(self) -> range:
-        """The 0-based epochs still to train."""
-        return range(self.start, self.num_epochs)
+    def epochs(self) -> Iterator[int]:
+        """The 0-based epochs still to train; ends early when the patience runs out."""
+        for epoch in range(self.start, self.num_epochs):
+            if self.stopped_at is not None:
+                return
+            yield epoch
+
+    def stopping(self) -> dict[str, Any]:
+        """How training ended: epochs run, the early-stop epoch (None if it ran them all)
+        and the reason, for checkpoints and JSON."""
+        run = self.history[-1]["epoch"] if self.history else self.start
+        if self.stopped_at is not None:
+            reason = f"early stop: no better validation W-F1 in {self.patience} epochs" + (
+                f" counted from epoch {self.stop_floor + 1}" if self.stop_floor else ""
+            )
+        else:
+            reason = f"ran all {self.num_epochs} epochs"
+        return {
+            "epochs_run": run,
+            "max_epochs": self.num_epochs,
+            "patience": self.patience,
+            "stopped_at": self.stopped_at,
+            "stop_reason": reason,
+        }
+
+    def _patience_ran_out(self, epoch: int) -> bool:
+        best = [s.epoch if s else 0 for s in self.best.values()]
+        return patience_exhausted(epoch + 1, best, self.patience, self.stop_floor, self.num_epochs)
 
     def end_epoch(self, epoch: int, terms: dict[str, Tensor]) -> EpochLog:
         """Close 0-based ``epoch`` whose mean loss terms are ``terms`` (device tensors):
@@ -186,6 +235,8 @@ class Trainer:
                     val_predictions=preds,
                 )
         self.history.append({"epoch": epoch + 1, "losses": losses, "val_wf1": val_wf1})
+        if self._patience_ran_out(epoch):
+            self.stopped_at = epoch + 1
         if self.state_path is not None:
             self._save(epoch)
         log = EpochLog(
@@ -250,7 +301,12 @@ class Trainer:
             }
             if kept:
                 self.best[name] = start
-        result = {n: s for n, s in self.best.items() if s is not None}
+        stopping = self.stopping()
+        result = {
+            n: replace(s, stopping=stopping)
+            for n, s in self.best.items()
+            if s is not None
+        }
         if len(result) != len(self.models):
             raise MRDRunError("Training finished without a single epoch; check 'epochs'.")
         return result
@@ -296,6 +352,7 @@ class Trainer:
                     n: None if s is None else copy.copy(s.__dict__)
                     for n, s in self.start_selected.items()
                 },
+                "stopped_at": self.stopped_at,
                 "rng": _cpu_rng_states(self.generator),
             },
             self.state_path,
@@ -328,6 +385,7 @@ class Trainer:
                 n: Selected(**sel) if sel is not None else None
                 for n, sel in state.get("start", {}).items()
             }
+            self.stopped_at = state.get("stopped_at")
             _restore_rng(state["rng"], self.generator)
             epoch = state["epoch"]
             total = self.num_epochs

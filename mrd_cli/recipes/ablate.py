@@ -23,6 +23,7 @@ from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
+from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import predict
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, atomic_write_text, file_sha256
@@ -49,6 +50,8 @@ class AblationResult:
     bootstrap_resamples: int
     rows: list[dict[str, Any]]
     computed: list[tuple[str, int]] = field(default_factory=list)
+    # Wall seconds per step of this call (``core.timing.STEPS`` and ``total``), when timed.
+    timings: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class AblationResult:
             "refactoring_target": self.refactoring_target,
             "bootstrap_resamples": self.bootstrap_resamples,
             "rows": self.rows,
+            **({"timings": self.timings} if self.timings is not None else {}),
         }
 
 
@@ -86,7 +90,12 @@ def variant_name(without: tuple[str, ...]) -> str:
 
 
 def run_cell(
-    session: Session, without: tuple[str, ...], seed: int, base: RunDir, on_epoch=None
+    session: Session,
+    without: tuple[str, ...],
+    seed: int,
+    base: RunDir,
+    on_epoch=None,
+    timer: StepTimer | None = None,
 ) -> dict[str, Any]:
     """Distil one variant with one seed from the pretrained pair in ``base``; test metrics
     and predictions of both distilled models."""
@@ -94,7 +103,14 @@ def run_cell(
     cfg.seed = seed
     cell_dir = session.run.ablation / "models" / f"{_slug(without)}_seed{seed}"
     sub = session.derive(cfg, base)
-    distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
+    with maybe(timer, "distill"):
+        distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
+    with maybe(timer, "evaluate"):
+        return _cell_metrics(session, cell_dir)
+
+
+def _cell_metrics(session: Session, cell_dir) -> dict[str, Any]:
+    """Test metrics and predictions of the distilled pair in ``cell_dir``."""
     test = session.tensors("test")
     y_true = test.labels[test.mask].cpu().numpy()
     out: dict[str, Any] = {}
@@ -106,6 +122,7 @@ def run_cell(
             "weighted_f1": report["weighted_f1"],
             "per_class_f1": report["per_class_f1"],
             "epoch": ckpt["epoch"],
+            "stopping": ckpt.get("stopping"),
             "predictions": pred.tolist(),
         }
     return out
@@ -122,9 +139,10 @@ def ablate(
     on_cell: Callable[[str, int, bool], None] | None = None,
     on_epoch=None,
     on_step=None,
+    timer: StepTimer | None = None,
 ) -> AblationResult:
     """Run (or reuse) every (variant, seed) cell and summarise. ``variants`` excludes MRD
-    itself, which is always run."""
+    itself, which is always run. ``timer`` gets each step's wall time."""
     cfg = session.cfg
     all_variants = [()] + [v for v in variants if v]
     seed_list = [cfg.seed + i for i in range(seeds)]
@@ -147,10 +165,12 @@ def ablate(
             on_epoch=on_epoch,
             on_step=on_step,
             replace_pretrained=cfg.ablate.repretrain,
+            timer=timer,
         )
         # A reused pretrained pair gives the same test metrics for every seed.
         if cfg.ablate.repretrain or not base_metrics:
-            base_metrics[seed] = _pretrained_test(base_session)
+            with maybe(timer, "evaluate"):
+                base_metrics[seed] = _pretrained_test(base_session)
         else:
             base_metrics[seed] = next(iter(base_metrics.values()))
         sig = signature(
@@ -176,15 +196,19 @@ def ablate(
                     seed,
                     base,
                     on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,
+                    timer=timer,
                 )
                 cached = {"signature": sig, "variant": name, "seed": seed, "result": result}
                 atomic_write_json(path, cached)
                 computed.append((name, seed))
             cells[(without, seed)] = cached["result"]
-    summary = summarise(session, all_variants, seed_list, cells, base_metrics)
+    with maybe(timer, "evaluate"):
+        summary = summarise(session, all_variants, seed_list, cells, base_metrics)
     atomic_write_json(session.run.ablation / "results.json", summary)
     atomic_write_text(session.run.ablation / "results.csv", to_csv(summary))
-    return AblationResult(**summary, computed=computed)
+    return AblationResult(
+        **summary, computed=computed, timings=timer.to_dict() if timer else None
+    )
 
 
 def _read_cell(path, sig: str, labels: list[str]) -> dict[str, Any] | None:

@@ -130,6 +130,9 @@ def distill(
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
         start_confidence=cfg.distill.start_confidence,
+        # Early stopping only within the last curriculum stage: no stage is cut short.
+        patience=cfg.distill.patience,
+        stop_floor=curriculum.last_stage_start,
     )
     for epoch in trainer.epochs():
         for model in models.values():

@@ -25,12 +25,14 @@ from mrd_cli.core.partition import (
 )
 from mrd_cli.core.provenance import check_pretrained_pair, settings_differences
 from mrd_cli.core.rundir import ROLES
-from mrd_cli.core.session import Session
+from mrd_cli.core.session import Session, role_backbone
+from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import EpochLog, predict
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, file_sha256
-from mrd_cli.recipes.pretrain import pretrain, train_role
+from mrd_cli.models.stacked import supports as stacked_supports
+from mrd_cli.recipes.pretrain import pretrain, train_role, train_role_stacked
 
 
 @dataclass
@@ -106,25 +108,46 @@ def _cross_fitted_predictions(
     val = session.tensors("val")
     assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
     preds = {r: torch.zeros_like(train.labels) for r in ROLES}
-    for k in range(folds):
-        held = np.flatnonzero(assignment == k)
-        fit_part = train.subset(np.flatnonzero(assignment != k))
-        held_part = train.subset(held)
-        for role in ROLES:
-            key = f"fold {k + 1}/{folds} {role}"
+    held = [np.flatnonzero(assignment == k) for k in range(folds)]
+    fit_parts = [train.subset(np.flatnonzero(assignment != k)) for k in range(folds)]
+    seeds = [session.cfg.seed + 1000 * (k + 1) for k in range(folds)]
+
+    def fold_key(k: int, role: str) -> str:
+        return f"fold {k + 1}/{folds} {role}"
+
+    def callback(key: str):
+        return (lambda log: on_epoch(key, log)) if on_epoch else None
+
+    def keep(role: str, k: int, model) -> None:
+        fold_pred = predict(model, train.subset(held[k]))
+        rows = torch.as_tensor(held[k], device=train.mask.device)
+        preds[role][rows, : fold_pred.shape[1]] = fold_pred
+
+    for role in ROLES:
+        stackable = stacked_supports(session.cfg.model)
+        if role_backbone(session.cfg, role)[0] != "dialogue":
+            stackable = False  # only the dialogue network has a stacked form
+        if session.cfg.partition.stacked and stackable:
+            # The folds of a role as one batched computation (equal to training each alone).
             if on_fold:
-                on_fold(key)
-            model, _ = train_role(
+                on_fold(f"folds 1-{folds}/{folds} {role} (together)")
+            trained = train_role_stacked(
                 session,
                 role,
-                fit_part,
+                list(zip(fit_parts, seeds)),
                 val,
-                session.cfg.seed + 1000 * (k + 1),
-                on_epoch=(lambda log, key=key: on_epoch(key, log)) if on_epoch else None,
+                on_epoch=[callback(fold_key(k, role)) for k in range(folds)],
             )
-            fold_pred = predict(model, held_part)
-            rows = torch.as_tensor(held, device=train.mask.device)
-            preds[role][rows, : fold_pred.shape[1]] = fold_pred
+            for k, (model, _) in enumerate(trained):
+                keep(role, k, model)
+            continue
+        for k in range(folds):
+            if on_fold:
+                on_fold(fold_key(k, role))
+            model, _ = train_role(
+                session, role, fit_parts[k], val, seeds[k], on_epoch=callback(fold_key(k, role))
+            )
+            keep(role, k, model)
     return preds
 
 
@@ -147,9 +170,10 @@ def ensure_partitioned(
     on_epoch: Callable[[str, Any], None] | None = None,
     on_step: Callable[[str], None] | None = None,
     replace_pretrained: bool = False,
+    timer: StepTimer | None = None,
 ) -> None:
     """Pretrain and partition unless current outputs are already in the run directory
-    (``mrd run`` and ``mrd ablate`` start with it).
+    (``mrd run`` and ``mrd ablate`` start with it); ``timer`` gets each step's wall time.
 
     Pretrained checkpoints made with other settings are not replaced silently: without
     ``force`` (or ``replace_pretrained``) that is an error saying what differs.
@@ -159,13 +183,15 @@ def ensure_partitioned(
     if force or not session.pretrained_is_current():
         if on_step:
             on_step("pretrain")
-        pretrain(session, on_epoch=on_epoch)
+        with maybe(timer, "pretrain"):
+            pretrain(session, on_epoch=on_epoch)
     elif on_step:
         on_step("pretrain (reused)")
     if force or not partition_is_current(session):
         if on_step:
             on_step("partition")
-        partition(session, on_epoch=on_epoch)
+        with maybe(timer, "partition"):
+            partition(session, on_epoch=on_epoch)
     elif on_step:
         on_step("partition (reused)")
 
