@@ -76,8 +76,7 @@ def distill(
 ) -> None:
     """Distil the pretrained models into each other (MRD: MIC + ILC + RCL).
 
-    Each model's epoch is chosen on its own validation W-F1. Writes RUN/distill/multi.pt
-    and RUN/distill/text.pt.
+    Each model's epoch is chosen on its own validation W-F1, with its pretrained weights as a candidate (epoch 0): a distillation epoch replaces them only if a bootstrap over validation dialogues is sure of the gain (distill.keep_start, distill.start_confidence). Writes RUN/distill/multi.pt and RUN/distill/text.pt.
     """
     overrides = {
         "seed": seed,
