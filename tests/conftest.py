@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from mrd_cli.core.curriculum import Curriculum
+from mrd_cli.core.device import seed_everything
+from mrd_cli.core.partition import GROUP_CODE
 from mrd_cli.data.corpus import Corpus, Dialogue
+from mrd_cli.recipes.distill import DistillStep
 
 LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]
 
@@ -41,3 +45,24 @@ def make_toy_corpus(num_dialogues: int = 30, seed: int = 0) -> Corpus:
 @pytest.fixture
 def toy_corpus() -> Corpus:
     return make_toy_corpus()
+
+
+def distill_steps(session, steps: int = 3) -> list[list[float]]:
+    """The loss terms (``recipes.distill.TERMS``) of the first ``steps`` distillation steps
+    of a freshly built pair, every utterance active; the regression pins and the
+    refactoring-target tests read them."""
+    seed_everything(0)
+    multi, text = session.build_model("multi"), session.build_model("text")
+    train = session.tensors("train")
+    for model in (multi, text):
+        sel = train.select(model.modalities)
+        model.set_input_stats(sel.features, sel.mask)
+    groups = torch.full_like(train.labels, GROUP_CODE["simple"])
+    d = session.cfg.distill
+    curriculum = Curriculum.build("none", d.epochs, d.stage_fractions, True, {"simple": 1})
+    step = DistillStep(multi, text, train, groups, d, curriculum, 6)
+    generator = torch.Generator().manual_seed(0)
+    multi.train()
+    text.train()
+    batches = step.batches(0, generator)
+    return [step.update(next(batches)).tolist() for _ in range(steps)]

@@ -9,17 +9,14 @@ import torch
 from mrd_cli import Session, distill, partition, pretrain
 from mrd_cli.config import Config
 from mrd_cli.core.checkpoint import load_checkpoint
-from mrd_cli.core.curriculum import Curriculum
-from mrd_cli.core.device import seed_everything
-from mrd_cli.core.partition import GROUP_CODE
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import role_seed
-from mrd_cli.recipes.distill import TERMS, DistillStep
+from mrd_cli.recipes.distill import TERMS
 
 try:
-    from conftest import make_toy_corpus
+    from conftest import distill_steps, make_toy_corpus
 except ImportError:  # pragma: no cover
-    from tests.conftest import make_toy_corpus
+    from tests.conftest import distill_steps, make_toy_corpus
 
 
 def _config() -> Config:
@@ -80,20 +77,7 @@ def _first_step_terms(target: str) -> dict[str, float]:
     cfg = _config()
     cfg.distill.refactoring_target = target
     session = Session(cfg, make_toy_corpus(), RunDir("."), torch.device("cpu"))
-    seed_everything(0)
-    multi, text = session.build_model("multi"), session.build_model("text")
-    train = session.tensors("train")
-    for model in (multi, text):
-        sel = train.select(model.modalities)
-        model.set_input_stats(sel.features, sel.mask)
-    groups = torch.full_like(train.labels, GROUP_CODE["simple"])
-    d = cfg.distill
-    curriculum = Curriculum.build("none", d.epochs, d.stage_fractions, True, {"simple": 1})
-    step = DistillStep(multi, text, train, groups, d, curriculum, 6)
-    multi.train()
-    text.train()
-    batch = next(step.batches(0, torch.Generator().manual_seed(0)))
-    return dict(zip(TERMS, step.update(batch).tolist()))
+    return dict(zip(TERMS, distill_steps(session, steps=1)[0]))
 
 
 def test_matched_dropout_refactoring_loss_is_zero_before_the_first_step():

@@ -16,19 +16,16 @@ import torch
 
 from mrd_cli import Session, distill, evaluate, partition, pretrain
 from mrd_cli.config import Config
-from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import seed_everything
-from mrd_cli.core.partition import GROUP_CODE
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.recipes.distill import TERMS as DISTILL_TERMS
-from mrd_cli.recipes.distill import DistillStep
 from mrd_cli.recipes.pretrain import TERMS as PRETRAIN_TERMS
 from mrd_cli.recipes.pretrain import ClassifierStep
 
 try:
-    from conftest import make_toy_corpus
+    from conftest import distill_steps, make_toy_corpus
 except ImportError:  # run as a script
-    from tests.conftest import make_toy_corpus
+    from tests.conftest import distill_steps, make_toy_corpus
 
 # Losses agree to float32 rounding across thread counts; W-F1 is a count of predictions.
 LOSS_RTOL = 1e-4
@@ -91,24 +88,6 @@ def pretrain_steps(session: Session, role: str, steps: int = 3) -> list[list[flo
     step = ClassifierStep(model, session.tensors("train"), session.cfg.pretrain, 6)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    batches = step.batches(0, generator)
-    return [step.update(next(batches)).tolist() for _ in range(steps)]
-
-
-def distill_steps(session: Session, steps: int = 3) -> list[list[float]]:
-    seed_everything(0)
-    multi, text = session.build_model("multi"), session.build_model("text")
-    train = session.tensors("train")
-    for model in (multi, text):
-        sel = train.select(model.modalities)
-        model.set_input_stats(sel.features, sel.mask)
-    groups = torch.full_like(train.labels, GROUP_CODE["simple"])
-    d = session.cfg.distill
-    curriculum = Curriculum.build("none", d.epochs, d.stage_fractions, True, {"simple": 1})
-    step = DistillStep(multi, text, train, groups, d, curriculum, 6)
-    generator = torch.Generator().manual_seed(0)
-    multi.train()
-    text.train()
     batches = step.batches(0, generator)
     return [step.update(next(batches)).tolist() for _ in range(steps)]
 

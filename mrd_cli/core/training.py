@@ -83,12 +83,19 @@ def predict(model: DialogueModel, data: SplitTensors, batch_size: int = EVAL_BAT
     return predict_logits(model, data, batch_size).argmax(-1)
 
 
+def evaluate_with_predictions(
+    model: DialogueModel, data: SplitTensors, label_names: list[str]
+) -> tuple[dict[str, Any], Tensor]:
+    """Metrics of ``model`` on a split and its predicted class of every real utterance
+    (flat, CPU); the labels are used only to score predictions."""
+    preds = predict(model, data)[data.mask].cpu()
+    y_true = data.labels[data.mask].cpu().numpy()
+    return classification_report(y_true, preds.numpy(), label_names), preds
+
+
 def evaluate(model: DialogueModel, data: SplitTensors, label_names: list[str]) -> dict[str, Any]:
     """Metrics of ``model`` on a split; the labels are used only to score predictions."""
-    preds = predict(model, data)
-    y_pred = preds[data.mask].cpu().numpy()
-    y_true = data.labels[data.mask].cpu().numpy()
-    return classification_report(y_true, y_pred, label_names)
+    return evaluate_with_predictions(model, data, label_names)[0]
 
 
 def make_classification_loss(
@@ -268,9 +275,7 @@ class Trainer:
 
     def _validate(self, model: DialogueModel) -> tuple[dict[str, Any], Tensor]:
         """Validation metrics of ``model`` and its flat predictions (CPU)."""
-        preds = predict(model, self.val)[self.val.mask].cpu()
-        y_true = self.val.labels[self.val.mask].cpu().numpy()
-        return classification_report(y_true, preds.numpy(), self.label_names), preds
+        return evaluate_with_predictions(model, self.val, self.label_names)
 
     def start_val_wf1(self) -> dict[str, float] | None:
         """Each model's validation W-F1 before training, if it was a candidate."""
