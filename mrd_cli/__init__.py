@@ -19,6 +19,7 @@ from mrd_cli.recipes.distill import DistillResult, distill
 from mrd_cli.recipes.evaluate import EvaluationResult, evaluate
 from mrd_cli.recipes.partition import PartitionResult, partition
 from mrd_cli.recipes.pretrain import PretrainResult, pretrain
+from mrd_cli.recipes.selftrain import SelftrainResult, selftrain
 from mrd_cli.recipes.tune import TuneResult, tune  # imports optuna only when a study runs
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "MRDError",
     "PartitionResult",
     "PretrainResult",
+    "SelftrainResult",
     "TuneResult",
     "Session",
     "__version__",
@@ -42,5 +44,6 @@ __all__ = [
     "load_config",
     "partition",
     "pretrain",
+    "selftrain",
     "tune",
 ]

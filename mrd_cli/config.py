@@ -91,12 +91,31 @@ class DualConfig:
 
 
 @dataclass
+class SemiConfig:
+    """MER2024-SEMI's network (``model.backbone: semi``; ``mrd selftrain`` always builds it):
+    one encoder and one classifier head per modality plus a fused head, soft-voted."""
+
+    # Soft voting: the model's probabilities are the weighted mean of its heads' softmax
+    # outputs (head name -> weight; a modality the model does not read is ignored). The
+    # defaults are the original's 0.7 / 0.4 / 0.3 / 0.7, which gave text little weight
+    # because its text features were weak; on RoBERTa-style features text is usually the
+    # strongest stream, so consider raising "text".
+    vote_weights: dict[str, float] = field(
+        default_factory=lambda: {"audio": 0.7, "visual": 0.4, "text": 0.3, "fused": 0.7}
+    )
+    # The fused head also reads a bidirectional GRU over the dialogue (mrd's extension: the
+    # original is utterance-level). false: the original's context-free fused head.
+    context: bool = True
+
+
+@dataclass
 class ModelConfig:
     """The networks: M_text is always the dialogue network; M_multi's is ``backbone``."""
 
     # M_multi's network: "dialogue" (mrd's speaker-aware dialogue network), "foal"
-    # (Foal-Net, audio + visual) or "dual" (DUAL, audio + visual, text at its decoder).
-    backbone: Literal["dialogue", "foal", "dual"] = "dialogue"
+    # (Foal-Net, audio + visual), "dual" (DUAL, audio + visual, text at its decoder) or
+    # "semi" (MER2024-SEMI's per-modality heads with soft voting; what `mrd selftrain` trains).
+    backbone: Literal["dialogue", "foal", "dual", "semi"] = "dialogue"
     hidden: int = 128
     encoder: Literal["gru", "transformer"] = "gru"
     layers: int = 1
@@ -104,6 +123,7 @@ class ModelConfig:
     dropout: float = 0.5
     foal: FoalConfig = field(default_factory=FoalConfig)
     dual: DualConfig = field(default_factory=DualConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 @dataclass
@@ -200,6 +220,48 @@ class AblateConfig:
 
 
 @dataclass
+class SelftrainConfig:
+    """`mrd selftrain` (MER2024-SEMI): a label budget, contrastive pretraining, supervised
+    training and rounds of pseudo-labelling with per-class thresholds."""
+
+    # Share of the training dialogues (whole dialogues, a draw seeded by ``seed``) whose
+    # labels are kept; the others form the unlabelled pool. 1.0: every label, no pool.
+    labeled_fraction: float = 1.0
+    # Use the TEST split's features (never its labels) as the pool instead: what the
+    # original did, and transductive; every output marks such a run.
+    transductive: bool = False
+    # Contrastive pretraining (NT-Xent between modalities and between original and noised
+    # features) on labelled and unlabelled dialogues; 0 skips it.
+    contrastive_epochs: int = 20
+    contrastive_lr: float = 1.0e-3
+    temperature: float = 0.5  # NT-Xent's temperature (fixed; the original learns nine)
+    # Diffusion-style noise x~ = sqrt(abar_t) x + sqrt(1 - abar_t) eps on the standardised
+    # inputs, one t ~ U{0..T-1} per batch, betas = linspace(sqrt(beta_start),
+    # sqrt(beta_end), T)^2 ("scaled_linear"), as in the original.
+    noise_steps: int = 100
+    beta_start: float = 0.001
+    beta_end: float = 0.1
+    # Self-training rounds after the supervised round 0; each retrains from the
+    # contrastive weights on the labelled + accepted pseudo-labelled utterances.
+    rounds: int = 2
+    epochs: int = 40  # supervised epochs per round (the epoch is chosen on validation W-F1)
+    lr: float = 1.0e-3
+    batch_size: int = 16
+    l2: float = 1.0e-5
+    loss: Literal["ce", "weighted_ce"] = "weighted_ce"
+    patience: int = 10  # early stopping per round, as pretrain.patience (0 = off)
+    # A pool utterance is accepted when its voted probability of the predicted class
+    # exceeds that class's threshold (class name -> threshold in (0, 1]; 1 = never); a
+    # class not listed uses default_threshold. The original: 0.99 for its frequent classes,
+    # 0.85 for its rarer ones; the built-in configs set thresholds by that analogy.
+    thresholds: dict[str, float] = field(default_factory=dict)
+    default_threshold: float = 0.99
+    # Which round's model is the result: "last" (the last round trained) or "val" (the
+    # round with the best validation W-F1, round 0 included).
+    select: Literal["last", "val"] = "last"
+
+
+@dataclass
 class Config:
     """The effective configuration of one run; saved as ``RUN/config.yaml``."""
 
@@ -209,6 +271,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
     seed: int = 0
     # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
     # default, one per core. 1 by default: the GRU's small operations gain only 10-15% from
@@ -382,7 +445,7 @@ def validate(cfg: Config) -> Config:
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(cfg.model.foal.layers >= 1, "model.foal.layers", "must be >= 1")
     need(
-        cfg.model.backbone == "dialogue" or cfg.model.hidden % cfg.model.heads == 0,
+        cfg.model.backbone in ("dialogue", "semi") or cfg.model.hidden % cfg.model.heads == 0,
         "model.hidden",
         f"must be a multiple of model.heads ({cfg.model.heads}) for backbone "
         f"'{cfg.model.backbone}' (its attention splits hidden across heads)",
@@ -400,7 +463,49 @@ def validate(cfg: Config) -> Config:
     unknown = set(cfg.dataset.modalities) - {"text", "audio", "visual"}
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")
     need("text" in cfg.dataset.modalities, "dataset.modalities", "must contain 'text'")
+    _validate_semi(cfg, need)
     return cfg
+
+
+def _validate_semi(cfg: Config, need: Any) -> None:
+    """The ``model.semi`` and ``selftrain`` sections."""
+    votes = cfg.model.semi.vote_weights
+    need(
+        set(votes) <= {"text", "audio", "visual", "fused"},
+        "model.semi.vote_weights",
+        "may name only the heads 'text', 'audio', 'visual' and 'fused'",
+    )
+    need(all(w >= 0 for w in votes.values()), "model.semi.vote_weights", "must be >= 0 (weights)")
+    st = cfg.selftrain
+    need(0 < st.labeled_fraction <= 1, "selftrain.labeled_fraction", "must be in (0, 1]")
+    for key in ("contrastive_epochs", "rounds", "patience"):
+        need(getattr(st, key) >= 0, f"selftrain.{key}", "must be >= 0")
+        need(getattr(st, key) <= 1_000_000, f"selftrain.{key}", "must be <= 1000000")
+    need(1 <= st.epochs <= 1_000_000, "selftrain.epochs", "must be in [1, 1000000]")
+    need(1 <= st.batch_size <= 1_000_000, "selftrain.batch_size", "must be in [1, 1000000]")
+    for key in ("lr", "contrastive_lr", "temperature"):
+        need(getattr(st, key) > 0, f"selftrain.{key}", "must be > 0")
+    need(st.l2 >= 0, "selftrain.l2", "must be >= 0")
+    need(1 <= st.noise_steps <= 100_000, "selftrain.noise_steps", "must be in [1, 100000]")
+    need(
+        0 < st.beta_start <= st.beta_end < 1,
+        "selftrain.beta_end",
+        "must satisfy 0 < selftrain.beta_start <= selftrain.beta_end < 1",
+    )
+    need(
+        all(0 < t <= 1 for t in st.thresholds.values()),
+        "selftrain.thresholds",
+        "must hold thresholds in (0, 1] (1 = never accept that class)",
+    )
+    need(0 < st.default_threshold <= 1, "selftrain.default_threshold", "must be in (0, 1]")
+    names = cfg.dataset.label_names
+    unknown = sorted(set(st.thresholds) - set(names)) if names else []
+    need(
+        not unknown,
+        "selftrain.thresholds",
+        f"must name classes of dataset.label_names ({', '.join(names)}); unknown: "
+        f"{', '.join(unknown)}",
+    )
 
 
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")

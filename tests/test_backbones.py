@@ -40,6 +40,8 @@ VARIANTS = [
     ("dual", {}),
     ("dual", {"causal": True}),
     ("dual", {"difference": False}),
+    ("semi", {}),
+    ("semi", {"context": False}),
 ]
 
 
@@ -170,6 +172,7 @@ def test_auxiliary_losses_are_named_finite_and_reach_the_network(toy_corpus, bac
         "dialogue": set(),
         "foal": {"avel", "mem"},
         "dual": {"static", "dynamic"} if settings.get("difference", True) else {"static"},
+        "semi": {"heads"},
     }[backbone]
     assert set(aux) == expected
     if aux:

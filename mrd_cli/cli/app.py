@@ -24,6 +24,7 @@ from mrd_cli.cli.features import features
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.run import run
+from mrd_cli.cli.selftrain import selftrain
 from mrd_cli.cli.tune import tune
 
 
@@ -57,7 +58,8 @@ app = typer.Typer(
     name="mrd",
     help=(
         "Mutual Refinement Distillation for multimodal emotion recognition in conversations: "
-        "pretrain -> partition -> distill -> evaluate, ablate, compare backbones, and tune."
+        "pretrain -> partition -> distill -> evaluate, ablate, compare backbones, tune, and "
+        "self-train with few labels."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -71,6 +73,7 @@ app.command("evaluate")(evaluate)
 app.command("ablate")(ablate)
 app.command("compare")(compare)
 app.command("tune")(tune)
+app.command("selftrain")(selftrain)
 app.add_typer(data_cmd.app, name="data")
 app.command("features")(features)
 

@@ -70,6 +70,22 @@ def evaluate(
         print_json(result)
         return
     print_evaluation(out_console(), result, confusion=not no_confusion)
+    for name, report in result["models"].items():
+        budget = report.get("selftrain") or {}
+        if budget.get("transductive"):
+            err_console.print(
+                f"[yellow]Warning:[/] {escape(name)} is TRANSDUCTIVE: `mrd selftrain "
+                "--transductive` trained it on pseudo-labels of the test features, so its "
+                "test scores are not comparable with inductive ones.",
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif budget:
+            err_console.print(
+                f"{escape(name)}: `mrd selftrain` model, labels of "
+                f"{100 * budget.get('labeled_fraction', 1.0):.0f}% of the training dialogues.",
+                highlight=False,
+            )
     for problem in result["provenance"]["problems"]:
         err_console.print(
             f"[yellow]Warning:[/] {escape(problem)}; Δ columns left out. Rerun the steps "
@@ -96,7 +112,7 @@ def _named(paths: list[Path], run: RunDir) -> dict[str, Path]:
     twice is refused rather than one of them dropped."""
     own = {
         f"{stage}/{role}": path_of(role).resolve()
-        for stage, path_of in (("pretrain", run.pretrained), ("distill", run.distilled))
+        for stage, path_of in run.stages()
         for role in ROLES
     }
     named: dict[str, Path] = {}

@@ -79,11 +79,16 @@ class Session:
         other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
         return other
 
-    def build_model(self, role: str) -> Backbone:
+    def build_model(self, role: str, backbone: str | None = None) -> Backbone:
         """A fresh model of ``role`` (multi or text) for this corpus and model config:
-        M_multi's network is ``model.backbone``, M_text's the dialogue network."""
+        M_multi's network is ``model.backbone``, M_text's the dialogue network, unless
+        ``backbone`` names another (`mrd selftrain` builds ``semi`` for either role)."""
         cfg = self.cfg
-        backbone, options = role_backbone(cfg, role)
+        if backbone is None:
+            backbone, options = role_backbone(cfg, role)
+        else:
+            section = getattr(cfg.model, backbone, None)
+            options = asdict(section) if section is not None else {}
         mods = backbone_modalities(backbone, options, role_modalities(cfg, role))
         dims = self.corpus.input_dims
         spec = ModelSpec(

@@ -85,7 +85,9 @@ def evaluate(
     roles: dict[str, str] = {}
     loaded: dict[str, dict[str, Any]] = {}
     for name, path in checkpoints.items():
-        made_by = "mrd distill" if name.startswith("distill") else "mrd pretrain"
+        made_by = {"distill": "mrd distill", "selftrain": "mrd selftrain"}.get(
+            name.split("/")[0], "mrd pretrain"
+        )
         model, ckpt = session.load_model(path, made_by)
         loaded[name] = ckpt
         y_pred = predict(model, data)[data.mask].cpu().numpy()
@@ -94,6 +96,10 @@ def evaluate(
         report = classification_report(y_true, y_pred, labels)
         report["epoch"] = ckpt.get("epoch")
         report["val_weighted_f1"] = (ckpt.get("val_metrics") or {}).get("weighted_f1")
+        if isinstance(ckpt.get("selftrain"), dict):
+            # `mrd selftrain`'s label budget travels with the model (a transductive one was
+            # trained on the test features and says so wherever it is shown).
+            report["selftrain"] = ckpt["selftrain"]
         models[name] = report
     result = EvaluationResult(
         dataset=session.corpus.name,
