@@ -30,7 +30,7 @@ from mrd_cli.data.corpus import Corpus, Dialogue
 from mrd_cli.errors import MRDError
 from mrd_cli.models.semi import soft_vote
 from mrd_cli.recipes.evaluate import evaluate
-from mrd_cli.recipes.selftrain import selftrain
+from mrd_cli.recipes.selftrain import _select_round, selftrain
 from tests.conftest import LABELS, make_toy_corpus
 
 
@@ -164,6 +164,18 @@ def test_thresholds_must_name_known_classes_and_lie_in_range():
         load_config("synthetic", overrides={"selftrain": {"labeled_fraction": 0.0}})
     cfg, _ = load_config("synthetic")
     assert cfg.selftrain.thresholds["hap"] == 0.99 and cfg.selftrain.thresholds["fru"] == 0.85
+
+
+def test_the_result_is_the_last_round_or_the_best_on_validation():
+    rounds = [
+        {"round": 0, "val_weighted_f1": 50.0},
+        {"round": 1, "val_weighted_f1": 61.0},
+        {"round": 2, "val_weighted_f1": 58.0},
+    ]
+    assert _select_round(rounds, "last") == 2
+    assert _select_round(rounds, "val") == 1
+    tie = [{"round": 0, "val_weighted_f1": 60.0}, {"round": 1, "val_weighted_f1": 60.0}]
+    assert _select_round(tie, "val") == 0  # a round must beat the earlier ones to be chosen
 
 
 @pytest.mark.slow
