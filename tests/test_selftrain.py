@@ -155,9 +155,11 @@ def test_thresholds_are_honoured_per_class():
     assert accepted.tolist() == [[True, False, True, False, False, False]]
 
 
-def test_thresholds_must_name_known_classes_and_lie_in_range():
-    with pytest.raises(MRDError, match="selftrain.thresholds"):
-        load_config("synthetic", overrides={"selftrain": {"thresholds": {"happy": 0.9}}})
+def test_thresholds_must_name_known_classes_and_lie_in_range(tmp_path):
+    session = session_on(make_toy_corpus(), tiny_cfg(thresholds={"happy": 0.9}), tmp_path)
+    with pytest.raises(MRDError, match="selftrain.thresholds names happy"):
+        selftrain(session)
+    assert not (tmp_path / "selftrain").exists()  # refused before any training
     with pytest.raises(MRDError, match="selftrain.thresholds"):
         load_config("synthetic", overrides={"selftrain": {"thresholds": {"hap": 1.5}}})
     with pytest.raises(MRDError, match="selftrain.labeled_fraction"):

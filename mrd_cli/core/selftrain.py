@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mrd_cli.core.losses import nt_xent
 from mrd_cli.data.tensors import SplitTensors
+from mrd_cli.errors import MRDError
 from mrd_cli.models.semi import SemiModel
 
 
@@ -119,7 +120,15 @@ def contrastive_loss(
 def class_thresholds(
     label_names: list[str], thresholds: dict[str, float], default: float
 ) -> Tensor:
-    """The threshold of each class [C], from the config's per-class mapping."""
+    """The threshold of each class [C], from the config's per-class mapping; a name that
+    is not a class is refused (it would be a threshold silently never used)."""
+    unknown = sorted(set(thresholds) - set(label_names))
+    if unknown:
+        raise MRDError(
+            f"selftrain.thresholds names {', '.join(unknown)}, which are not classes of this "
+            f"dataset ({', '.join(label_names)}). Set selftrain.thresholds for its classes "
+            "(a config file replaces the whole mapping)."
+        )
     return torch.tensor([thresholds.get(n, default) for n in label_names], dtype=torch.float32)
 
 

@@ -128,6 +128,7 @@ def selftrain(
     """
     cfg, st = session.cfg, session.cfg.selftrain
     messages: list[str] = []
+    thresholds = class_thresholds(session.corpus.label_names, st.thresholds, st.default_threshold)
 
     def say(message: str) -> None:
         messages.append(message)
@@ -156,7 +157,6 @@ def selftrain(
     )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    thresholds = class_thresholds(session.corpus.label_names, st.thresholds, st.default_threshold)
     pseudo: tuple[Tensor, Tensor] | None = None  # pool labels and accepted, for the next round
     done: list[dict[str, Any]] = state["rounds"]
     rounds: list[dict[str, Any]] = []
