@@ -121,6 +121,7 @@ class Session:
             "epoch": selected.epoch,
             "val_metrics": selected.val_metrics,
             "stopping": selected.stopping,
+            "history": selected.history,
             "config": self.cfg.to_dict(),
             **extra,
         }
