@@ -24,6 +24,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
 )
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
 from mrd_cli.core.training import EpochLog
@@ -100,6 +101,7 @@ def tune(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -112,6 +114,7 @@ def tune(
     RUN/tune/<study>/best.yaml, for `mrd distill --config`. Test labels are never read.
     """
     optuna = require_optuna()
+    check_plots_extra(plots)
     # Failed trials are reported in the table, not as optuna's log lines with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Not locked for the whole command: several `mrd tune` processes share a run directory
@@ -183,6 +186,8 @@ def tune(
         )
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     summary = result.to_dict()
+    if plots:
+        summary["plots"] = draw_plots(session.run.root, json_out)
     if json_out:
         print_json(summary)
         return

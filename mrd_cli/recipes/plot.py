@@ -59,7 +59,10 @@ def plot(
     figures.require_matplotlib()
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
-        raise MRDError(f"Run directory {run.root} does not exist. Pass the --run-dir of a run.")
+        raise MRDError(
+            f"Run directory {run.root} does not exist. Pass the directory a run wrote (its "
+            "--run-dir)."
+        )
     out = run.root / "plots"
     written: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}

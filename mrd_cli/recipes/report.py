@@ -66,7 +66,10 @@ def report(run_dir: Path, split: str = "test") -> ReportResult:
     """
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
-        raise MRDError(f"Run directory {run.root} does not exist. Pass the --run-dir of a run.")
+        raise MRDError(
+            f"Run directory {run.root} does not exist. Pass the directory a run wrote (its "
+            "--run-dir)."
+        )
     tables, skipped = build_tables(run, split)
     if not tables:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
