@@ -2,7 +2,7 @@
 
 ```
 RUN/config.yaml  pretrain/{multi,text}.pt  partition.json  distill/{multi,text}.pt
-    metrics/*.json  ablation/...
+    metrics/*.json  ablation/...  tune/...  plots/*.png|svg  report/*.md|tex
 ```
 """
 
@@ -46,6 +46,16 @@ class RunDir:
     @property
     def ablation(self) -> Path:
         return self.root / "ablation"
+
+    @property
+    def plots(self) -> Path:
+        """Figures (``mrd plot``)."""
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        """Paper tables (``mrd report``)."""
+        return self.root / "report"
 
     def checkpoints(self) -> dict[str, Path]:
         """Checkpoints present, named ``<stage>/<role>`` (pretrain/multi, distill/text, ...)."""

@@ -63,7 +63,7 @@ def plot(
             f"Run directory {run.root} does not exist. Pass the directory a run wrote (its "
             "--run-dir)."
         )
-    out = run.root / "plots"
+    out = run.plots
     written: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     for name, fig_or_reason in _figures(run, split):

@@ -74,7 +74,7 @@ def report(run_dir: Path, split: str = "test") -> ReportResult:
     if not tables:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
         raise MRDError(f"Nothing to report in {run.root} ({reasons}).")
-    out = run.root / "report"
+    out = run.report
     written: dict[str, dict[str, str]] = {}
     for table in tables:
         md, tex = out / f"{table.name}.md", out / f"{table.name}.tex"
