@@ -103,11 +103,18 @@ def test_report_tables_restate_the_run_results(toy_run: Path) -> None:
     assert skipped == {}
     metrics = json.loads((toy_run / "metrics" / "test.json").read_text())
     by_name = {t.name: t for t in tables}
+    # Tables 1-2: the pretrained pair (the paper's pilot study) and the distilled pair.
+    by_stage = metrics["ambiguity_by_stage"]
+    assert by_stage["distill"] == metrics["ambiguity"]
     amb = by_name["ambiguity"]
+    assert amb.columns[1:3] == ["MCTI pretrained", "MITC pretrained"]
     total = amb.rows[-1]
     assert total[0] == "Total"
-    assert int(total[1]) == sum(metrics["ambiguity"]["mcti"].values())
-    assert int(total[3]) == metrics["num_utterances"]
+    assert int(total[1]) == sum(by_stage["pretrain"]["mcti"].values())
+    assert int(total[4]) == sum(by_stage["distill"]["mitc"].values())
+    assert int(total[-1]) == metrics["num_utterances"]
+    hap = amb.rows[0]
+    assert int(hap[2]) == by_stage["pretrain"]["mitc"][hap[0]]
     part = json.loads((toy_run / "partition.json").read_text())
     assert [int(c) for c in by_name["partition"].rows[-1][1:5]] == [
         part["totals"][g] for g in ("mcti", "mitc", "general", "simple")

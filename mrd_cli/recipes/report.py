@@ -28,6 +28,7 @@ from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_text
 
 ROLE_NAMES = {"multi": "multimodal", "text": "text"}
+STAGE_NAMES = {"pretrain": "pretrained", "distill": "distilled"}
 # Column headers of the partition groups, with the paper's names.
 GROUP_HEADERS = {
     "mcti": "Difficult_1 (MCTI)",
@@ -159,42 +160,49 @@ def _signed(x: float) -> str:
 
 def ambiguity_table(metrics: dict[str, Any]) -> PaperTable | None:
     """Tables 1-2: per true class, utterances of the split the multimodal model gets right
-    and the text model wrong (MCTI), and the reverse (MITC), with the class's size."""
-    amb = metrics.get("ambiguity")
-    if not amb:
-        return None
+    and the text model wrong (MCTI), and the reverse (MITC), for the pretrained pair (the
+    paper's pilot study) and the distilled pair, with the class's size."""
     labels = metrics["labels"]
-    who = metrics.get("ambiguity_models") or {"multi": "multimodal", "text": "text"}
-    support = _support(metrics, who.get("multi"))
+    by_stage = metrics.get("ambiguity_by_stage") or {}
+    pairs = [(STAGE_NAMES[s], by_stage[s]) for s in ("pretrain", "distill") if s in by_stage]
+    if not pairs and metrics.get("ambiguity"):  # metrics written before ambiguity_by_stage
+        who = metrics.get("ambiguity_models") or {}
+        pairs = [(f"{who.get('multi')} vs {who.get('text')}", metrics["ambiguity"])]
+    if not pairs:
+        return None
+    support = _support(metrics)
+    columns = ["Emotion"]
+    for name, _ in pairs:
+        columns += [f"MCTI {name}", f"MITC {name}"] if len(pairs) > 1 else ["MCTI", "MITC"]
     rows = []
-    for lab in labels:
-        rows.append(
-            [lab, str(amb["mcti"][lab]), str(amb["mitc"][lab])]
-            + ([str(support[lab])] if support else [])
-        )
-    total = [
-        "Total",
-        str(sum(amb["mcti"][lab] for lab in labels)),
-        str(sum(amb["mitc"][lab] for lab in labels)),
-    ] + ([str(sum(support.values()))] if support else [])
-    rows.append(total)
+    for lab in [*labels, "Total"]:
+        row = [lab]
+        for _, amb in pairs:
+            for key in ("mcti", "mitc"):
+                row.append(str(sum(amb[key].values()) if lab == "Total" else amb[key][lab]))
+        if support:
+            row.append(str(sum(support.values()) if lab == "Total" else support[lab]))
+        rows.append(row)
+    if support:
+        columns.append("Utterances")
+    stages = " and ".join(name for name, _ in pairs)
     return PaperTable(
         name="ambiguity",
         caption=(
-            f"Ambiguity on the {metrics['split']} split of {metrics['dataset']}: per class, the "
-            f"utterances the multimodal model ({who.get('multi')}) classifies correctly and the "
-            f"text model ({who.get('text')}) incorrectly (MCTI), and the reverse (MITC)."
+            f"Ambiguity on the {metrics['split']} split of {metrics['dataset']} ({stages} "
+            "models): per class, the utterances the multimodal model classifies correctly and "
+            "the text model incorrectly (MCTI), and the reverse (MITC)."
         ),
-        columns=["Emotion", "MCTI", "MITC"] + (["Utterances"] if support else []),
+        columns=columns,
         rows=rows,
-        align="l" + "r" * (3 if support else 2),
+        align="l" + "r" * (len(columns) - 1),
         rules=[len(labels)],
     )
 
 
-def _support(metrics: dict[str, Any], model: str | None) -> dict[str, int] | None:
-    """Utterances per true class (a row sum of a model's confusion matrix)."""
-    entry = metrics["models"].get(model) if model else None
+def _support(metrics: dict[str, Any]) -> dict[str, int] | None:
+    """Utterances per true class (a row sum of any model's confusion matrix)."""
+    entry = next(iter(metrics["models"].values()), None)
     matrix = entry.get("confusion_matrix") if entry else None
     if not matrix:
         return None
