@@ -223,7 +223,8 @@ def training_figure(
                     ),
                 )
         ax.set_title(panel["title"])
-        ax.set_xlabel("epoch" + (" (0: the pretrained weights)" if panel.get("stages") else ""))
+        starts = any(e == 0 for pts in panel["curves"].values() for e, _ in pts)
+        ax.set_xlabel("epoch" + (" (0: the pretrained weights)" if starts else ""))
         ax.set_ylabel("validation W-F1 (%)")
         ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -346,7 +347,7 @@ def ablation_figure(rows: list[dict[str, Any]], title: str, note: str = "") -> A
         fig.supxlabel(textwrap.fill(note, 115), fontsize=8, x=0.01, ha="left")
     ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
     ax.set_axisbelow(True)
-    ax.legend(loc="upper left", framealpha=0.9)
+    fig.legend(loc="outside right upper", frameon=False)
     ax.set_title(title)
     return fig
 
@@ -357,7 +358,7 @@ def tuning_figure(
 ) -> Any:
     """The study's history: each finished trial's value by trial number (pruned trials at
     their best reported value), the best value so far, and the pretrained model's value."""
-    fig, axes = new_figure(6.4, 3.8)
+    fig, axes = new_figure(6.4, 4.4)
     ax = axes[0]
     done = sorted(
         (t for t in trials if t["state"] in ("complete", "pruned")), key=lambda t: t["number"]
@@ -397,6 +398,6 @@ def tuning_figure(
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation W-F1 of {target} (%)")
     ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
-    ax.legend(loc="lower right", framealpha=0.9)
+    fig.legend(loc="outside lower center", ncols=2, frameon=False)
     ax.set_title(title)
     return fig

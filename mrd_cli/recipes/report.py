@@ -295,7 +295,7 @@ def ablation_table(summary: dict[str, Any]) -> PaperTable | None:
         delta = ""
         if row.get("delta_wf1") is not None:
             marks = significance_marks(row.get("p_paired_t"), row.get("bootstrap_ci95"))
-            delta = f"{_signed(row['delta_wf1'])}{marks} (vs {row.get('vs', 'MRD')})"
+            delta = f"{_signed(row['delta_wf1'])}{marks}"
         p = row.get("p_paired_t")
         name = "Pretrained" if row["variant"] == "pretrained" else row["variant"]
         rows.append(
