@@ -71,6 +71,8 @@ def evaluate(
     result = outcome.to_dict()
     if plots and outcome.saved_to:  # the figures are of the run directory's saved results
         result["plots"] = draw_plots(session.run.root, json_out)
+    elif plots:
+        err_console.print("[yellow]Warning:[/] no figures: these metrics were not saved.")
     if json_out:
         print_json(result)
         return

@@ -65,8 +65,8 @@ def plot(
     distillation (curriculum stages shaded), partition group sizes per class, the ablation
     (mean ± std, significance) and tuning studies: each one the run has the results for.
 
-    Reads the run directory only (nothing is trained). Needs matplotlib:
-    pip install -e '.[plots]'.
+    Reads the run directory only (nothing is trained). Needs matplotlib, the optional
+    plots extra (see the README).
     """
     chosen = tuple(f.value for f in formats) if formats else FORMATS
     result = plot_recipe(run, split.value, chosen).to_dict()
