@@ -331,3 +331,15 @@ def test_plots_option_draws_after_run_ablate_and_tune(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert set(json.loads(res.stdout)["tables"]) == {"ambiguity", "partition", "f1", "ablation"}
+
+
+def test_a_malformed_results_file_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    (tmp_path / "partition.json").write_text('{"counts": {"mcti": 3}}')
+    res = runner.invoke(app, ["plot", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "partition_groups: its results file is malformed" in " ".join(res.output.split())
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation" / "results.json").write_text('{"rows": 1}')
+    with pytest.raises(MRDError, match="ablation: its results file is malformed"):
+        report(tmp_path)

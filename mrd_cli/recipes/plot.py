@@ -15,7 +15,9 @@ A figure whose results are missing is skipped, with the command that makes them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +68,19 @@ def plot(
     out = run.plots
     written: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
-    for name, fig_or_reason in _figures(run, split):
-        if isinstance(fig_or_reason, str):
-            skipped[name] = fig_or_reason
+    for name, draw in _figures(run, split):
+        if isinstance(draw, str):
+            skipped[name] = draw
             continue
-        paths = figures.save_figure(fig_or_reason, out / name, formats)
+        try:
+            fig = draw()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            skipped[name] = f"its results file is malformed ({type(exc).__name__}: {exc})"
+            continue
+        if isinstance(fig, str):
+            skipped[name] = fig
+            continue
+        paths = figures.save_figure(fig, out / name, formats)
         written[name] = [str(p) for p in paths]
     if not written:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
@@ -78,66 +88,72 @@ def plot(
     return PlotResult(run_dir=str(run.root), split=split, figures=written, skipped=skipped)
 
 
-def _figures(run: RunDir, split: str):
-    """(name, Figure) for each figure the results give, (name, why not) for the others."""
+def _figures(run: RunDir, split: str) -> Iterator[tuple[str, Callable[[], Any] | str]]:
+    """(name, a function drawing the figure, or why there is none) for each figure; a
+    drawing function may still return a reason instead of a figure."""
     metrics = read_json(run.metrics / f"{split}.json")
     if metrics is None:
         yield "confusion", f"no metrics/{split}.json; run `mrd evaluate --split {split}`"
     else:
         for model, entry in metrics["models"].items():
-            title = (
-                f"Confusion matrix of {model} on the {metrics['split']} split of "
-                f"{metrics['dataset']}"
-            )
             name = "confusion_" + model.replace("/", "_")
-            yield (
-                name,
-                figures.confusion_figure(entry["confusion_matrix"], metrics["labels"], title),
-            )
-    yield "training_curves", training_curves(run)
+            yield name, partial(_confusion, metrics, model, entry)
+    yield "training_curves", partial(training_curves, run)
     partition = read_json(run.partition)
     if partition is None:
         yield "partition_groups", "no partition.json; run `mrd partition`"
     else:
-        labels = list(next(iter(partition["counts"].values())))
-        method = (
-            f"cross-fitted, {partition.get('folds')} folds"
-            if partition.get("method") == "cross_fit"
-            else "in-sample"
-        )
-        yield (
-            "partition_groups",
-            figures.partition_figure(
-                partition["counts"], labels, f"Partition of the training utterances ({method})"
-            ),
-        )
+        yield "partition_groups", partial(_partition, partition)
     ablation = read_json(run.ablation / "results.json")
     if ablation is None:
         yield "ablation", "no ablation/results.json; run `mrd ablate`"
     else:
-        rows = [
-            {**row, "marks": significance_marks(row.get("p_paired_t"), row.get("bootstrap_ci95"))}
-            for row in ablation["rows"]
-        ]
-        n = len(ablation["seeds"])
-        title = f"Ablation on {ablation['dataset']}: mean ± std over {n} seeds, dots: seeds"
-        note = (
-            "Marks: each variant against MRD, MRD against the pretrained model (same model, "
-            f"same seeds). {SIGNIFICANCE_LEGEND}."
-        )
-        yield "ablation", figures.ablation_figure(rows, title, note)
+        yield "ablation", partial(_ablation, ablation)
     studies = sorted((run.root / "tune").glob("*/results.json"))
     if not studies:
         yield "tuning", "no tune/<study>/results.json; run `mrd tune`"
     for path in studies:
-        study = read_json(path)
-        title = f"Tuning study '{study['study']}' on {study['dataset']}"
-        yield (
-            f"tuning_{path.parent.name}",
-            figures.tuning_figure(
-                study["trials"], study.get("pretrained_value"), title, study["target"]
-            ),
-        )
+        yield f"tuning_{path.parent.name}", partial(_tuning, read_json(path))
+
+
+def _confusion(metrics: dict[str, Any], model: str, entry: dict[str, Any]) -> Any:
+    title = f"Confusion matrix of {model} on the {metrics['split']} split of {metrics['dataset']}"
+    return figures.confusion_figure(entry["confusion_matrix"], metrics["labels"], title)
+
+
+def _partition(doc: dict[str, Any]) -> Any:
+    labels = list(next(iter(doc["counts"].values())))
+    method = (
+        f"cross-fitted, {doc.get('folds')} folds"
+        if doc.get("method") == "cross_fit"
+        else "in-sample"
+    )
+    title = f"Partition of the training utterances ({method})"
+    return figures.partition_figure(doc["counts"], labels, title)
+
+
+def _ablation(summary: dict[str, Any]) -> Any:
+    rows = [
+        {**row, "marks": significance_marks(row.get("p_paired_t"), row.get("bootstrap_ci95"))}
+        for row in summary["rows"]
+    ]
+    n = len(summary["seeds"])
+    title = f"Ablation on {summary['dataset']}: mean ± std over {n} seeds, dots: seeds"
+    note = (
+        "Marks: each variant against MRD, MRD against the pretrained model (same model, "
+        f"same seeds). {SIGNIFICANCE_LEGEND}."
+    )
+    return figures.ablation_figure(rows, title, note)
+
+
+def _tuning(study: dict[str, Any]) -> Any:
+    finished = [t for t in study["trials"] if t["state"] in ("complete", "pruned")]
+    if not finished:
+        return "the study has no finished trial yet"
+    title = f"Tuning study '{study['study']}' on {study['dataset']}"
+    return figures.tuning_figure(
+        study["trials"], study.get("pretrained_value"), title, study["target"]
+    )
 
 
 def training_curves(run: RunDir) -> Any:
