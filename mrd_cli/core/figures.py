@@ -51,7 +51,7 @@ RC = {
     "axes.labelsize": 10,
     "legend.fontsize": 9,
     "hatch.linewidth": 0.8,
-    "svg.hashsalt": "mrd",  # the same figure gives the same SVG file
+    "svg.hashsalt": "mrd",  # stable element ids (clip paths may still differ between runs)
     "svg.fonttype": "none",  # text stays text in the SVG (searchable, editable)
 }
 
@@ -89,7 +89,7 @@ def save_figure(fig: Any, stem: Path, formats: tuple[str, ...] = FORMATS) -> lis
     written = []
     for fmt in formats:
         buffer = io.BytesIO()
-        # No creation date in the files: the same results give the same bytes.
+        # No creation date or software version in the files.
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
         with matplotlib.rc_context(RC):
             fig.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata, facecolor="white")
