@@ -90,7 +90,11 @@ def save_figure(fig: Any, stem: Path, formats: tuple[str, ...] = FORMATS) -> lis
     for fmt in formats:
         buffer = io.BytesIO()
         # No creation date or software version in the files.
-        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        metadata = {
+            "png": {"Software": None},
+            "svg": {"Date": None},
+            "pdf": {"CreationDate": None},
+        }.get(fmt, {})
         with matplotlib.rc_context(RC):
             fig.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata, facecolor="white")
         path = stem.with_suffix(f".{fmt}")
