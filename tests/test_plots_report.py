@@ -255,7 +255,18 @@ def test_ablation_figure_marks_each_significant_difference() -> None:
     assert sorted(t.get_text() for t in ax.texts) == sorted(["**", "†", "*"])
     bars = [p for p in ax.patches if p.get_height() > 0]
     assert sorted(round(b.get_height()) for b in bars) == [54, 55, 58, 60]
-    # Error bars are the std: the bars' caps lie at mean ± 0.7.
+    # Error bars are the std: each bar's caps lie at its mean ± 0.7.
+    spans = [
+        (
+            c.patches[0].get_height(),
+            sorted(y for cap in c.errorbar.lines[1] for y in cap.get_ydata()),
+        )
+        for c in ax.containers
+        if getattr(c, "errorbar", None) is not None
+    ]
+    assert len(spans) == 4
+    for mean, (low, high) in spans:
+        assert (low, high) == pytest.approx((mean - 0.7, mean + 0.7))
     assert ax.get_ylim()[0] > 0  # zoomed: the differences are a few points
 
 
