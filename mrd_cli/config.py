@@ -71,9 +71,12 @@ class FoalConfig:
     # Divide each row of AVEL by its number of same-label positives (SupCon-style); the
     # original code sums them unnormalised.
     avel_normalise: bool = False
-    # AVEL's temperature: false divides by a learnable tau starting at 2.659 (the original
-    # code); true multiplies by exp(tau) as CLIP does (starts at 14.3), an option.
-    clip_temperature: bool = False
+    # AVEL's temperature. true (default): multiply by exp(tau), tau a learnable scalar
+    # starting at log(1/0.07), as CLIP does (scale 14.3 at the start, at most 100): the
+    # original code's initial value is CLIP's, so this is its evident intent. false: divide
+    # by tau as the original code literally does (every similarity within +-0.38 at the
+    # start, so AVEL hardly moves).
+    clip_temperature: bool = True
 
 
 @dataclass

@@ -16,13 +16,16 @@ from mrd_cli.cli.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
     Terminated,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.progress import epoch_bars
@@ -101,6 +104,8 @@ def tune(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -120,7 +125,14 @@ def tune(
     # Not locked for the whole command: several `mrd tune` processes share a run directory
     # (each trial writes only its own directory); the recipe locks it while it pretrains.
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out, lock=False
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        training_overrides({"seed": seed}, threads, no_early_stop),
+        quiet=json_out,
+        lock=False,
     )
     err_console.print(
         f"[bold]mrd tune[/] on {session.corpus.name}: {trials} trials x {seeds} seed(s), "
