@@ -322,6 +322,21 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         setattr(obj, key, coerced)
 
 
+# The sections of ``model`` that belong to one backbone each.
+BACKBONE_SECTIONS = ("foal", "dual")
+
+
+def model_in_use(model: Any) -> Any:
+    """``model`` (a config's ``model`` section as a dict) without the settings of the
+    backbones it does not use: what a pretrained network actually depends on, so that a
+    change to ``model.foal`` leaves a dialogue network's checkpoints current. Anything
+    that is not such a dict is returned as it is."""
+    if not isinstance(model, dict):
+        return model
+    used = model.get("backbone")
+    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k == used}
+
+
 def validate(cfg: Config) -> Config:
     """Refuse out-of-range values with a message naming the key."""
 
