@@ -18,7 +18,9 @@ from mrd_cli.recipes.compare import ComparisonResult, compare
 from mrd_cli.recipes.distill import DistillResult, distill
 from mrd_cli.recipes.evaluate import EvaluationResult, evaluate
 from mrd_cli.recipes.partition import PartitionResult, partition
+from mrd_cli.recipes.plot import PlotResult, plot  # imports matplotlib only when it draws
 from mrd_cli.recipes.pretrain import PretrainResult, pretrain
+from mrd_cli.recipes.report import ReportResult, report
 from mrd_cli.recipes.selftrain import SelftrainResult, selftrain
 from mrd_cli.recipes.tune import TuneResult, tune  # imports optuna only when a study runs
 
@@ -32,7 +34,9 @@ __all__ = [
     "EvaluationResult",
     "MRDError",
     "PartitionResult",
+    "PlotResult",
     "PretrainResult",
+    "ReportResult",
     "SelftrainResult",
     "TuneResult",
     "Session",
@@ -43,7 +47,9 @@ __all__ = [
     "evaluate",
     "load_config",
     "partition",
+    "plot",
     "pretrain",
+    "report",
     "selftrain",
     "tune",
 ]

@@ -71,9 +71,12 @@ class FoalConfig:
     # Divide each row of AVEL by its number of same-label positives (SupCon-style); the
     # original code sums them unnormalised.
     avel_normalise: bool = False
-    # AVEL's temperature: false divides by a learnable tau starting at 2.659 (the original
-    # code); true multiplies by exp(tau) as CLIP does (starts at 14.3), an option.
-    clip_temperature: bool = False
+    # AVEL's temperature. true (default): multiply by exp(tau), tau a learnable scalar
+    # starting at log(1/0.07), as CLIP does (scale 14.3 at the start, at most 100): the
+    # original code's initial value is CLIP's, so this is its evident intent. false: divide
+    # by tau as the original code literally does (every similarity within +-0.38 at the
+    # start, so AVEL hardly moves).
+    clip_temperature: bool = True
 
 
 @dataclass
@@ -380,6 +383,21 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
             raise MRDError(f"Config key '{path}' must be a finite number, got {value!r}.")
         setattr(obj, key, coerced)
+
+
+# The sections of ``model`` that belong to one backbone each.
+BACKBONE_SECTIONS = ("foal", "dual", "semi")
+
+
+def model_in_use(model: Any) -> Any:
+    """``model`` (a config's ``model`` section as a dict) without the settings of the
+    backbones it does not use: what a pretrained network actually depends on, so that a
+    change to ``model.foal`` leaves a dialogue network's checkpoints current. Anything
+    that is not such a dict is returned as it is."""
+    if not isinstance(model, dict):
+        return model
+    used = model.get("backbone")
+    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k == used}
 
 
 def validate(cfg: Config) -> Config:

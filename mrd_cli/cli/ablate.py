@@ -25,6 +25,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.distill import WithoutOpt
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import timings_table
@@ -57,6 +58,7 @@ def ablate(
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -74,6 +76,7 @@ def ablate(
         "model": {"backbone": backbone},
         "ablate": {"seeds": seeds, "repretrain": repretrain},
     }
+    check_plots_extra(plots)
     timer = StepTimer()
     overrides = training_overrides(overrides, threads, no_early_stop)
     with timer.step("load"):
@@ -116,6 +119,8 @@ def ablate(
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = summary.to_dict()
+    if plots:
+        summary["plots"] = draw_plots(session.run.root, json_out)
     if json_out:
         print_json(summary)
         return

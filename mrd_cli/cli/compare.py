@@ -15,12 +15,15 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -48,6 +51,8 @@ def compare(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -64,7 +69,11 @@ def compare(
     the command is run again.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
-    overrides = {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}}
+    overrides = training_overrides(
+        {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}},
+        threads,
+        no_early_stop,
+    )
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     n = session.cfg.ablate.seeds
     err_console.print(

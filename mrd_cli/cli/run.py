@@ -23,6 +23,7 @@ from mrd_cli.cli.common import (
     print_json,
     training_overrides,
 )
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation, timings_table
@@ -55,6 +56,7 @@ def run(
     ] = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -63,6 +65,7 @@ def run(
     Pretrained checkpoints and the partition are reused when they match the data and config
     (use --force to redo them).
     """
+    check_plots_extra(plots)
     timer = StepTimer()
     overrides = training_overrides({"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop)
     with timer.step("load"):
@@ -94,6 +97,8 @@ def run(
         result = evaluate(session).to_dict()
     result["timings"] = timer.to_dict()
     path = metrics_path(session, "test")
+    if plots:
+        result["plots"] = draw_plots(session.run.root, json_out)
     if json_out:
         print_json(result)
         return

@@ -2,7 +2,8 @@
 
 ```
 RUN/config.yaml  pretrain/{multi,text}.pt  partition.json  distill/{multi,text}.pt
-    metrics/*.json  ablation/...  selftrain/{multi,text}.pt  selftrain/rounds/...
+    metrics/*.json  ablation/...  tune/...  plots/*.png|svg  report/*.md|tex
+    selftrain/{multi,text}.pt  selftrain/rounds/...
 ```
 """
 
@@ -58,6 +59,16 @@ class RunDir:
     @property
     def ablation(self) -> Path:
         return self.root / "ablation"
+
+    @property
+    def plots(self) -> Path:
+        """Figures (``mrd plot``)."""
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        """Paper tables (``mrd report``)."""
+        return self.root / "report"
 
     def checkpoints(self) -> dict[str, Path]:
         """Checkpoints present, named ``<stage>/<role>`` (pretrain/multi, distill/text,

@@ -31,6 +31,9 @@ class EvaluationResult:
     models: dict[str, dict[str, Any]]
     ambiguity: dict[str, Any] | None = None
     ambiguity_models: dict[str, str] | None = None
+    # The ambiguity table of each stage whose pair was evaluated (``pretrain``: the paper's
+    # pilot study, Tables 1-2; ``distill``), for `mrd report`.
+    ambiguity_by_stage: dict[str, dict[str, Any]] | None = None
     # Where the chain distill -> partition -> pretrain of the run directory is broken
     # (``core/provenance.py``); the Δ columns are left out when it is.
     provenance_problems: list[str] | None = None
@@ -48,6 +51,8 @@ class EvaluationResult:
         }
         if self.ambiguity_models is not None:
             out["ambiguity_models"] = self.ambiguity_models
+        if self.ambiguity_by_stage:
+            out["ambiguity_by_stage"] = self.ambiguity_by_stage
         out["provenance"] = {
             "consistent": not self.provenance_problems,
             "problems": list(self.provenance_problems or []),
@@ -113,6 +118,11 @@ def evaluate(
         multi, text = pair
         result.ambiguity = ambiguity_table(y_true, preds[multi], preds[text], labels)
         result.ambiguity_models = {"multi": multi, "text": text}
+    result.ambiguity_by_stage = {
+        stage: ambiguity_table(y_true, preds[f"{stage}/multi"], preds[f"{stage}/text"], labels)
+        for stage in ("pretrain", "distill")
+        if roles.get(f"{stage}/multi") == "multi" and roles.get(f"{stage}/text") == "text"
+    }
     result.provenance_problems = chain_problems(session.run, loaded)
     own = all(_inside(path, session.run.root) for path in checkpoints.values())
     if save and own and session.__dict__.get("writable", True):
