@@ -143,8 +143,7 @@ def selftrain(
     sig = signature(
         "selftrain", role, cfg.dataset, cfg.model, asdict(st), seed, session.corpus.fingerprint()
     )
-    out_dir = session.run.selftrain_dir
-    state_path = out_dir / f".{role}.rounds.json"
+    state_path = session.run.selftrain_dir / f".{role}.rounds.json"
     state = _read_state(state_path, sig) if resume else {"signature": sig, "rounds": []}
 
     seed_everything(seed)
@@ -163,6 +162,11 @@ def selftrain(
     for r in range(st.rounds + 1):
         ckpt_path = session.run.selftrain_round(role, r)
         if r < len(done):
+            if not ckpt_path.is_file():
+                raise MRDError(
+                    f"Round {r} of the interrupted run is recorded in {state_path} but its "
+                    f"checkpoint {ckpt_path} is missing; run without --resume to start over."
+                )
             model.load_state_dict(torch.load(ckpt_path, weights_only=True)["state_dict"])
             report = done[r]
         else:
