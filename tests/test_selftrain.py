@@ -287,6 +287,15 @@ def test_selftrain_model_is_evaluated_and_serves_as_mrds_multimodal_model(tmp_pa
     assert {"distill/multi", "distill/text", "pretrain/multi"} <= set(models)
 
 
+def test_text_role_trains_the_text_alone_and_is_listed_as_such(tmp_path):
+    session = session_on(make_toy_corpus(), tiny_cfg(rounds=0, epochs=1), tmp_path)
+    result = selftrain(session, role="text")
+    spec = torch.load(result.checkpoint, weights_only=True)["model_spec"]
+    assert spec["modalities"] == ["text"] and spec["backbone"] == "semi"
+    assert torch.load(result.checkpoint, weights_only=True)["role"] == "text"
+    assert "selftrain/text" in evaluate(session).models
+
+
 @pytest.mark.slow
 def test_cli_marks_a_transductive_run_in_every_output(tmp_path):
     cfg = tmp_path / "tiny.yaml"
@@ -305,6 +314,12 @@ def test_cli_marks_a_transductive_run_in_every_output(tmp_path):
     out = json.loads(res.stdout)
     assert out["transductive"] is True and "TRANSDUCTIVE" in out["note"]
     assert "TRANSDUCTIVE" in res.stderr
+    again = CliRunner().invoke(
+        app,
+        ["selftrain", "--labeled-fraction", "0.2", "--transductive", "--resume", *common],
+    )
+    assert again.exit_code == 0, again.output
+    assert "TRANSDUCTIVE" in again.stdout and "diag. acc." in again.stdout  # the rounds table
     shown = CliRunner().invoke(app, ["evaluate", *common, "--no-confusion"])
     assert shown.exit_code == 0, shown.output
     assert "selftrain/multi is TRANSDUCTIVE" in " ".join(shown.stderr.split())
