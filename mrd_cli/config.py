@@ -200,6 +200,18 @@ class AblateConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """What each independent unit of work (an ablation or comparison cell, a role's fold
+    models, a tuning worker) asks of a Ray worker under ``--executor ray``; the local
+    executor runs the units one after another in its own process and ignores these."""
+
+    # CPU cores Ray reserves for one unit: Ray runs as many units at once as fit the cores.
+    cpus_per_task: float = 1.0
+    # GPUs Ray reserves for one unit (fractions share a GPU); above 0 a unit trains on CUDA.
+    gpus_per_task: float = 0.0
+
+
+@dataclass
 class Config:
     """The effective configuration of one run; saved as ``RUN/config.yaml``."""
 
@@ -209,6 +221,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     seed: int = 0
     # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
     # default, one per core. 1 by default: the GRU's small operations gain only 10-15% from
@@ -356,6 +369,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.partition.folds >= 2, "partition.folds", "must be >= 2")
     need(cfg.ablate.seeds >= 1, "ablate.seeds", "must be >= 1")
     need(cfg.ablate.bootstrap >= 0, "ablate.bootstrap", "must be >= 0")
+    need(cfg.executor.cpus_per_task > 0, "executor.cpus_per_task", "must be > 0")
+    need(cfg.executor.gpus_per_task >= 0, "executor.gpus_per_task", "must be >= 0")
     need(cfg.model.hidden >= 2, "model.hidden", "must be >= 2")
     need(cfg.model.layers >= 1, "model.layers", "must be >= 1")
     need(cfg.model.heads >= 1, "model.heads", "must be >= 1")

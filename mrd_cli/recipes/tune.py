@@ -73,6 +73,7 @@ REFUSED = {
     "dataset": "the data are loaded once for the whole study",
     "seed": "the seeds are set by --seed and --seeds",
     "ablate": "ablation settings play no part in a trial",
+    "executor": "where the work runs plays no part in a trial",
 }
 FINISHED = ("COMPLETE", "PRUNED")
 # A trial that fails (a non-finite loss, say) is recorded and the study goes on; this many
@@ -656,6 +657,7 @@ def _study_meta(
     besides the tuned keys, and the pretrained pair."""
     base = session.cfg.to_dict()
     base.pop("ablate")
+    base.pop("executor")  # where trials run is no part of what they compute
     meta: dict[str, Any] = {
         "dataset": session.corpus.name,
         "data": session.corpus.fingerprint(),
