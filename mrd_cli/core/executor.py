@@ -12,6 +12,8 @@ on the next run whichever executor made it. Ray is an optional extra, imported o
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,6 +103,7 @@ class RayExecutor:
         self.cpus, self.gpus = resources.cpus_per_task, resources.gpus_per_task
         self._started = False
         if not ray.is_initialized():
+            on_sigterm = signal.getsignal(signal.SIGTERM)
             try:
                 ray.init(
                     address=address,
@@ -118,6 +121,11 @@ class RayExecutor:
                     "or leave out --address to start one on this machine."
                 ) from None
             self._started = True
+            # Ray's core installs a SIGTERM handler that aborts the process; the CLI's own
+            # (cli/app.py) unwinds like Ctrl-C, so that the locks are released and this
+            # runtime stops. Put it back.
+            if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
         available = ray.cluster_resources()
         if self.cpus > available.get("CPU", 0) or self.gpus > available.get("GPU", 0):
             self.close()

@@ -129,7 +129,7 @@ def _cross_fitted_predictions(
         fn = fold_predictions
     preds = {}
     for index, pred in executor.map(fn, units, session.corpus):
-        preds[units[index].role] = torch.as_tensor(pred, device=train.labels.device)
+        preds[units[index].role] = torch.tensor(pred, device=train.labels.device)
     return preds
 
 
