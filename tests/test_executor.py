@@ -24,6 +24,7 @@ from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.ablate import ablate
+from mrd_cli.recipes.compare import compare
 from mrd_cli.recipes.partition import partition
 from mrd_cli.recipes.pretrain import pretrain
 
@@ -104,7 +105,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_ray_ablation_and_folds_equal_the_local_executors(tmp_path, toy_corpus, ray_runtime):
+def test_ray_executor_gives_the_local_executors_results(tmp_path, toy_corpus, ray_runtime):
+    # The cross-fitted partition's fold models, the ablation's cells, the comparison's cells.
     ray_ex = make_executor("ray", ExecutorConfig())
     runs = {}
     for name, executor in (("local", LocalExecutor()), ("ray", ray_ex)):
@@ -113,8 +115,14 @@ def test_ray_ablation_and_folds_equal_the_local_executors(tmp_path, toy_corpus, 
         # The cross-fitted partition's fold models: one unit per role.
         part = partition(session, executor=executor)
         result = ablate(session, [("mic",)], seeds=2, executor=executor)
-        runs[name] = (session, part.document, result)
-    (s_local, doc_local, local), (s_ray, doc_ray, remote) = runs["local"], runs["ray"]
+        backbones = compare(session, ["dialogue", "foal"], seeds=1, executor=executor)
+        runs[name] = (session, part.document, result, backbones)
+    (s_local, doc_local, local, cmp_local), (s_ray, doc_ray, remote, cmp_ray) = (
+        runs["local"],
+        runs["ray"],
+    )
+    assert cmp_ray.to_dict() == cmp_local.to_dict()
+    assert cmp_ray.computed == cmp_local.computed == [("dialogue", 0), ("foal", 0)]
     assert doc_ray["groups"] == doc_local["groups"]
     assert doc_ray["counts"] == doc_local["counts"]
     assert (
@@ -128,10 +136,12 @@ def test_ray_ablation_and_folds_equal_the_local_executors(tmp_path, toy_corpus, 
         ]
     )
     assert remote.to_dict() == local.to_dict()
-    models = sorted((s_local.run.ablation / "models").rglob("*.pt"))
-    assert len(models) == 8
+    models = sorted(s_local.run.root.glob("*/*/*.pt")) + sorted(s_local.run.root.glob("*/*/*/*.pt"))
+    assert (
+        len(models) == 8 + 2
+    )  # ablation/models/<cell>/<role>.pt, compare/<cell>/pretrain/multi.pt
     for path in models:
-        other = s_ray.run.ablation / path.relative_to(s_local.run.ablation)
+        other = s_ray.run.root / path.relative_to(s_local.run.root)
         a, b = _weights(path), _weights(other)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The driver wrote every file; nothing is left half-written.
