@@ -125,21 +125,12 @@ def test_ray_executor_gives_the_local_executors_results(tmp_path, toy_corpus, ra
     assert cmp_ray.computed == cmp_local.computed == [("dialogue", 0), ("foal", 0)]
     assert doc_ray["groups"] == doc_local["groups"]
     assert doc_ray["counts"] == doc_local["counts"]
-    assert (
-        remote.computed
-        == local.computed
-        == [
-            ("MRD", 0),
-            ("MRD w/o MIC", 0),
-            ("MRD", 1),
-            ("MRD w/o MIC", 1),
-        ]
-    )
+    cells = [("MRD", 0), ("MRD w/o MIC", 0), ("MRD", 1), ("MRD w/o MIC", 1)]
+    assert remote.computed == local.computed == cells
     assert remote.to_dict() == local.to_dict()
-    models = sorted(s_local.run.root.glob("*/*/*.pt")) + sorted(s_local.run.root.glob("*/*/*/*.pt"))
-    assert (
-        len(models) == 8 + 2
-    )  # ablation/models/<cell>/<role>.pt, compare/<cell>/pretrain/multi.pt
+    # ablation/models/<cell>/<role>.pt and compare/<cell>/pretrain/multi.pt
+    models = sorted(s_local.run.root.glob("*/*/*/*.pt"))
+    assert len(models) == 8 + 2
     for path in models:
         other = s_ray.run.root / path.relative_to(s_local.run.root)
         a, b = _weights(path), _weights(other)
