@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,3 +184,47 @@ def test_ray_ablation_killed_midway_reuses_the_finished_cells(tmp_path, ray_runt
     # The resumed study is the one a local run makes from scratch.
     local = Session.open("synthetic", config, run_dir=tmp_path / "local", device="cpu")
     assert again.to_dict() == ablate(local, [("rcl",)], seeds=2).to_dict()
+
+
+@pytest.mark.slow
+def test_ray_tune_workers_share_the_study_and_the_driver_writes_the_trials(
+    tmp_path, toy_corpus, ray_runtime
+):
+    pytest.importorskip("optuna")
+    from mrd_cli.recipes.tune import parse_space, tune
+
+    space = {"distill.alpha": {"float": [0.0, 2.0]}, "distill.lr": {"float": [1e-5, 1e-3]}}
+    results = {}
+    for name, executor in (("local", None), ("ray", make_executor("ray", ExecutorConfig()))):
+        session = _toy_session(tmp_path / name, toy_corpus)
+        results[name] = tune(
+            session,
+            trials=4,
+            space=parse_space(space, session.cfg),
+            prune=False,
+            poll_seconds=0.2,
+            executor=executor,
+        )
+    local, remote = results["local"], results["ray"]
+    assert remote.counts["complete"] == 4 and remote.ran_here == [0, 1, 2, 3]
+    # The trials ran in Ray's worker processes (two, one per core), not in this one; each
+    # trial's config depends only on the seed and its number, wherever it ran.
+    workers = {r["number"]: r for r in remote.trials}
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert all(_worker(tmp_path / "ray", n) != here for n in workers)
+    for row in local.trials:
+        assert workers[row["number"]]["params"] == row["params"]
+        assert workers[row["number"]]["value"] == row["value"]
+    for n in range(4):
+        trial = tmp_path / "ray" / "tune" / "toy-text" / "trials" / str(n)
+        assert (trial / "trial.yaml").is_file() and (trial / "seed0" / "text.pt").is_file()
+    assert (tmp_path / "ray" / "tune" / "toy-text" / "best.yaml").is_file()
+
+
+def _worker(root: Path, number: int) -> str:
+    import optuna
+
+    study = optuna.load_study(
+        study_name="toy-text", storage=f"sqlite:///{root / 'tune' / 'study.db'}"
+    )
+    return study.trials[number].user_attrs["worker"]

@@ -37,6 +37,10 @@ class Executor(Protocol):
         """The device a unit trains on (``here``: this process's)."""
         ...
 
+    def slots(self) -> int:
+        """How many units can run at once."""
+        ...
+
     def map(
         self, fn: Callable[..., Any], units: list[Any], *shared: Any
     ) -> Iterator[tuple[int, Any]]:
@@ -54,6 +58,9 @@ class LocalExecutor:
 
     def device(self, here: str) -> str:
         return here
+
+    def slots(self) -> int:
+        return 1
 
     def map(
         self, fn: Callable[..., Any], units: list[Any], *shared: Any
@@ -138,6 +145,13 @@ class RayExecutor:
 
     def device(self, here: str) -> str:
         return "cuda" if self.gpus > 0 else "cpu"
+
+    def slots(self) -> int:
+        total = self._ray.cluster_resources()
+        fits = [int(total.get("CPU", 0) // self.cpus)]
+        if self.gpus > 0:
+            fits.append(int(total.get("GPU", 0) // self.gpus))
+        return max(1, min(fits))
 
     def map(
         self, fn: Callable[..., Any], units: list[Any], *shared: Any

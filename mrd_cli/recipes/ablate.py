@@ -26,7 +26,7 @@ from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
-from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.rundir import ROLES, RunDir, unpack
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.timing import StepTimer, maybe
@@ -38,8 +38,6 @@ from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
 
 COMPONENTS = ("mic", "ilc", "rcl")
-# What a cell needs from its base run directory: the pretrained pair and its partition.
-BASE_FILES = ("pretrain/multi.pt", "pretrain/text.pt", "partition.json")
 
 
 @dataclass
@@ -119,16 +117,13 @@ def train_cell(
     tensors: dict | None = None,
 ) -> dict[str, Any]:
     """Distil one variant with one seed and score both models on the test split, in a
-    temporary directory holding the files of ``bases[unit.base]`` (``BASE_FILES``): the
+    temporary directory holding the files of ``bases[unit.base]`` (``DISTILL_INPUTS``): the
     cell's test metrics and predictions (``result``), its checkpoints as bytes and the
     seconds each step took. Runs wherever the executor puts it and writes nothing in the run
     directory. ``tensors``: device tensors to share (the same corpus in this process)."""
     set_threads(unit.cfg.threads)
     with tempfile.TemporaryDirectory(prefix="mrd-cell-") as tmp:
-        base = RunDir(Path(tmp) / "base")
-        for rel, data in bases[unit.base].items():
-            (base.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (base.root / rel).write_bytes(data)
+        base = unpack(Path(tmp) / "base", bases[unit.base])
         session = Session(unit.cfg, corpus, base, resolve_device(unit.device))
         if tensors is not None:
             session.__dict__["_tensors"] = tensors
@@ -142,11 +137,6 @@ def train_cell(
             "checkpoints": {role: (out_dir / f"{role}.pt").read_bytes() for role in ROLES},
             "seconds": {"distill": trained - start, "evaluate": time.perf_counter() - trained},
         }
-
-
-def base_files(base: RunDir) -> dict[str, bytes]:
-    """The files a cell distils from (``BASE_FILES``), by their path in the run directory."""
-    return {rel: (base.root / rel).read_bytes() for rel in BASE_FILES}
 
 
 def _cell_metrics(session: Session, cell_dir) -> dict[str, Any]:
@@ -244,7 +234,7 @@ def ablate(
                 continue
             key = str(base.root.relative_to(session.run.root))
             if key not in bases:
-                bases[key] = base_files(base)
+                bases[key] = base.distill_inputs()
             cell_cfg = apply_without(cfg, without)
             cell_cfg.seed = seed
             device = executor.device(str(session.device))
