@@ -372,7 +372,7 @@ def tune(
     ``on_trial(row, counts)`` each trial this process finishes, ``on_wait(counts)`` each
     poll while the last trials run in other processes. ``executor`` (default: this
     process) runs the trials: a Ray executor runs one worker per task slot
-    (``Executor.slots``), each trying trials against the shared storage; the callbacks
+    (``Executor.slots``, at most ``trials``), each trying trials against the shared storage; the callbacks
     then follow only the pretraining.
     """
     optuna = require_optuna()
@@ -450,7 +450,7 @@ def tune(
         # its trial directories come back as bytes and are written here alone.
         units = [
             TuneWorker(session.cfg, job, executor.device(str(session.device)), k)
-            for k in range(executor.slots())
+            for k in range(min(executor.slots(), trials))
         ]
         base = {} if own_pairs else session.run.distill_inputs()
         ran_here = []
