@@ -74,6 +74,13 @@ def test_cli_ray_executor_without_ray_is_one_error_line(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "pretrain").exists()  # refused before any training
 
 
+def test_importing_the_package_and_the_cli_does_not_import_ray():
+    code = "import sys, mrd_cli, mrd_cli.cli.app; sys.exit('ray' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
 def test_executor_resources_are_validated():
     from mrd_cli.config import load_config
 
