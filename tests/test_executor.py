@@ -74,6 +74,21 @@ def test_cli_ray_executor_without_ray_is_one_error_line(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "pretrain").exists()  # refused before any training
 
 
+def test_ray_is_imported_only_inside_functions():
+    # Fast and static: no module-level `import ray` anywhere in the package.
+    import ast
+
+    for path in (Path(__file__).resolve().parents[1] / "mrd_cli").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "ray" for n in names), path
+
+
+@pytest.mark.slow
 def test_importing_the_package_and_the_cli_does_not_import_ray():
     code = "import sys, mrd_cli, mrd_cli.cli.app; sys.exit('ray' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
