@@ -122,8 +122,9 @@ class RayExecutor:
                 )
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
                 raise MRDError(
-                    f"Cannot connect to {where}: {str(exc).splitlines()[0] if str(exc) else exc}. "
+                    f"Cannot connect to {where}: {why}. "
                     "Start one with `ray start --head` (see README, 'Running on a cluster'), "
                     "or leave out --address to start one on this machine."
                 ) from None
