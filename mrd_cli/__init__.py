@@ -19,7 +19,10 @@ from mrd_cli.recipes.compare import ComparisonResult, compare
 from mrd_cli.recipes.distill import DistillResult, distill
 from mrd_cli.recipes.evaluate import EvaluationResult, evaluate
 from mrd_cli.recipes.partition import PartitionResult, partition
+from mrd_cli.recipes.plot import PlotResult, plot  # imports matplotlib only when it draws
 from mrd_cli.recipes.pretrain import PretrainResult, pretrain
+from mrd_cli.recipes.report import ReportResult, report
+from mrd_cli.recipes.selftrain import SelftrainResult, selftrain
 from mrd_cli.recipes.tune import TuneResult, tune  # imports optuna only when a study runs
 
 __version__ = "0.1.0"
@@ -33,8 +36,11 @@ __all__ = [
     "LocalExecutor",
     "MRDError",
     "PartitionResult",
+    "PlotResult",
     "PretrainResult",
     "RayExecutor",
+    "ReportResult",
+    "SelftrainResult",
     "TuneResult",
     "Session",
     "__version__",
@@ -45,6 +51,9 @@ __all__ = [
     "load_config",
     "make_executor",
     "partition",
+    "plot",
     "pretrain",
+    "report",
+    "selftrain",
     "tune",
 ]

@@ -71,9 +71,12 @@ class FoalConfig:
     # Divide each row of AVEL by its number of same-label positives (SupCon-style); the
     # original code sums them unnormalised.
     avel_normalise: bool = False
-    # AVEL's temperature: false divides by a learnable tau starting at 2.659 (the original
-    # code); true multiplies by exp(tau) as CLIP does (starts at 14.3), an option.
-    clip_temperature: bool = False
+    # AVEL's temperature. true (default): multiply by exp(tau), tau a learnable scalar
+    # starting at log(1/0.07), as CLIP does (scale 14.3 at the start, at most 100): the
+    # original code's initial value is CLIP's, so this is its evident intent. false: divide
+    # by tau as the original code literally does (every similarity within +-0.38 at the
+    # start, so AVEL hardly moves).
+    clip_temperature: bool = True
 
 
 @dataclass
@@ -91,12 +94,31 @@ class DualConfig:
 
 
 @dataclass
+class SemiConfig:
+    """MER2024-SEMI's network (``model.backbone: semi``; ``mrd selftrain`` always builds it):
+    one encoder and one classifier head per modality plus a fused head, soft-voted."""
+
+    # Soft voting: the model's probabilities are the weighted mean of its heads' softmax
+    # outputs (head name -> weight; a modality the model does not read is ignored). The
+    # defaults are the original's 0.7 / 0.4 / 0.3 / 0.7, which gave text little weight
+    # because its text features were weak; on RoBERTa-style features text is usually the
+    # strongest stream, so consider raising "text".
+    vote_weights: dict[str, float] = field(
+        default_factory=lambda: {"audio": 0.7, "visual": 0.4, "text": 0.3, "fused": 0.7}
+    )
+    # The fused head also reads a bidirectional GRU over the dialogue (mrd's extension: the
+    # original is utterance-level). false: the original's context-free fused head.
+    context: bool = True
+
+
+@dataclass
 class ModelConfig:
     """The networks: M_text is always the dialogue network; M_multi's is ``backbone``."""
 
     # M_multi's network: "dialogue" (mrd's speaker-aware dialogue network), "foal"
-    # (Foal-Net, audio + visual) or "dual" (DUAL, audio + visual, text at its decoder).
-    backbone: Literal["dialogue", "foal", "dual"] = "dialogue"
+    # (Foal-Net, audio + visual), "dual" (DUAL, audio + visual, text at its decoder) or
+    # "semi" (MER2024-SEMI's per-modality heads with soft voting; what `mrd selftrain` trains).
+    backbone: Literal["dialogue", "foal", "dual", "semi"] = "dialogue"
     hidden: int = 128
     encoder: Literal["gru", "transformer"] = "gru"
     layers: int = 1
@@ -104,6 +126,7 @@ class ModelConfig:
     dropout: float = 0.5
     foal: FoalConfig = field(default_factory=FoalConfig)
     dual: DualConfig = field(default_factory=DualConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 @dataclass
@@ -212,6 +235,48 @@ class ExecutorConfig:
 
 
 @dataclass
+class SelftrainConfig:
+    """`mrd selftrain` (MER2024-SEMI): a label budget, contrastive pretraining, supervised
+    training and rounds of pseudo-labelling with per-class thresholds."""
+
+    # Share of the training dialogues (whole dialogues, a draw seeded by ``seed``) whose
+    # labels are kept; the others form the unlabelled pool. 1.0: every label, no pool.
+    labeled_fraction: float = 1.0
+    # Use the TEST split's features (never its labels) as the pool instead: what the
+    # original did, and transductive; every output marks such a run.
+    transductive: bool = False
+    # Contrastive pretraining (NT-Xent between modalities and between original and noised
+    # features) on labelled and unlabelled dialogues; 0 skips it.
+    contrastive_epochs: int = 20
+    contrastive_lr: float = 1.0e-3
+    temperature: float = 0.5  # NT-Xent's temperature (fixed; the original learns nine)
+    # Diffusion-style noise x~ = sqrt(abar_t) x + sqrt(1 - abar_t) eps on the standardised
+    # inputs, one t ~ U{0..T-1} per batch, betas = linspace(sqrt(beta_start),
+    # sqrt(beta_end), T)^2 ("scaled_linear"), as in the original.
+    noise_steps: int = 100
+    beta_start: float = 0.001
+    beta_end: float = 0.1
+    # Self-training rounds after the supervised round 0; each retrains from the
+    # contrastive weights on the labelled + accepted pseudo-labelled utterances.
+    rounds: int = 2
+    epochs: int = 40  # supervised epochs per round (the epoch is chosen on validation W-F1)
+    lr: float = 1.0e-3
+    batch_size: int = 16
+    l2: float = 1.0e-5
+    loss: Literal["ce", "weighted_ce"] = "weighted_ce"
+    patience: int = 10  # early stopping per round, as pretrain.patience (0 = off)
+    # A pool utterance is accepted when its voted probability of the predicted class
+    # exceeds that class's threshold (class name -> threshold in (0, 1]; 1 = never); a
+    # class not listed uses default_threshold. The original: 0.99 for its frequent classes,
+    # 0.85 for its rarer ones; the built-in configs set thresholds by that analogy.
+    thresholds: dict[str, float] = field(default_factory=dict)
+    default_threshold: float = 0.99
+    # Which round's model is the result: "last" (the last round trained) or "val" (the
+    # round with the best validation W-F1, round 0 included).
+    select: Literal["last", "val"] = "last"
+
+
+@dataclass
 class Config:
     """The effective configuration of one run; saved as ``RUN/config.yaml``."""
 
@@ -222,6 +287,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
     seed: int = 0
     # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
     # default, one per core. 1 by default: the GRU's small operations gain only 10-15% from
@@ -332,6 +398,21 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         setattr(obj, key, coerced)
 
 
+# The sections of ``model`` that belong to one backbone each.
+BACKBONE_SECTIONS = ("foal", "dual", "semi")
+
+
+def model_in_use(model: Any) -> Any:
+    """``model`` (a config's ``model`` section as a dict) without the settings of the
+    backbones it does not use: what a pretrained network actually depends on, so that a
+    change to ``model.foal`` leaves a dialogue network's checkpoints current. Anything
+    that is not such a dict is returned as it is."""
+    if not isinstance(model, dict):
+        return model
+    used = model.get("backbone")
+    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k == used}
+
+
 def validate(cfg: Config) -> Config:
     """Refuse out-of-range values with a message naming the key."""
 
@@ -397,7 +478,7 @@ def validate(cfg: Config) -> Config:
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(cfg.model.foal.layers >= 1, "model.foal.layers", "must be >= 1")
     need(
-        cfg.model.backbone == "dialogue" or cfg.model.hidden % cfg.model.heads == 0,
+        cfg.model.backbone in ("dialogue", "semi") or cfg.model.hidden % cfg.model.heads == 0,
         "model.hidden",
         f"must be a multiple of model.heads ({cfg.model.heads}) for backbone "
         f"'{cfg.model.backbone}' (its attention splits hidden across heads)",
@@ -415,7 +496,43 @@ def validate(cfg: Config) -> Config:
     unknown = set(cfg.dataset.modalities) - {"text", "audio", "visual"}
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")
     need("text" in cfg.dataset.modalities, "dataset.modalities", "must contain 'text'")
+    _validate_semi(cfg, need)
     return cfg
+
+
+def _validate_semi(cfg: Config, need: Any) -> None:
+    """The ``model.semi`` and ``selftrain`` sections."""
+    votes = cfg.model.semi.vote_weights
+    need(
+        set(votes) <= {"text", "audio", "visual", "fused"},
+        "model.semi.vote_weights",
+        "may name only the heads 'text', 'audio', 'visual' and 'fused'",
+    )
+    need(all(w >= 0 for w in votes.values()), "model.semi.vote_weights", "must be >= 0 (weights)")
+    st = cfg.selftrain
+    need(0 < st.labeled_fraction <= 1, "selftrain.labeled_fraction", "must be in (0, 1]")
+    for key in ("contrastive_epochs", "rounds", "patience"):
+        need(getattr(st, key) >= 0, f"selftrain.{key}", "must be >= 0")
+        need(getattr(st, key) <= 1_000_000, f"selftrain.{key}", "must be <= 1000000")
+    need(1 <= st.epochs <= 1_000_000, "selftrain.epochs", "must be in [1, 1000000]")
+    need(1 <= st.batch_size <= 1_000_000, "selftrain.batch_size", "must be in [1, 1000000]")
+    for key in ("lr", "contrastive_lr", "temperature"):
+        need(getattr(st, key) > 0, f"selftrain.{key}", "must be > 0")
+    need(st.l2 >= 0, "selftrain.l2", "must be >= 0")
+    need(1 <= st.noise_steps <= 100_000, "selftrain.noise_steps", "must be in [1, 100000]")
+    need(
+        0 < st.beta_start <= st.beta_end < 1,
+        "selftrain.beta_end",
+        "must satisfy 0 < selftrain.beta_start <= selftrain.beta_end < 1",
+    )
+    need(
+        all(0 < t <= 1 for t in st.thresholds.values()),
+        "selftrain.thresholds",
+        "must hold thresholds in (0, 1] (1 = never accept that class)",
+    )
+    need(0 < st.default_threshold <= 1, "selftrain.default_threshold", "must be in (0, 1]")
+    # The class names are checked by `mrd selftrain` against the loaded corpus: a config
+    # that renames the classes must not stop every other command.
 
 
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")

@@ -32,6 +32,11 @@ from mrd_cli.models.dual import (
 from mrd_cli.models.foal import FoalNet, avel_loss, mem_loss, mem_negatives
 from mrd_cli.models.registry import build_backbone
 
+try:
+    from conftest import make_toy_corpus
+except ImportError:  # run as a package
+    from tests.conftest import make_toy_corpus
+
 # (backbone, settings) pairs covering every branch of each network.
 VARIANTS = [
     ("dialogue", {}),
@@ -40,6 +45,8 @@ VARIANTS = [
     ("dual", {}),
     ("dual", {"causal": True}),
     ("dual", {"difference": False}),
+    ("semi", {}),
+    ("semi", {"context": False}),
 ]
 
 
@@ -170,6 +177,7 @@ def test_auxiliary_losses_are_named_finite_and_reach_the_network(toy_corpus, bac
         "dialogue": set(),
         "foal": {"avel", "mem"},
         "dual": {"static", "dynamic"} if settings.get("difference", True) else {"static"},
+        "semi": {"heads"},
     }[backbone]
     assert set(aux) == expected
     if aux:
@@ -331,3 +339,49 @@ def test_attention_backbones_need_hidden_divisible_by_heads():
     with pytest.raises(MRDError, match="multiple of model.heads"):
         load_config("synthetic", overrides={"model": {"backbone": "dual", "hidden": 30}})
     assert load_config("synthetic", overrides={"model": {"hidden": 30}})[0].model.hidden == 30
+
+
+@pytest.mark.slow
+def test_auxiliary_losses_fall_with_the_default_options(tmp_path):
+    # Every backbone's auxiliary losses, at their defaults, fall over pretraining (the
+    # epoch means of the training batches, first against last epoch). For Foal-Net this
+    # holds with CLIP's temperature (the default), not with the original code's divisor.
+    cfg = _cfg("dialogue")
+    cfg.pretrain.epochs = 15
+    cfg.pretrain.patience = 0
+    cfg.ablate.bootstrap = 20
+    session = Session(cfg, make_toy_corpus(80), RunDir(tmp_path), torch.device("cpu"))
+    rows = {r["backbone"]: r for r in compare(session, ["foal", "dual"], seeds=2).to_dict()["rows"]}
+    for backbone, terms in (("foal", ("avel", "mem")), ("dual", ("static", "dynamic"))):
+        first, last = rows[backbone]["losses_first_epoch"], rows[backbone]["losses_last_epoch"]
+        for term in terms:
+            assert last[term] < first[term], (backbone, term, first[term], last[term])
+
+
+def test_settings_of_an_unused_backbone_leave_pretrained_checkpoints_current(tmp_path, toy_corpus):
+    # A dialogue pair does not depend on model.foal / model.dual: changing them (a new
+    # default, say) keeps it current; a setting the network uses, or the backbone's own
+    # section when it is the one in use, does not.
+    cfg = _cfg("dialogue")
+    cfg.pretrain.epochs = 1
+    session = Session(cfg, toy_corpus, RunDir(tmp_path), torch.device("cpu"))
+    pretrain(session)
+    assert session.pretrained_is_current()
+
+    def variant(change) -> Session:
+        other = copy.deepcopy(cfg)
+        change(other)
+        return session.derive(other, session.run)
+
+    unused = variant(lambda c: setattr(c.model.foal, "clip_temperature", False))
+    assert unused.pretrained_is_current()
+    assert variant(lambda c: setattr(c.model.dual, "difference", False)).pretrained_is_current()
+    assert not variant(lambda c: setattr(c.model, "hidden", 8)).pretrained_is_current()
+    foal_cfg = _cfg("foal")
+    foal_cfg.pretrain.epochs = 1
+    foal_session = Session(foal_cfg, toy_corpus, RunDir(tmp_path / "foal"), torch.device("cpu"))
+    pretrain(foal_session)
+    changed = copy.deepcopy(foal_cfg)
+    changed.model.foal.clip_temperature = False
+    assert foal_session.pretrained_is_current()
+    assert not foal_session.derive(changed, foal_session.run).pretrained_is_current()

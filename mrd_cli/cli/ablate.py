@@ -28,6 +28,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.distill import WithoutOpt
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import timings_table
@@ -62,6 +63,7 @@ def ablate(
     no_early_stop: NoEarlyStopOpt = False,
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -81,6 +83,7 @@ def ablate(
         "model": {"backbone": backbone},
         "ablate": {"seeds": seeds, "repretrain": repretrain},
     }
+    check_plots_extra(plots)
     timer = StepTimer()
     overrides = training_overrides(overrides, threads, no_early_stop)
     with timer.step("load"):
@@ -124,6 +127,8 @@ def ablate(
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = summary.to_dict()
+    if plots:
+        summary["plots"] = draw_plots(session.run.root, json_out)
     if json_out:
         print_json(summary)
         return

@@ -22,8 +22,11 @@ from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.features import features
 from mrd_cli.cli.partition import partition
+from mrd_cli.cli.plot import plot
 from mrd_cli.cli.pretrain import pretrain
+from mrd_cli.cli.report import report
 from mrd_cli.cli.run import run
+from mrd_cli.cli.selftrain import selftrain
 from mrd_cli.cli.tune import tune
 
 
@@ -57,7 +60,8 @@ app = typer.Typer(
     name="mrd",
     help=(
         "Mutual Refinement Distillation for multimodal emotion recognition in conversations: "
-        "pretrain -> partition -> distill -> evaluate, ablate, compare backbones, and tune."
+        "pretrain -> partition -> distill -> evaluate, ablate, compare backbones, tune, "
+        "figures and paper tables of a run, and self-training with few labels."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -71,6 +75,9 @@ app.command("evaluate")(evaluate)
 app.command("ablate")(ablate)
 app.command("compare")(compare)
 app.command("tune")(tune)
+app.command("plot")(plot)
+app.command("report")(report)
+app.command("selftrain")(selftrain)
 app.add_typer(data_cmd.app, name="data")
 app.command("features")(features)
 

@@ -166,7 +166,8 @@ def handle_errors(func: F) -> F:
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             err_console.print(
                 f"[yellow]{what}.[/] Finished files were kept. To continue where it "
-                "stopped, rerun `mrd pretrain` / `mrd distill` with --resume; `mrd run` and "
+                "stopped, rerun `mrd pretrain` / `mrd distill` / `mrd selftrain` with --resume; "
+                "`mrd run` and "
                 "`mrd ablate` reuse finished steps when rerun as they were."
             )
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None

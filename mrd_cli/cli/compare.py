@@ -18,12 +18,15 @@ from mrd_cli.cli.common import (
     ExecutorKind,
     ExecutorOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_executor, open_session
@@ -53,6 +56,8 @@ def compare(
     seed: SeedOpt = None,
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -70,7 +75,11 @@ def compare(
     this command alone writes the run directory.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
-    overrides = {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}}
+    overrides = training_overrides(
+        {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}},
+        threads,
+        no_early_stop,
+    )
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     n = session.cfg.ablate.seeds
     err_console.print(

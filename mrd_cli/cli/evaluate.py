@@ -22,6 +22,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
 )
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.render import print_evaluation
 from mrd_cli.cli.session import open_session
 from mrd_cli.core.rundir import ROLES, RunDir
@@ -53,6 +54,7 @@ def evaluate(
     no_confusion: Annotated[
         bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
     ] = False,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -60,16 +62,37 @@ def evaluate(
 
     Results are also saved as RUN/metrics/<split>.json.
     """
+    check_plots_extra(plots)
     session = open_session(
         dataset, config, data_dir, run_dir, device, quiet=json_out, read_only_ok=True
     )
     found = _named(checkpoint, session.run) if checkpoint else None
     outcome = evaluate_recipe(session, found, split.value)
     result = outcome.to_dict()
+    if plots and outcome.saved_to:  # the figures are of the run directory's saved results
+        result["plots"] = draw_plots(session.run.root, json_out)
+    elif plots:
+        err_console.print("[yellow]Warning:[/] no figures: these metrics were not saved.")
     if json_out:
         print_json(result)
         return
     print_evaluation(out_console(), result, confusion=not no_confusion)
+    for name, report in result["models"].items():
+        budget = report.get("selftrain") or {}
+        if budget.get("transductive"):
+            err_console.print(
+                f"[yellow]Warning:[/] {escape(name)} is TRANSDUCTIVE: `mrd selftrain "
+                "--transductive` trained it on pseudo-labels of the test features, so its "
+                "test scores are not comparable with inductive ones.",
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif budget:
+            err_console.print(
+                f"{escape(name)}: `mrd selftrain` model, labels of "
+                f"{100 * budget.get('labeled_fraction', 1.0):.0f}% of the training dialogues.",
+                highlight=False,
+            )
     for problem in result["provenance"]["problems"]:
         err_console.print(
             f"[yellow]Warning:[/] {escape(problem)}; Δ columns left out. Rerun the steps "
@@ -96,7 +119,7 @@ def _named(paths: list[Path], run: RunDir) -> dict[str, Path]:
     twice is refused rather than one of them dropped."""
     own = {
         f"{stage}/{role}": path_of(role).resolve()
-        for stage, path_of in (("pretrain", run.pretrained), ("distill", run.distilled))
+        for stage, path_of in run.stages()
         for role in ROLES
     }
     named: dict[str, Path] = {}

@@ -43,8 +43,9 @@ BackboneOpt = Annotated[
         "visual; text too with model.foal.text, mrd's extension) or dual (DUAL: audio + "
         "visual, text at its decoder; its differences run across a dialogue's utterances, "
         "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
-        "paper or code defines them). M_text is always the dialogue network. Default: "
-        "config model.backbone.",
+        "paper or code defines them) or semi (MER2024-SEMI: per-modality heads and a fused "
+        "head, soft-voted; `mrd selftrain` trains it with few labels). M_text is always the "
+        "dialogue network. Default: config model.backbone.",
     ),
 ]
 

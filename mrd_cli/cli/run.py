@@ -26,6 +26,7 @@ from mrd_cli.cli.common import (
     print_json,
     training_overrides,
 )
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation, timings_table
@@ -60,6 +61,7 @@ def run(
     no_early_stop: NoEarlyStopOpt = False,
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -69,6 +71,7 @@ def run(
     (use --force to redo them). With --executor ray the cross-fitted partition's fold models
     of each role run as one Ray task (the two roles side by side).
     """
+    check_plots_extra(plots)
     timer = StepTimer()
     overrides = training_overrides({"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop)
     with timer.step("load"):
@@ -101,6 +104,8 @@ def run(
         result = evaluate(session).to_dict()
     result["timings"] = timer.to_dict()
     path = metrics_path(session, "test")
+    if plots:
+        result["plots"] = draw_plots(session.run.root, json_out)
     if json_out:
         print_json(result)
         return

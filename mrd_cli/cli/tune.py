@@ -19,14 +19,18 @@ from mrd_cli.cli.common import (
     ExecutorKind,
     ExecutorOpt,
     JsonOpt,
+    NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
     Terminated,
+    ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    training_overrides,
 )
+from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.training import EpochLog
@@ -105,6 +109,9 @@ def tune(
     seed: SeedOpt = None,
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
+    threads: ThreadsOpt = None,
+    no_early_stop: NoEarlyStopOpt = False,
+    plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -121,12 +128,20 @@ def tune(
     reaches (e.g. postgresql://...). The trials' directories are written by this command.
     """
     optuna = require_optuna()
+    check_plots_extra(plots)
     # Failed trials are reported in the table, not as optuna's log lines with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Not locked for the whole command: several `mrd tune` processes share a run directory
     # (each trial writes only its own directory); the recipe locks it while it pretrains.
     session = open_session(
-        dataset, config, data_dir, run_dir, device, {"seed": seed}, quiet=json_out, lock=False
+        dataset,
+        config,
+        data_dir,
+        run_dir,
+        device,
+        training_overrides({"seed": seed}, threads, no_early_stop),
+        quiet=json_out,
+        lock=False,
     )
     err_console.print(
         f"[bold]mrd tune[/] on {session.corpus.name}: {trials} trials x {seeds} seed(s), "
@@ -193,6 +208,8 @@ def tune(
         )
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     summary = result.to_dict()
+    if plots:
+        summary["plots"] = draw_plots(session.run.root, json_out)
     if json_out:
         print_json(summary)
         return

@@ -170,3 +170,21 @@ def mrd_total_loss(
     terms["reg"] = l_reg
     terms["total"] = terms["cls_m"] + terms["cls_t"] + terms["distill"] + terms["ref"] + l_reg
     return terms
+
+
+def nt_xent(z_i: Tensor, z_j: Tensor, temperature: float) -> Tensor:
+    """NT-Xent (SimCLR's normalised temperature-scaled cross-entropy) of two views [N, d].
+
+    MER2024-SEMI's contrastive term, in the form its paper intends: rows are L2-normalised,
+    s_ab = cos(z_a, z_b) / tau over the 2N rows of [z_i; z_j]; each row's positive is its
+    counterpart in the other view, every other row is a negative, and the row itself is
+    excluded. Returns the mean of -log softmax(s)_positive over the 2N rows. (The original
+    code scores the self-similarity instead, without normalising: a different loss.)
+    """
+    n = z_i.shape[0]
+    z = F.normalize(torch.cat([z_i, z_j]), dim=-1)
+    sim = z @ z.T / temperature
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, positive)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mrd_cli.config import model_in_use
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.errors import MRDError
 from mrd_cli.io import file_sha256
@@ -36,6 +37,8 @@ def pair_differences(multi: dict[str, Any], text: dict[str, Any]) -> list[str]:
     }
     for section in PAIR_SECTIONS:
         a, b = made["multi"].get(section), made["text"].get(section)
+        if section == "model":  # the settings of unused backbones play no part
+            a, b = model_in_use(a), model_in_use(b)
         if a != b:
             keys = (
                 sorted(

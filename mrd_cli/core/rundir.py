@@ -2,12 +2,14 @@
 
 ```
 RUN/config.yaml  pretrain/{multi,text}.pt  partition.json  distill/{multi,text}.pt
-    metrics/*.json  ablation/...
+    metrics/*.json  ablation/...  tune/...  plots/*.png|svg  report/*.md|tex
+    selftrain/{multi,text}.pt  selftrain/rounds/...
 ```
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,17 @@ class RunDir:
     def distilled(self, role: str) -> Path:
         return self.root / "distill" / f"{role}.pt"
 
+    @property
+    def selftrain_dir(self) -> Path:
+        return self.root / "selftrain"
+
+    def selftrained(self, role: str) -> Path:
+        """`mrd selftrain`'s result for ``role`` (a copy of its chosen round)."""
+        return self.selftrain_dir / f"{role}.pt"
+
+    def selftrain_round(self, role: str, r: int) -> Path:
+        return self.selftrain_dir / "rounds" / f"{role}.round{r}.pt"
+
     def training_state(self, stage: str, role: str) -> Path:
         """Per-epoch resumable state (model, optimizer, RNG, best so far)."""
         return self.root / stage / f".{role}.state.pt"
@@ -49,14 +62,33 @@ class RunDir:
     def ablation(self) -> Path:
         return self.root / "ablation"
 
+    @property
+    def plots(self) -> Path:
+        """Figures (``mrd plot``)."""
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        """Paper tables (``mrd report``)."""
+        return self.root / "report"
+
     def checkpoints(self) -> dict[str, Path]:
-        """Checkpoints present, named ``<stage>/<role>`` (pretrain/multi, distill/text, ...)."""
+        """Checkpoints present, named ``<stage>/<role>`` (pretrain/multi, distill/text,
+        selftrain/multi, ...)."""
         found = {}
-        for stage, path_of in (("pretrain", self.pretrained), ("distill", self.distilled)):
+        for stage, path_of in self.stages():
             for role in ROLES:
                 if path_of(role).is_file():
                     found[f"{stage}/{role}"] = path_of(role)
         return found
+
+    def stages(self) -> tuple[tuple[str, Callable[[str], Path]], ...]:
+        """(name, path of a role's checkpoint) of every step that writes checkpoints."""
+        return (
+            ("pretrain", self.pretrained),
+            ("distill", self.distilled),
+            ("selftrain", self.selftrained),
+        )
 
     def save_config(self, cfg: Config) -> None:
         atomic_write_text(self.config, cfg.to_yaml())

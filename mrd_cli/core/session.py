@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mrd_cli.config import Config, load_config
+from mrd_cli.config import Config, load_config, model_in_use
 from mrd_cli.core.checkpoint import check_matches_corpus, load_checkpoint, model_from_checkpoint
 from mrd_cli.core.device import resolve_device
 from mrd_cli.core.rundir import ROLES, RunDir
@@ -79,11 +79,16 @@ class Session:
         other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
         return other
 
-    def build_model(self, role: str) -> Backbone:
+    def build_model(self, role: str, backbone: str | None = None) -> Backbone:
         """A fresh model of ``role`` (multi or text) for this corpus and model config:
-        M_multi's network is ``model.backbone``, M_text's the dialogue network."""
+        M_multi's network is ``model.backbone``, M_text's the dialogue network, unless
+        ``backbone`` names another (`mrd selftrain` builds ``semi`` for either role)."""
         cfg = self.cfg
-        backbone, options = role_backbone(cfg, role)
+        if backbone is None:
+            backbone, options = role_backbone(cfg, role)
+        else:
+            section = getattr(cfg.model, backbone, None)
+            options = asdict(section) if section is not None else {}
         mods = backbone_modalities(backbone, options, role_modalities(cfg, role))
         dims = self.corpus.input_dims
         spec = ModelSpec(
@@ -121,6 +126,7 @@ class Session:
             "epoch": selected.epoch,
             "val_metrics": selected.val_metrics,
             "stopping": selected.stopping,
+            "history": selected.history,
             "config": self.cfg.to_dict(),
             **extra,
         }
@@ -141,7 +147,9 @@ class Session:
             not isinstance(made, dict)
             or ckpt["data_fingerprint"] != self.corpus.fingerprint()
             or made.get("seed") != cfg["seed"]
-            or any(made.get(k) != cfg[k] for k in ("dataset", "model", "pretrain"))
+            or made.get("dataset") != cfg["dataset"]
+            or made.get("pretrain") != cfg["pretrain"]
+            or model_in_use(made.get("model")) != model_in_use(cfg["model"])
         ):
             return None
         return ckpt

@@ -93,3 +93,23 @@ def gain_probability(
         conf = (weights @ codes).reshape(resamples, num_classes, num_classes)
         wf1.append(_weighted_f1_from_confusion(conf))
     return float((wf1[0] > wf1[1]).mean())
+
+
+# The marks of a difference's significance in figures and paper tables.
+T_TEST_MARKS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
+BOOTSTRAP_MARK = "†"
+SIGNIFICANCE_LEGEND = (
+    "* p < 0.05, ** p < 0.01, *** p < 0.001 (paired t-test over seeds); "
+    "† the paired bootstrap 95% interval excludes 0"
+)
+
+
+def significance_marks(p_paired_t: float | None, ci95: list[float | None] | None) -> str:
+    """Stars for the paired t-test's p-value (``T_TEST_MARKS``), then a dagger when the
+    bootstrap interval ``ci95`` lies wholly on one side of 0; empty when neither holds."""
+    stars = next(
+        (m for bound, m in T_TEST_MARKS if p_paired_t is not None and p_paired_t < bound), ""
+    )
+    lo, hi = ci95 if ci95 else (None, None)
+    excludes_zero = lo is not None and hi is not None and (lo > 0 or hi < 0)
+    return stars + (BOOTSTRAP_MARK if excludes_zero else "")

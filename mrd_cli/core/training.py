@@ -42,6 +42,9 @@ class Selected:
     val_predictions: Tensor | None = None
     # How the training ended (``Trainer.stopping()``): epochs run, early stop or not, why.
     stopping: dict[str, Any] | None = None
+    # The model's validation W-F1 and the mean loss terms of every epoch run
+    # (``Trainer.model_history``); checkpoints keep it for ``mrd plot``.
+    history: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -277,6 +280,15 @@ class Trainer:
         """Validation metrics of ``model`` and its flat predictions (CPU)."""
         return evaluate_with_predictions(model, self.val, self.label_names)
 
+    def model_history(self, name: str) -> list[dict[str, Any]]:
+        """Model ``name``'s epochs: 1-based ``epoch`` (0: before training, when the start
+        was a candidate), its ``val_weighted_f1`` and the epoch's mean loss ``losses``
+        (shared by the models trained together)."""
+        return [
+            {"epoch": h["epoch"], "val_weighted_f1": h["val_wf1"][name], "losses": h["losses"]}
+            for h in self.history
+        ]
+
     def start_val_wf1(self) -> dict[str, float] | None:
         """Each model's validation W-F1 before training, if it was a candidate."""
         first = self.history[0] if self.history else None
@@ -308,7 +320,7 @@ class Trainer:
                 self.best[name] = start
         stopping = self.stopping()
         result = {
-            n: replace(s, stopping=stopping)
+            n: replace(s, stopping=stopping, history=self.model_history(n))
             for n, s in self.best.items()
             if s is not None
         }

@@ -12,10 +12,13 @@ adapts (every adaptation is also listed in the README's backbone section):
 - **AVEL** (``avel_loss``): label-supervised contrastive alignment of audio and visual,
   ``S = p_a p_v^T / tau`` with a learnable divisor ``tau`` (initialised to log(1/0.07)),
   targets ``1[y_i = y_j]`` summed without normalisation, both directions averaged. Computed
-  over every real utterance of the batch. Unchanged, except that ``tau`` is kept above 0.01
-  (the original leaves it unclamped). As a divisor starting at 2.659 it keeps every
-  similarity within +-0.38, so AVEL moves little; ``clip_temperature`` (an option) uses
-  CLIP's ``exp(tau)`` instead, and ``avel_normalise`` divides each row by its positives.
+  over every real utterance of the batch. One change by default (``clip_temperature``):
+  the original initialises ``tau`` to CLIP's logit scale log(1/0.07) but divides by it, so
+  every similarity stays within +-0.38 and AVEL hardly moves (measured: it does not fall);
+  mrd multiplies by ``exp(tau)`` as CLIP does (14.3 at the start, at most 100), the
+  evident intent of that initial value. ``clip_temperature: false`` restores the literal
+  divisor (kept above 0.01; the original leaves it unclamped). ``avel_normalise`` divides
+  each row by its positives.
 - **Cross-attention stacks**, ``layers`` each way (audio queries over visual keys, and the
   reverse): linear Q/K/V, scaled dot-product with a key mask, output projection, dropout
   0.1, residual + LayerNorm, no feed-forward sublayer. The sequence they attend over is the
@@ -208,9 +211,10 @@ class FoalNet(Backbone):
         return scatter(logits, real, batch, length)
 
     def avel_scale(self) -> Tensor:
-        """AVEL's inverse temperature: ``1 / tau`` as in the original code (tau starts at
-        2.659, so similarities stay within +-0.38), or with ``clip_temperature`` CLIP's
-        ``exp(tau)`` (starts at 1/0.07 = 14.3, at most 100)."""
+        """AVEL's inverse temperature: with ``clip_temperature`` (the default) CLIP's
+        ``exp(tau)`` (starts at 1/0.07 = 14.3, at most 100); without it ``1 / tau`` as the
+        original code literally computes it (tau starts at 2.659, so similarities stay
+        within +-0.38)."""
         if self.clip_temperature:
             return self.tau.clamp(max=math.log(100.0)).exp()
         return 1.0 / self.tau.clamp_min(TAU_MIN)

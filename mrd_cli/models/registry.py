@@ -8,6 +8,7 @@ checkpoint stores its spec, whose ``backbone`` names the class that rebuilds it.
 | ``dialogue`` | ``dialogue.DialogueModel`` (mrd's speaker-aware dialogue network) | all configured |
 | ``foal`` | ``foal.FoalNet`` | audio + visual; + text with ``text`` (mrd's extension) |
 | ``dual`` | ``dual.DualModel`` (every loss and size is mrd's choice) | audio + visual + text |
+| ``semi`` | ``semi.SemiModel`` (MER2024-SEMI's heads and soft voting) | all configured |
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from mrd_cli.errors import MRDError
 from mrd_cli.models.dialogue import Backbone, DialogueModel, ModelSpec
 from mrd_cli.models.dual import DualModel
 from mrd_cli.models.foal import FoalNet
+from mrd_cli.models.semi import SemiModel
 
 BACKBONES: dict[str, type[Backbone]] = {
     "dialogue": DialogueModel,
     "foal": FoalNet,
     "dual": DualModel,
+    "semi": SemiModel,
 }
 DEFAULT_BACKBONE = "dialogue"
 
@@ -38,7 +41,7 @@ def backbone_modalities(name: str, options: dict, available: list[str]) -> list[
     text-only corpus such as EmoryNLP) they refuse with an MRDError instead of running.
     """
     check_backbone(name)
-    if name == "dialogue":
+    if name in ("dialogue", "semi"):
         return list(available)
     needed = ["audio", "visual"]
     if name == "dual" or options.get("text", False):

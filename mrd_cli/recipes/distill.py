@@ -161,6 +161,8 @@ def distill(
                 selected[role],
                 partition_sha256=part_sha,
                 curriculum=curriculum.describe(),
+                # The stages in visiting order with their epochs, for `mrd plot`'s shading.
+                curriculum_stages=[[stage, n] for stage, n in curriculum.stages],
                 kept_pretrained=selected[role].epoch == 0,
                 start_val_weighted_f1=None if start is None else start[role],
                 start_guard=trainer.start_guard.get(role),

@@ -31,6 +31,9 @@ class EvaluationResult:
     models: dict[str, dict[str, Any]]
     ambiguity: dict[str, Any] | None = None
     ambiguity_models: dict[str, str] | None = None
+    # The ambiguity table of each stage whose pair was evaluated (``pretrain``: the paper's
+    # pilot study, Tables 1-2; ``distill``), for `mrd report`.
+    ambiguity_by_stage: dict[str, dict[str, Any]] | None = None
     # Where the chain distill -> partition -> pretrain of the run directory is broken
     # (``core/provenance.py``); the Δ columns are left out when it is.
     provenance_problems: list[str] | None = None
@@ -48,6 +51,8 @@ class EvaluationResult:
         }
         if self.ambiguity_models is not None:
             out["ambiguity_models"] = self.ambiguity_models
+        if self.ambiguity_by_stage:
+            out["ambiguity_by_stage"] = self.ambiguity_by_stage
         out["provenance"] = {
             "consistent": not self.provenance_problems,
             "problems": list(self.provenance_problems or []),
@@ -85,7 +90,9 @@ def evaluate(
     roles: dict[str, str] = {}
     loaded: dict[str, dict[str, Any]] = {}
     for name, path in checkpoints.items():
-        made_by = "mrd distill" if name.startswith("distill") else "mrd pretrain"
+        made_by = {"distill": "mrd distill", "selftrain": "mrd selftrain"}.get(
+            name.split("/")[0], "mrd pretrain"
+        )
         model, ckpt = session.load_model(path, made_by)
         loaded[name] = ckpt
         y_pred = predict(model, data)[data.mask].cpu().numpy()
@@ -94,6 +101,10 @@ def evaluate(
         report = classification_report(y_true, y_pred, labels)
         report["epoch"] = ckpt.get("epoch")
         report["val_weighted_f1"] = (ckpt.get("val_metrics") or {}).get("weighted_f1")
+        if isinstance(ckpt.get("selftrain"), dict):
+            # `mrd selftrain`'s label budget travels with the model (a transductive one was
+            # trained on the test features and says so wherever it is shown).
+            report["selftrain"] = ckpt["selftrain"]
         models[name] = report
     result = EvaluationResult(
         dataset=session.corpus.name,
@@ -107,6 +118,11 @@ def evaluate(
         multi, text = pair
         result.ambiguity = ambiguity_table(y_true, preds[multi], preds[text], labels)
         result.ambiguity_models = {"multi": multi, "text": text}
+    result.ambiguity_by_stage = {
+        stage: ambiguity_table(y_true, preds[f"{stage}/multi"], preds[f"{stage}/text"], labels)
+        for stage in ("pretrain", "distill")
+        if roles.get(f"{stage}/multi") == "multi" and roles.get(f"{stage}/text") == "text"
+    }
     result.provenance_problems = chain_problems(session.run, loaded)
     own = all(_inside(path, session.run.root) for path in checkpoints.values())
     if save and own and session.__dict__.get("writable", True):

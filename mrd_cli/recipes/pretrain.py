@@ -95,6 +95,7 @@ def pretrain(
                 epoch=finished["epoch"],
                 val_metrics=finished["val_metrics"],
                 stopping=finished.get("stopping"),
+                history=finished.get("history"),
             )
             continue
         model, selected[role] = train_role(

@@ -1,0 +1,61 @@
+"""`mrd report`: the paper's tables from a run directory, as Markdown and LaTeX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mrd_cli.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+)
+from mrd_cli.cli.plot import RunArg, Split
+from mrd_cli.recipes.report import report as report_recipe
+
+
+@handle_errors
+def report(
+    run: RunArg,
+    split: Annotated[
+        Split,
+        typer.Option("--split", help="Split whose metrics give the ambiguity and F1 tables."),
+    ] = Split.test,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The paper's tables of a run directory, in Markdown and LaTeX under RUN/report/.
+
+    Ambiguity counts per class (Tables 1-2, on the evaluated split and the training
+    partition), per-class F1 and W-F1 of pretrained vs distilled (Table 4), and the ablation
+    with mean ± std, Δ and significance (Table 5): each one the run has the results for.
+
+    Reads the run directory only; writes RUN/report/<table>.md and .tex (booktabs), all
+    tables in tables.md and tables.tex, and tables_standalone.tex, a document that compiles.
+    """
+    result = report_recipe(run, split.value).to_dict()
+    if json_out:
+        print_json(result)
+        return
+    out_console().print(tables_table(result))
+    err_console.print(f"Saved to {escape(str(Path(run) / 'report'))}")
+
+
+def tables_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"Tables of {result['run_dir']}", title_justify="left")
+    table.add_column("table")
+    table.add_column("files")
+    for name, files in result["tables"].items():
+        table.add_row(name, ", ".join(Path(f).name for f in files.values()))
+    for name, why in result["skipped"].items():
+        table.add_row(name, f"[dim]skipped: {escape(why)}[/]")
+    combined = ", ".join(Path(f).name for f in result["combined"].values())
+    table.caption = f"All tables: {combined}"
+    return table

@@ -1,0 +1,181 @@
+"""`mrd selftrain`: MER2024-SEMI with few labels (label budget, contrastive pretraining,
+supervised training with soft voting, self-training rounds)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mrd_cli.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DebugOpt,
+    DeviceOpt,
+    EpochsOpt,
+    JsonOpt,
+    RunDirOpt,
+    SeedOpt,
+    ThreadsOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    training_overrides,
+)
+from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.session import open_session
+from mrd_cli.recipes.selftrain import TRANSDUCTIVE_NOTE
+from mrd_cli.recipes.selftrain import selftrain as selftrain_recipe
+
+
+class Role(str, Enum):
+    multi = "multi"
+    text = "text"
+
+
+@handle_errors
+def selftrain(
+    dataset: DatasetOpt = "synthetic",
+    role: Annotated[
+        Role,
+        typer.Option(
+            "--role",
+            help="multi: every configured modality (usable as MRD's multimodal model); text: "
+            "the text alone (usable as MRD's text model).",
+        ),
+    ] = Role.multi,
+    labeled_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--labeled-fraction",
+            min=0.0,
+            max=1.0,
+            help="Keep the labels of this share of the training dialogues (whole dialogues, "
+            "a draw seeded by --seed); the others form the unlabelled pool. Validation and "
+            "test are untouched. Default: config selftrain.labeled_fraction (1.0).",
+        ),
+    ] = None,
+    transductive: Annotated[
+        bool,
+        typer.Option(
+            "--transductive",
+            help="Also pseudo-label and train on the TEST split's features (never its labels), "
+            "as the original MER2024-SEMI did. Transductive: every output marks the run.",
+        ),
+    ] = False,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds",
+            min=0,
+            help="Self-training rounds after the supervised round 0 "
+            "(default: config selftrain.rounds).",
+        ),
+    ] = None,
+    epochs: EpochsOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run: keep its finished rounds and "
+            "contrastive phase, continue the interrupted round from its last epoch.",
+        ),
+    ] = False,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Few labels: MER2024-SEMI's contrastive pretraining and self-training.
+
+    Hides the labels of all but --labeled-fraction of the training dialogues, pretrains the
+    modality encoders contrastively (NT-Xent between modalities and between original and
+    noised features), trains per-modality heads and a fused head with soft voting, then
+    pseudo-labels the pool in rounds, accepting an utterance when its voted probability
+    exceeds its class's threshold (selftrain.thresholds). Each round reports the accepted
+    utterances per class and, as a diagnostic only, their accuracy against the hidden labels.
+    Writes RUN/selftrain/<role>.pt (a checkpoint `mrd evaluate` shows) and one checkpoint
+    per round under RUN/selftrain/rounds/.
+    """
+    overrides = training_overrides(
+        {
+            "seed": seed,
+            "selftrain": {
+                "labeled_fraction": labeled_fraction,
+                "transductive": True if transductive else None,
+                "rounds": rounds,
+                "epochs": epochs,
+            },
+        },
+        threads,
+        False,
+    )
+    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    st = session.cfg.selftrain
+    err_console.print(
+        f"Self-training {role.value} on [bold]{session.corpus.name}[/] with the labels of "
+        f"{100 * st.labeled_fraction:.0f}% of the training dialogues, {st.rounds} round(s), "
+        f"on {session.device}, seed {session.cfg.seed}."
+    )
+    if st.transductive:
+        err_console.print(f"[yellow]Warning:[/] {TRANSDUCTIVE_NOTE}.", soft_wrap=True)
+    with epoch_bars() as bars:
+        result = selftrain_recipe(
+            session,
+            role.value,
+            resume=resume,
+            on_epoch=bars.update,
+            on_message=lambda m: err_console.print(f"[yellow]{escape(m)}[/]", soft_wrap=True),
+        )
+    if json_out:
+        print_json(result.to_dict())
+        return
+    out_console().print(rounds_table(result.to_dict(), session.corpus.label_names))
+    err_console.print(
+        f"[green]✓[/] selftrain {role.value}: round {result.selected_round} "
+        f"(selftrain.select: {st.select}) -> {result.checkpoint}"
+    )
+
+
+def rounds_table(result: dict[str, Any], labels: list[str]) -> Table:
+    """One row per round: what it trained on, its validation W-F1, and what it accepted."""
+    mode = "TRANSDUCTIVE" if result["transductive"] else "inductive"
+    table = Table(
+        title=f"mrd selftrain ({result['role']}, {mode}): {result['labelled_dialogues']} "
+        f"labelled dialogues, pool of {result['pool_dialogues']} dialogues / "
+        f"{result['pool_utterances']} utterances",
+        title_justify="left",
+    )
+    for col in ("round", "supervised utt.", "epoch", "val W-F1", "accepted"):
+        table.add_column(col, justify="right")
+    for lab in labels:
+        table.add_column(lab, justify="right")
+    table.add_column("diag. acc. %", justify="right")
+    for r in result["rounds"]:
+        acc = r.get("accepted") or {}
+        by_class = acc.get("by_class", {})
+        diag = acc.get("diagnostic_accuracy")
+        table.add_row(
+            str(r["round"]),
+            str(r["supervised_utterances"]),
+            str(r["epoch"]),
+            f"{r['val_weighted_f1']:.2f}",
+            str(acc.get("total", "-")),
+            *[str(by_class.get(lab, "-")) for lab in labels],
+            "-" if diag is None else f"{diag:.1f}",
+        )
+    table.caption = (
+        "accepted: pool utterances the round's model labelled above threshold, trained on by "
+        "the next round. diag. acc.: their accuracy against the hidden labels (a diagnostic; "
+        "nothing is chosen by it)."
+    )
+    return table
