@@ -162,15 +162,13 @@ class RayExecutor:
             return
         refs = [ray.put(obj) for obj in shared]  # sent to the object store once, not per task
         task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(fn)
+        # An interrupted driver leaves its tasks to Ray, which ends a job's tasks when the job
+        # ends (cancelling them here, force=True, crashed Ray's own threads during shutdown).
         pending = {task.remote(unit, *refs): i for i, unit in enumerate(units)}
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                index = pending.pop(done[0])
-                yield index, self._get(done[0])
-        finally:
-            for ref in pending:  # an interrupted driver leaves no task running for nothing
-                ray.cancel(ref, force=True)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(done[0])
+            yield index, self._get(done[0])
 
     def _get(self, ref: Any) -> Any:
         ray = self._ray
