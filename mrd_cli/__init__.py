@@ -11,6 +11,7 @@ recipes on it; each returns a small result whose ``to_dict()`` is the matching c
 """
 
 from mrd_cli.config import Config, load_config
+from mrd_cli.core.executor import LocalExecutor, RayExecutor, make_executor
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.ablate import AblationResult, ablate
@@ -32,10 +33,12 @@ __all__ = [
     "Config",
     "DistillResult",
     "EvaluationResult",
+    "LocalExecutor",
     "MRDError",
     "PartitionResult",
     "PlotResult",
     "PretrainResult",
+    "RayExecutor",
     "ReportResult",
     "SelftrainResult",
     "TuneResult",
@@ -46,6 +49,7 @@ __all__ = [
     "distill",
     "evaluate",
     "load_config",
+    "make_executor",
     "partition",
     "plot",
     "pretrain",

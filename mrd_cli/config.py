@@ -223,6 +223,18 @@ class AblateConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """What each independent unit of work (an ablation or comparison cell, a role's fold
+    models, a tuning worker) asks of a Ray worker under ``--executor ray``; the local
+    executor runs the units one after another in its own process and ignores these."""
+
+    # CPU cores Ray reserves for one unit: Ray runs as many units at once as fit the cores.
+    cpus_per_task: float = 1.0
+    # GPUs Ray reserves for one unit (fractions share a GPU); above 0 a unit trains on CUDA.
+    gpus_per_task: float = 0.0
+
+
+@dataclass
 class SelftrainConfig:
     """`mrd selftrain` (MER2024-SEMI): a label budget, contrastive pretraining, supervised
     training and rounds of pseudo-labelling with per-class thresholds."""
@@ -274,6 +286,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
     seed: int = 0
     # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
@@ -437,6 +450,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.partition.folds >= 2, "partition.folds", "must be >= 2")
     need(cfg.ablate.seeds >= 1, "ablate.seeds", "must be >= 1")
     need(cfg.ablate.bootstrap >= 0, "ablate.bootstrap", "must be >= 0")
+    need(cfg.executor.cpus_per_task > 0, "executor.cpus_per_task", "must be > 0")
+    need(cfg.executor.gpus_per_task >= 0, "executor.gpus_per_task", "must be >= 0")
     need(cfg.model.hidden >= 2, "model.hidden", "must be >= 2")
     need(cfg.model.layers >= 1, "model.layers", "must be >= 1")
     need(cfg.model.heads >= 1, "model.heads", "must be >= 1")

@@ -8,11 +8,14 @@ import typer
 from rich.table import Table
 
 from mrd_cli.cli.common import (
+    AddressOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
     DebugOpt,
     DeviceOpt,
+    ExecutorKind,
+    ExecutorOpt,
     JsonOpt,
     NoEarlyStopOpt,
     RunDirOpt,
@@ -29,7 +32,7 @@ from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import timings_table
-from mrd_cli.cli.session import open_session
+from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
 from mrd_cli.recipes.ablate import COMPONENTS
 from mrd_cli.recipes.ablate import ablate as ablate_recipe
@@ -58,6 +61,8 @@ def ablate(
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    executor: ExecutorOpt = ExecutorKind.local,
+    address: AddressOpt = None,
     plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -69,7 +74,9 @@ def ablate(
     with a paired t-test over seeds and a paired bootstrap interval over test utterances.
 
     Results go to RUN/ablation/results.json and results.csv; finished (variant, seed) cells
-    are reused when the command is run again.
+    are reused when the command is run again. With --executor ray the cells (and the
+    cross-fitted partition's fold models) run as Ray tasks, side by side; this command alone
+    writes the run directory.
     """
     overrides = {
         "seed": seed,
@@ -96,16 +103,16 @@ def ablate(
         )
     )
     total = a.seeds * (len(variants) + 1)
-    with epoch_bars() as bars:
+    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
         bars.add("cells", "ablation cells", total)
         done = {"n": 0}
 
-        def on_cell(name: str, seed: int, cached: bool) -> None:
+        def on_cell(name: str, seed: int, reused: bool) -> None:
             done["n"] += 1
             bars.progress.update(
                 bars.tasks["cells"],
-                completed=done["n"] - (0 if cached else 1),
-                info=f"{name}, seed {seed}" + (" (reused)" if cached else ""),
+                completed=done["n"],
+                info=f"{name}, seed {seed}" + (" (reused)" if reused else " (done)"),
             )
 
         summary = ablate_recipe(
@@ -116,6 +123,7 @@ def ablate(
             on_epoch=bars.update,
             on_step=lambda step: err_console.print(f"  {step}"),
             timer=timer,
+            executor=runner,
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = summary.to_dict()

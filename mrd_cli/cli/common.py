@@ -10,6 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -85,6 +86,30 @@ NoEarlyStopOpt = Annotated[
     typer.Option(
         "--no-early-stop",
         help="Train every configured epoch (sets pretrain.patience and distill.patience to 0).",
+    ),
+]
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+ExecutorOpt = Annotated[
+    ExecutorKind,
+    typer.Option(
+        "--executor",
+        help="Where the independent units (cells, a role's fold models) run: local (one after "
+        "another in this process) or ray (Ray tasks side by side, each asking for "
+        "executor.cpus_per_task / gpus_per_task of the config; needs the ray extra).",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --executor ray: a Ray cluster's address (HOST:6379), or auto for the one "
+        "`ray start` made here. Default: start a Ray runtime on this machine for this command.",
     ),
 ]
 JsonOpt = Annotated[

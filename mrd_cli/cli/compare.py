@@ -8,12 +8,15 @@ import typer
 from rich.table import Table
 
 from mrd_cli.cli.common import (
+    AddressOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
     DebugOpt,
     DeviceOpt,
     EpochsOpt,
+    ExecutorKind,
+    ExecutorOpt,
     JsonOpt,
     NoEarlyStopOpt,
     RunDirOpt,
@@ -26,7 +29,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_session
+from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.recipes.compare import compare as compare_recipe
 
 
@@ -51,6 +54,8 @@ def compare(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    executor: ExecutorOpt = ExecutorKind.local,
+    address: AddressOpt = None,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
@@ -66,7 +71,8 @@ def compare(
     DUAL without audio and visual features) is listed as not run.
 
     Results go to RUN/compare/results.json; finished (backbone, seed) cells are reused when
-    the command is run again.
+    the command is run again. With --executor ray the cells run as Ray tasks, side by side;
+    this command alone writes the run directory.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
     overrides = training_overrides(
@@ -81,19 +87,21 @@ def compare(
         f"{session.cfg.pretrain.epochs} pretraining epochs each, device {session.device}."
     )
     total = n * len(names)
-    with epoch_bars() as bars:
+    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
         bars.add("cells", "compare cells", total)
         done = {"n": 0}
 
-        def on_cell(name: str, s: int, cached: bool) -> None:
+        def on_cell(name: str, s: int, reused: bool) -> None:
             done["n"] += 1
             bars.progress.update(
                 bars.tasks["cells"],
-                completed=done["n"] - (0 if cached else 1),
-                info=f"{name}, seed {s}" + (" (reused)" if cached else ""),
+                completed=done["n"],
+                info=f"{name}, seed {s}" + (" (reused)" if reused else " (done)"),
             )
 
-        result = compare_recipe(session, names, n, on_cell=on_cell, on_epoch=bars.update)
+        result = compare_recipe(
+            session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner
+        )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = result.to_dict()
     if json_out:

@@ -9,11 +9,14 @@ import typer
 from rich.table import Table
 
 from mrd_cli.cli.common import (
+    AddressOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
     DebugOpt,
     DeviceOpt,
+    ExecutorKind,
+    ExecutorOpt,
     JsonOpt,
     NoEarlyStopOpt,
     RunDirOpt,
@@ -26,7 +29,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_session
+from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.recipes.partition import partition as partition_recipe
 
 
@@ -61,12 +64,16 @@ def partition(
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    executor: ExecutorOpt = ExecutorKind.local,
+    address: AddressOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Partition training utterances by the two pretrained models (Eq. 9-13).
 
     Writes RUN/partition.json with provenance and prints the counts per group and class.
+    With --executor ray the cross-fitted fold models of each role run as one Ray task (the
+    two roles side by side).
     """
     if cross_fit is not None and in_sample:
         from mrd_cli.errors import MRDError
@@ -88,8 +95,8 @@ def partition(
         f"Partitioning {session.corpus.num_utterances('train')} training utterances "
         f"({'cross-fitted, ' + str(p.folds) + ' folds' if p.method == 'cross_fit' else 'in-sample'})."
     )
-    with epoch_bars() as bars:
-        result = partition_recipe(session, checkpoints=paths, on_epoch=bars.update)
+    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+        result = partition_recipe(session, checkpoints=paths, on_epoch=bars.update, executor=runner)
     doc = result.document
     if json_out:
         print_json(result.to_dict())

@@ -7,11 +7,14 @@ from typing import Annotated
 import typer
 
 from mrd_cli.cli.common import (
+    AddressOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
     DebugOpt,
     DeviceOpt,
+    ExecutorKind,
+    ExecutorOpt,
     JsonOpt,
     NoEarlyStopOpt,
     RunDirOpt,
@@ -27,7 +30,7 @@ from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation, timings_table
-from mrd_cli.cli.session import open_session
+from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.evaluate import evaluate, metrics_path
@@ -56,6 +59,8 @@ def run(
     ] = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    executor: ExecutorOpt = ExecutorKind.local,
+    address: AddressOpt = None,
     plots: PlotsOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -63,7 +68,8 @@ def run(
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
 
     Pretrained checkpoints and the partition are reused when they match the data and config
-    (use --force to redo them).
+    (use --force to redo them). With --executor ray the cross-fitted partition's fold models
+    of each role run as one Ray task (the two roles side by side).
     """
     check_plots_extra(plots)
     timer = StepTimer()
@@ -77,13 +83,14 @@ def run(
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
         f"utterances, device {session.device}, run directory {session.run.root}"
     )
-    with epoch_bars() as bars:
+    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
         ensure_partitioned(
             session,
             force=force,
             on_epoch=bars.update,
             on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
             timer=timer,
+            executor=runner,
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)

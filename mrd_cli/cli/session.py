@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mrd_cli.cli.common import command_name, err_console, get_current_context
 from mrd_cli.core import lock as run_lock
 from mrd_cli.core.device import set_threads
+from mrd_cli.core.executor import Executor, make_executor
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 
@@ -57,3 +60,18 @@ def open_session(
         )
     session.__dict__["writable"] = writable
     return session
+
+
+@contextmanager
+def open_executor(kind: Any, address: str | None, session: Session) -> Iterator[Executor]:
+    """The executor of ``--executor`` / ``--address`` for ``session``'s config (``executor``
+    section); a Ray runtime it started is stopped when the command ends."""
+    name = getattr(kind, "value", kind)
+    if name == "ray":
+        where = address or "a Ray runtime on this machine"
+        err_console.print(f"Executor: Ray ({where}).")
+    executor = make_executor(name, session.cfg.executor, address)
+    try:
+        yield executor
+    finally:
+        executor.close()

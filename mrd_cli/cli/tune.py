@@ -10,11 +10,14 @@ import typer
 from rich.table import Table
 
 from mrd_cli.cli.common import (
+    AddressOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
     DebugOpt,
     DeviceOpt,
+    ExecutorKind,
+    ExecutorOpt,
     JsonOpt,
     NoEarlyStopOpt,
     RunDirOpt,
@@ -29,7 +32,7 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_session
+from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.training import EpochLog
 from mrd_cli.recipes.tune import require_optuna
 from mrd_cli.recipes.tune import tune as tune_recipe
@@ -104,6 +107,8 @@ def tune(
     run_dir: RunDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
+    executor: ExecutorOpt = ExecutorKind.local,
+    address: AddressOpt = None,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
     plots: PlotsOpt = False,
@@ -117,6 +122,10 @@ def tune(
     lives in RUN/tune/study.db (or --storage): rerun the same command to continue after
     Ctrl-C, or start it in several processes at once. Writes the best config to
     RUN/tune/<study>/best.yaml, for `mrd distill --config`. Test labels are never read.
+
+    With --executor ray, one worker per Ray task slot (cluster CPUs / executor.cpus_per_task)
+    runs trials against the same storage: on a cluster, give a --storage every machine
+    reaches (e.g. postgresql://...). The trials' directories are written by this command.
     """
     optuna = require_optuna()
     check_plots_extra(plots)
@@ -142,7 +151,7 @@ def tune(
     # Ctrl-C and SIGTERM (a scheduler preempting the job; ``cli/app.py`` raises it as
     # ``Terminated``) end the running trial the same way: failed and queued again at once.
     try:
-        with epoch_bars() as bars:
+        with open_executor(executor, address, session) as runner, epoch_bars() as bars:
             bars.add("trials", "trials", trials)
 
             def on_epoch(key: str, log: EpochLog) -> None:
@@ -186,6 +195,7 @@ def tune(
                 on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
                 on_trial=on_trial,
                 on_wait=on_wait,
+                executor=runner,
             )
             bars.progress.update(bars.tasks["trials"], completed=trials, info="done")
     except KeyboardInterrupt as exc:

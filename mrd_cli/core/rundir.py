@@ -17,6 +17,8 @@ from mrd_cli.config import Config
 from mrd_cli.io import atomic_write_text
 
 ROLES = ("multi", "text")
+# What distillation reads from a run directory: the pretrained pair and its partition.
+DISTILL_INPUTS = ("pretrain/multi.pt", "pretrain/text.pt", "partition.json")
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,17 @@ class RunDir:
 
     def save_config(self, cfg: Config) -> None:
         atomic_write_text(self.config, cfg.to_yaml())
+
+    def distill_inputs(self) -> dict[str, bytes]:
+        """The files of ``DISTILL_INPUTS`` as bytes, by their path in the run directory:
+        what a worker elsewhere needs to distil from this directory (``unpack``)."""
+        return {rel: (self.root / rel).read_bytes() for rel in DISTILL_INPUTS}
+
+
+def unpack(root: Path, files: dict[str, bytes]) -> RunDir:
+    """A worker's own run directory at ``root`` (a temporary directory, not the run
+    directory the driver writes) holding ``files`` (path -> bytes)."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return RunDir(root)

@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import json
+import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mrd_cli.config import Config
+from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
-from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.rundir import ROLES, RunDir, unpack
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import predict
+from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_write_json, atomic_write_text, file_sha256
+from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
 
@@ -89,24 +96,47 @@ def variant_name(without: tuple[str, ...]) -> str:
     return "MRD" if not without else "MRD w/o " + " & ".join(c.upper() for c in without)
 
 
-def run_cell(
-    session: Session,
-    without: tuple[str, ...],
-    seed: int,
-    base: RunDir,
+@dataclass(frozen=True)
+class CellUnit:
+    """One (variant, seed) cell as a unit of work: its config (the variant and seed
+    applied), the pretrained pair and partition it distils (``base``, a key of the files
+    handed to ``train_cell``) and the device it trains on."""
+
+    cfg: Config
+    without: tuple[str, ...]
+    seed: int
+    base: str
+    device: str
+
+
+def train_cell(
+    unit: CellUnit,
+    corpus: Corpus,
+    bases: dict[str, dict[str, bytes]],
     on_epoch=None,
-    timer: StepTimer | None = None,
+    tensors: dict | None = None,
 ) -> dict[str, Any]:
-    """Distil one variant with one seed from the pretrained pair in ``base``; test metrics
-    and predictions of both distilled models."""
-    cfg = apply_without(session.cfg, without)
-    cfg.seed = seed
-    cell_dir = session.run.ablation / "models" / f"{_slug(without)}_seed{seed}"
-    sub = session.derive(cfg, base)
-    with maybe(timer, "distill"):
-        distill(sub, on_epoch=on_epoch, out_dir=cell_dir)
-    with maybe(timer, "evaluate"):
-        return _cell_metrics(session, cell_dir)
+    """Distil one variant with one seed and score both models on the test split, in a
+    temporary directory holding the files of ``bases[unit.base]`` (``DISTILL_INPUTS``): the
+    cell's test metrics and predictions (``result``), its checkpoints as bytes and the
+    seconds each step took. Runs wherever the executor puts it and writes nothing in the run
+    directory. ``tensors``: device tensors to share (the same corpus in this process)."""
+    set_threads(unit.cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="mrd-cell-") as tmp:
+        base = unpack(Path(tmp) / "base", bases[unit.base])
+        session = Session(unit.cfg, corpus, base, resolve_device(unit.device))
+        if tensors is not None:
+            session.__dict__["_tensors"] = tensors
+        out_dir = Path(tmp) / "cell"
+        start = time.perf_counter()
+        distill(session, on_epoch=on_epoch, out_dir=out_dir)
+        trained = time.perf_counter()
+        result = _cell_metrics(session, out_dir)
+        return {
+            "result": result,
+            "checkpoints": {role: (out_dir / f"{role}.pt").read_bytes() for role in ROLES},
+            "seconds": {"distill": trained - start, "evaluate": time.perf_counter() - trained},
+        }
 
 
 def _cell_metrics(session: Session, cell_dir) -> dict[str, Any]:
@@ -128,6 +158,10 @@ def _cell_metrics(session: Session, cell_dir) -> dict[str, Any]:
     return out
 
 
+def _cell_path(session: Session, without: tuple[str, ...], seed: int) -> Path:
+    return session.run.ablation / "cells" / f"{_slug(without)}_seed{seed}.json"
+
+
 def _slug(without: tuple[str, ...]) -> str:
     return "mrd" if not without else "without_" + "_".join(without)
 
@@ -140,16 +174,23 @@ def ablate(
     on_epoch=None,
     on_step=None,
     timer: StepTimer | None = None,
+    executor: Executor | None = None,
 ) -> AblationResult:
     """Run (or reuse) every (variant, seed) cell and summarise. ``variants`` excludes MRD
-    itself, which is always run. ``timer`` gets each step's wall time."""
+    itself, which is always run. ``timer`` gets each step's wall time. ``executor``
+    (default: this process) runs the cells; ``on_cell(variant, seed, reused)`` follows each
+    cell as it is found finished or finishes."""
     cfg = session.cfg
     all_variants = [()] + [v for v in variants if v]
     seed_list = [cfg.seed + i for i in range(seeds)]
-    cells_dir = session.run.ablation / "cells"
+    labels = session.corpus.label_names
+    executor = executor or LocalExecutor()
     cells: dict[tuple[tuple[str, ...], int], dict[str, Any]] = {}
     computed: list[tuple[str, int]] = []
     base_metrics: dict[int, dict[str, Any]] = {}
+    bases: dict[str, dict[str, bytes]] = {}
+    todo: list[CellUnit] = []
+    signatures: dict[int, str] = {}
     for seed in seed_list:
         if cfg.ablate.repretrain:
             base = RunDir(session.run.ablation / f"base_seed{seed}")
@@ -166,6 +207,7 @@ def ablate(
             on_step=on_step,
             replace_pretrained=cfg.ablate.repretrain,
             timer=timer,
+            executor=executor,
         )
         # A reused pretrained pair gives the same test metrics for every seed.
         if cfg.ablate.repretrain or not base_metrics:
@@ -173,7 +215,7 @@ def ablate(
                 base_metrics[seed] = _pretrained_test(base_session)
         else:
             base_metrics[seed] = next(iter(base_metrics.values()))
-        sig = signature(
+        signatures[seed] = signature(
             cfg.to_dict()["dataset"],
             cfg.to_dict()["model"],
             cfg.to_dict()["pretrain"],
@@ -184,24 +226,55 @@ def ablate(
             [file_sha256(base.pretrained(r)) for r in ROLES],
         )
         for without in all_variants:
-            name = variant_name(without)
-            path = cells_dir / f"{_slug(without)}_seed{seed}.json"
-            cached = _read_cell(path, sig, session.corpus.label_names)
+            cached = _read_cell(_cell_path(session, without, seed), signatures[seed], labels)
+            if cached is not None:
+                cells[(without, seed)] = cached["result"]
+                if on_cell:
+                    on_cell(variant_name(without), seed, True)
+                continue
+            key = str(base.root.relative_to(session.run.root))
+            if key not in bases:
+                bases[key] = base.distill_inputs()
+            cell_cfg = apply_without(cfg, without)
+            cell_cfg.seed = seed
+            device = executor.device(str(session.device))
+            todo.append(CellUnit(cell_cfg, without, seed, key, device))
+
+    # The cells left to train, each a unit of the executor (in this process, or Ray tasks
+    # running side by side); this process alone writes what they return, as each finishes.
+    if executor.in_process:
+        shared = session.__dict__.setdefault("_tensors", {})
+        fn = functools.partial(
+            train_cell,
+            on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,
+            tensors=shared,
+        )
+    else:
+        fn = train_cell
+    with maybe(None if executor.in_process else timer, "distill"):
+        for index, out in executor.map(fn, todo, session.corpus, bases):
+            unit = todo[index]
+            name = variant_name(unit.without)
+            cell_dir = session.run.ablation / "models" / f"{_slug(unit.without)}_seed{unit.seed}"
+            for role, data in out["checkpoints"].items():
+                atomic_write_bytes(cell_dir / f"{role}.pt", data)
+            cell = {
+                "signature": signatures[unit.seed],
+                "variant": name,
+                "seed": unit.seed,
+                "result": out["result"],
+            }
+            atomic_write_json(_cell_path(session, unit.without, unit.seed), cell)
+            if timer is not None and executor.in_process:
+                for step, seconds in out["seconds"].items():
+                    timer.add(step, seconds)
+            cells[(unit.without, unit.seed)] = out["result"]
+            computed.append((name, unit.seed))
             if on_cell:
-                on_cell(name, seed, cached is not None)
-            if cached is None:
-                result = run_cell(
-                    session,
-                    without,
-                    seed,
-                    base,
-                    on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,
-                    timer=timer,
-                )
-                cached = {"signature": sig, "variant": name, "seed": seed, "result": result}
-                atomic_write_json(path, cached)
-                computed.append((name, seed))
-            cells[(without, seed)] = cached["result"]
+                on_cell(name, unit.seed, False)
+    # Listed in the study's order, whichever finished first.
+    order = [(variant_name(w), s) for s in seed_list for w in all_variants]
+    computed.sort(key=order.index)
     with maybe(timer, "evaluate"):
         summary = summarise(session, all_variants, seed_list, cells, base_metrics)
     atomic_write_json(session.run.ablation / "results.json", summary)

@@ -14,7 +14,9 @@ DUAL on a text-only corpus) is reported as not run, with the reason.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from mrd_cli.config import Config
+from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session, role_backbone, role_modalities, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import EpochLog, predict
+from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_write_json
+from mrd_cli.io import atomic_write_bytes, atomic_write_json
 from mrd_cli.models.registry import DEFAULT_BACKBONE, backbone_modalities, check_backbone
 from mrd_cli.recipes.pretrain import pretrain
 
@@ -70,9 +76,13 @@ def compare(
     seeds: int,
     on_cell: Callable[[str, int, bool], None] | None = None,
     on_epoch: Callable[[str, EpochLog], None] | None = None,
+    executor: Executor | None = None,
 ) -> ComparisonResult:
     """Pretrain M_multi with each of ``backbones`` for ``seeds`` seeds (from ``cfg.seed``),
-    score each on the test split and summarise; writes ``RUN/compare/results.json``."""
+    score each on the test split and summarise; writes ``RUN/compare/results.json``.
+    ``executor`` (default: this process) runs the cells; ``on_cell(backbone, seed, reused)``
+    follows each cell as it is found finished or finishes."""
+    executor = executor or LocalExecutor()
     if not backbones:
         raise MRDError("Name at least one backbone to compare.")
     for name in backbones:
@@ -99,10 +109,12 @@ def compare(
     reference = DEFAULT_BACKBONE if DEFAULT_BACKBONE in runnable else runnable[0]
     cells: dict[tuple[str, int], dict[str, Any]] = {}
     computed: list[tuple[str, int]] = []
+    todo: list[CompareUnit] = []
+    signatures: dict[tuple[str, int], str] = {}
     for name in runnable:
         for seed in seed_list:
             cfg = _with_backbone(session, name, seed)
-            sig = signature(
+            sig = signatures[(name, seed)] = signature(
                 "compare",
                 cfg.to_dict()["dataset"],
                 cfg.to_dict()["model"],
@@ -110,18 +122,39 @@ def compare(
                 seed,
                 session.corpus.fingerprint(),
             )
-            path = root / "cells" / f"{name}_seed{seed}.json"
-            cached = _read_cell(path, sig)
-            if on_cell:
-                on_cell(name, seed, cached is not None)
+            cached = _read_cell(root / "cells" / f"{name}_seed{seed}.json", sig)
             if cached is None:
-                result = run_cell(
-                    session.derive(cfg, RunDir(root / f"{name}_seed{seed}")), on_epoch
-                )
-                cached = {"signature": sig, "backbone": name, "seed": seed, "result": result}
-                atomic_write_json(path, cached)
-                computed.append((name, seed))
+                todo.append(CompareUnit(cfg, name, seed, executor.device(str(session.device))))
+                continue
             cells[(name, seed)] = cached["result"]
+            if on_cell:
+                on_cell(name, seed, True)
+    # The cells left to train, each a unit of the executor; this process alone writes what
+    # they return (the cell, its checkpoint and config), as each finishes.
+    fn = (
+        functools.partial(
+            train_cell, on_epoch=on_epoch, tensors=session.__dict__.setdefault("_tensors", {})
+        )
+        if executor.in_process
+        else train_cell
+    )
+    for index, out in executor.map(fn, todo, session.corpus):
+        unit = todo[index]
+        for rel, data in out["files"].items():
+            atomic_write_bytes(root / f"{unit.backbone}_seed{unit.seed}" / rel, data)
+        cell = {
+            "signature": signatures[(unit.backbone, unit.seed)],
+            "backbone": unit.backbone,
+            "seed": unit.seed,
+            "result": out["result"],
+        }
+        atomic_write_json(root / "cells" / f"{unit.backbone}_seed{unit.seed}.json", cell)
+        cells[(unit.backbone, unit.seed)] = out["result"]
+        computed.append((unit.backbone, unit.seed))
+        if on_cell:
+            on_cell(unit.backbone, unit.seed, False)
+    order = [(name, seed) for name in runnable for seed in seed_list]
+    computed.sort(key=order.index)  # the study's order, whichever finished first
     summary = summarise(session, runnable, seed_list, cells, reference, not_run)
     atomic_write_json(root / "results.json", summary)
     return ComparisonResult(**summary, computed=computed)
@@ -132,6 +165,42 @@ def _with_backbone(session: Session, name: str, seed: int):
     cfg.model.backbone = name
     cfg.seed = seed
     return cfg
+
+
+@dataclass(frozen=True)
+class CompareUnit:
+    """One (backbone, seed) cell as a unit of work: its config (backbone and seed set) and
+    the device it trains on."""
+
+    cfg: Config
+    backbone: str
+    seed: int
+    device: str
+
+
+# What a cell leaves in ``RUN/compare/<backbone>_seed<seed>/``.
+CELL_FILES = ("pretrain/multi.pt", "config.yaml")
+
+
+def train_cell(
+    unit: CompareUnit,
+    corpus: Corpus,
+    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    tensors: dict | None = None,
+) -> dict[str, Any]:
+    """``run_cell`` in a temporary directory, wherever the executor puts it: the cell's
+    result and its files (``CELL_FILES``) as bytes; writes nothing in the run directory.
+    ``tensors``: device tensors to share (the same corpus in this process)."""
+    set_threads(unit.cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="mrd-compare-") as tmp:
+        sub = Session(unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device))
+        if tensors is not None:
+            sub.__dict__["_tensors"] = tensors
+        result = run_cell(sub, on_epoch)
+        return {
+            "result": result,
+            "files": {rel: (Path(tmp) / rel).read_bytes() for rel in CELL_FILES},
+        }
 
 
 def run_cell(

@@ -8,6 +8,7 @@ not see. Writes ``RUN/partition.json``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrd_cli.config import Config
 from mrd_cli.core.checkpoint import load_checkpoint
+from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.partition import (
     fold_assignment,
     partition_by_agreement,
@@ -24,10 +28,11 @@ from mrd_cli.core.partition import (
     read_partition,
 )
 from mrd_cli.core.provenance import check_pretrained_pair, settings_differences
-from mrd_cli.core.rundir import ROLES
+from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session, role_backbone
 from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import EpochLog, predict
+from mrd_cli.data.corpus import Corpus
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, file_sha256
@@ -54,8 +59,10 @@ def partition(
     checkpoints: dict[str, Path] | None = None,
     on_epoch: Callable[[str, EpochLog], None] | None = None,
     on_fold: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> PartitionResult:
-    """Partition the training utterances by the agreement of the two models' predictions."""
+    """Partition the training utterances by the agreement of the two models' predictions.
+    ``executor`` (default: this process) trains the cross-fitted fold models."""
     cfg = session.cfg
     method = method or cfg.partition.method
     folds = folds or cfg.partition.folds
@@ -69,7 +76,9 @@ def partition(
     if method == "in_sample":
         preds = {role: predict(models[role], train) for role in ROLES}
     else:
-        preds = _cross_fitted_predictions(session, train, folds, on_epoch, on_fold)
+        preds = _cross_fitted_predictions(
+            session, train, folds, on_epoch, on_fold, executor or LocalExecutor()
+        )
     y_true = train.labels[train.mask].cpu().numpy()
     codes = partition_by_agreement(
         y_true, preds["multi"][train.mask].cpu().numpy(), preds["text"][train.mask].cpu().numpy()
@@ -103,52 +112,95 @@ def _cross_fitted_predictions(
     folds: int,
     on_epoch: Callable[[str, EpochLog], None] | None,
     on_fold: Callable[[str], None] | None,
+    executor: Executor,
 ) -> dict[str, torch.Tensor]:
-    """Out-of-fold predictions [D, L] of fold models for every training dialogue."""
-    val = session.tensors("val")
+    """Out-of-fold predictions [D, L] of fold models for every training dialogue; each
+    role's fold models are one unit of ``executor`` (the two roles may train side by side)."""
+    device = executor.device(str(session.device))
+    units = [FoldUnit(session.cfg, role, folds, device) for role in ROLES]
+    if executor.in_process:
+        fn = functools.partial(
+            fold_predictions,
+            on_epoch=on_epoch,
+            on_fold=on_fold,
+            tensors=session.__dict__.setdefault("_tensors", {}),
+        )
+    else:
+        fn = fold_predictions
+    preds = {}
+    for index, pred in executor.map(fn, units, session.corpus):
+        preds[units[index].role] = torch.tensor(pred, device=train.labels.device)
+    return preds
+
+
+@dataclass(frozen=True)
+class FoldUnit:
+    """One role's ``folds`` fold models as a unit of work: the config, the role, the device."""
+
+    cfg: Config
+    role: str
+    folds: int
+    device: str
+
+
+def fold_predictions(
+    unit: FoldUnit,
+    corpus: Corpus,
+    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_fold: Callable[[str], None] | None = None,
+    tensors: dict | None = None,
+) -> np.ndarray:
+    """Train the fold models of one role (the folds of a role as one stacked computation
+    where the backbone has a stacked form) and return their out-of-fold predictions
+    [D, L] (numpy) for every training dialogue. Writes nothing."""
+    set_threads(unit.cfg.threads)
+    session = Session(unit.cfg, corpus, RunDir(Path(".")), resolve_device(unit.device))
+    if tensors is not None:
+        session.__dict__["_tensors"] = tensors
+    role, folds = unit.role, unit.folds
+    train, val = session.tensors("train"), session.tensors("val")
     assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
-    preds = {r: torch.zeros_like(train.labels) for r in ROLES}
+    pred_all = torch.zeros_like(train.labels)
     held = [np.flatnonzero(assignment == k) for k in range(folds)]
     fit_parts = [train.subset(np.flatnonzero(assignment != k)) for k in range(folds)]
     seeds = [session.cfg.seed + 1000 * (k + 1) for k in range(folds)]
 
-    def fold_key(k: int, role: str) -> str:
+    def fold_key(k: int) -> str:
         return f"fold {k + 1}/{folds} {role}"
 
     def callback(key: str):
         return (lambda log: on_epoch(key, log)) if on_epoch else None
 
-    def keep(role: str, k: int, model) -> None:
+    def keep(k: int, model) -> None:
         fold_pred = predict(model, train.subset(held[k]))
         rows = torch.as_tensor(held[k], device=train.mask.device)
-        preds[role][rows, : fold_pred.shape[1]] = fold_pred
+        pred_all[rows, : fold_pred.shape[1]] = fold_pred
 
-    for role in ROLES:
-        stackable = stacked_supports(session.cfg.model)
-        if role_backbone(session.cfg, role)[0] != "dialogue":
-            stackable = False  # only the dialogue network has a stacked form
-        if session.cfg.partition.stacked and stackable:
-            # The folds of a role as one batched computation (equal to training each alone).
-            if on_fold:
-                on_fold(f"folds 1-{folds}/{folds} {role} (together)")
-            trained = train_role_stacked(
-                session,
-                role,
-                list(zip(fit_parts, seeds)),
-                val,
-                on_epoch=[callback(fold_key(k, role)) for k in range(folds)],
-            )
-            for k, (model, _) in enumerate(trained):
-                keep(role, k, model)
-            continue
+    stackable = stacked_supports(session.cfg.model)
+    if role_backbone(session.cfg, role)[0] != "dialogue":
+        stackable = False  # only the dialogue network has a stacked form
+    if session.cfg.partition.stacked and stackable:
+        # The folds of a role as one batched computation (equal to training each alone).
+        if on_fold:
+            on_fold(f"folds 1-{folds}/{folds} {role} (together)")
+        trained = train_role_stacked(
+            session,
+            role,
+            list(zip(fit_parts, seeds)),
+            val,
+            on_epoch=[callback(fold_key(k)) for k in range(folds)],
+        )
+        for k, (model, _) in enumerate(trained):
+            keep(k, model)
+    else:
         for k in range(folds):
             if on_fold:
-                on_fold(fold_key(k, role))
+                on_fold(fold_key(k))
             model, _ = train_role(
-                session, role, fit_parts[k], val, seeds[k], on_epoch=callback(fold_key(k, role))
+                session, role, fit_parts[k], val, seeds[k], on_epoch=callback(fold_key(k))
             )
-            keep(role, k, model)
-    return preds
+            keep(k, model)
+    return pred_all.cpu().numpy()
 
 
 def partition_is_current(session: Session) -> bool:
@@ -171,6 +223,7 @@ def ensure_partitioned(
     on_step: Callable[[str], None] | None = None,
     replace_pretrained: bool = False,
     timer: StepTimer | None = None,
+    executor: Executor | None = None,
 ) -> None:
     """Pretrain and partition unless current outputs are already in the run directory
     (``mrd run`` and ``mrd ablate`` start with it); ``timer`` gets each step's wall time.
@@ -191,7 +244,7 @@ def ensure_partitioned(
         if on_step:
             on_step("partition")
         with maybe(timer, "partition"):
-            partition(session, on_epoch=on_epoch)
+            partition(session, on_epoch=on_epoch, executor=executor)
     elif on_step:
         on_step("partition (reused)")
 

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -53,11 +54,14 @@ from mrd_cli.config import (
     with_values,
 )
 from mrd_cli.core import lock as run_lock
-from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.executor import Executor, LocalExecutor
+from mrd_cli.core.rundir import ROLES, RunDir, unpack
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.training import EpochLog, evaluate
+from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError, MRDRunError
-from mrd_cli.io import atomic_write_json, atomic_write_text, file_sha256
+from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
 
@@ -73,6 +77,7 @@ REFUSED = {
     "dataset": "the data are loaded once for the whole study",
     "seed": "the seeds are set by --seed and --seeds",
     "ablate": "ablation settings play no part in a trial",
+    "executor": "where the work runs plays no part in a trial",
 }
 FINISHED = ("COMPLETE", "PRUNED")
 # A trial that fails (a non-finite loss, say) is recorded and the study goes on; this many
@@ -358,13 +363,17 @@ def tune(
     on_step: Callable[[str], None] | None = None,
     on_trial: Callable[[dict[str, Any], dict[str, int]], None] | None = None,
     on_wait: Callable[[dict[str, int]], None] | None = None,
+    executor: Executor | None = None,
 ) -> TuneResult:
     """Run (or continue) the study until it holds ``trials`` finished trials; write
     ``RUN/tune/<study>/best.yaml``; return every trial, the best and the parameter importances.
 
     ``on_epoch(key, log)`` follows pretraining and each trial's distillation epochs,
     ``on_trial(row, counts)`` each trial this process finishes, ``on_wait(counts)`` each
-    poll while the last trials run in other processes.
+    poll while the last trials run in other processes. ``executor`` (default: this
+    process) runs the trials: a Ray executor runs one worker per task slot
+    (``Executor.slots``, at most ``trials``), each trying trials against the shared storage; the callbacks
+    then follow only the pretraining.
     """
     optuna = require_optuna()
     if target not in TARGETS:
@@ -414,7 +423,95 @@ def tune(
         )
 
     epoch_param = space.get("distill.epochs")
-    stride = max(epoch_param.probes()) if epoch_param is not None else cfg.distill.epochs
+    job = StudyJob(
+        url=url,
+        name=name,
+        meta=meta,
+        trials=trials,
+        space=space,
+        seed_list=seed_list,
+        target=target,
+        stride=max(epoch_param.probes()) if epoch_param is not None else cfg.distill.epochs,
+        own_pairs=own_pairs,
+        prune=prune,
+        prune_startup=prune_startup,
+        prune_warmup=prune_warmup,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        poll_seconds=poll_seconds,
+    )
+    executor = executor or LocalExecutor()
+    if executor.in_process:
+        ran_here = run_trials(
+            session, study, job, study_dir, optuna, on_epoch, on_step, on_trial, on_wait
+        )
+    else:
+        # Each worker is a unit of the executor running trials against the shared storage;
+        # its trial directories come back as bytes and are written here alone.
+        units = [
+            TuneWorker(session.cfg, job, executor.device(str(session.device)), k)
+            for k in range(min(executor.slots(), trials))
+        ]
+        base = {} if own_pairs else session.run.distill_inputs()
+        ran_here = []
+        for _, out in executor.map(tune_worker, units, session.corpus, base):
+            for rel, data in out["files"].items():
+                atomic_write_bytes(study_dir / rel, data)
+            ran_here += out["ran"]
+        ran_here.sort()
+
+    return _summarise(
+        session,
+        study,
+        url,
+        name,
+        target,
+        seed_list,
+        trials,
+        space,
+        ran_here,
+        study_dir,
+        optuna,
+        pretrained_value=pretrained_value,
+    )
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """What every process working on a study shares: where the study is, what it must
+    match (``meta``), how many trials it should hold, the space, seeds and target, and the
+    pruning and heartbeat settings."""
+
+    url: str
+    name: str
+    meta: dict[str, Any]
+    trials: int
+    space: dict[str, Param]
+    seed_list: list[int]
+    target: str
+    stride: int
+    own_pairs: bool
+    prune: bool
+    prune_startup: int
+    prune_warmup: int
+    heartbeat_interval: int
+    grace_period: int | None
+    poll_seconds: float
+
+
+def run_trials(
+    session: Session,
+    study: optuna.Study,
+    job: StudyJob,
+    study_dir: Path,
+    optuna: Any,
+    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+    on_trial: Callable[[dict[str, Any], dict[str, int]], None] | None = None,
+    on_wait: Callable[[dict[str, int]], None] | None = None,
+) -> list[int]:
+    """This process's share of the study: start trials (into ``study_dir``) until the study
+    holds ``job.trials`` finished ones; the numbers of the trials run here."""
     ran_here: list[int] = []
     T = optuna.trial.TrialState
 
@@ -426,27 +523,27 @@ def tune(
             and t.state.name in (*FINISHED, "RUNNING", "WAITING")
             and not t.user_attrs.get("surplus")
         ]
-        if len(ahead) >= trials:
+        if len(ahead) >= job.trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        params = {key: p.suggest(trial) for key, p in space.items()}
+        params = {key: p.suggest(trial) for key, p in job.space.items()}
         try:
             return _run_trial(
                 session,
                 trial,
                 params,
-                space,
-                seed_list,
-                target,
-                stride,
+                job.space,
+                job.seed_list,
+                job.target,
+                job.stride,
                 study_dir,
-                own_pairs,
-                prune,
+                job.own_pairs,
+                job.prune,
                 on_epoch,
                 on_step,
                 optuna,
-                meta.get("pretrained_pair"),
+                job.meta.get("pretrained_pair"),
             )
         except MRDRunError as exc:  # e.g. a non-finite loss: this config fails, not the study
             trial.set_user_attr("error", str(exc))
@@ -463,12 +560,12 @@ def tune(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
         counts = _counts(study)
-        if counts["finished"] >= trials:
+        if counts["finished"] >= job.trials:
             break
-        if counts["finished"] + counts["running"] >= trials and counts["waiting"] == 0:
+        if counts["finished"] + counts["running"] >= job.trials and counts["waiting"] == 0:
             if on_wait:
                 on_wait(counts)
-            time.sleep(poll_seconds)
+            time.sleep(job.poll_seconds)
             continue
         done: list[Any] = []
         study.optimize(
@@ -491,21 +588,51 @@ def tune(
                     )
             else:
                 failures.clear()
+    return ran_here
 
-    return _summarise(
-        session,
-        study,
-        url,
-        name,
-        target,
-        seed_list,
-        trials,
-        space,
-        ran_here,
-        study_dir,
-        optuna,
-        pretrained_value=pretrained_value,
-    )
+
+@dataclass(frozen=True)
+class TuneWorker:
+    """One worker of a study as a unit of work: the config, the study, its device, its index."""
+
+    cfg: Config
+    job: StudyJob
+    device: str
+    index: int
+
+
+def tune_worker(unit: TuneWorker, corpus: Corpus, base: dict[str, bytes]) -> dict[str, Any]:
+    """``run_trials`` wherever the executor puts it, against the study's storage (which the
+    worker must reach), in a temporary run directory holding the pretrained pair and
+    partition (``base``, ``RunDir.distill_inputs``; empty when each trial pretrains its own): the numbers of the trials it ran and its trial directories' files as
+    bytes, by their path under the study directory. Writes nothing in the run directory."""
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    set_threads(unit.cfg.threads)
+    job = unit.job
+    with tempfile.TemporaryDirectory(prefix="mrd-tune-") as tmp:
+        run = unpack(Path(tmp) / "run", base)
+        session = Session(unit.cfg, corpus, run, resolve_device(unit.device))
+        study = _open_study(
+            optuna,
+            job.url,
+            job.name,
+            job.meta,
+            unit.cfg.seed,
+            job.prune,
+            job.prune_startup,
+            job.prune_warmup,
+            job.heartbeat_interval,
+            job.grace_period,
+        )
+        study_dir = Path(tmp) / "study"
+        ran = run_trials(session, study, job, study_dir, optuna)
+        files = {
+            str(path.relative_to(study_dir)): path.read_bytes()
+            for path in sorted(study_dir.rglob("*"))
+            if path.is_file() and not path.name.startswith(".")
+        }
+    return {"ran": ran, "files": files}
 
 
 def _run_trial(
@@ -656,6 +783,7 @@ def _study_meta(
     besides the tuned keys, and the pretrained pair."""
     base = session.cfg.to_dict()
     base.pop("ablate")
+    base.pop("executor")  # where trials run is no part of what they compute
     meta: dict[str, Any] = {
         "dataset": session.corpus.name,
         "data": session.corpus.fingerprint(),
