@@ -3,6 +3,7 @@ count), the objective's independence from test labels, and the command end to en
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -370,6 +371,20 @@ def test_a_study_made_with_other_settings_is_refused(tmp_path, toy_corpus):
         _tune(session, trials=1, seeds=2)
     # another study name is a new study
     assert _tune(session, trials=1, seeds=2, study_name="other").ran_here == [0]
+
+
+def test_a_study_continues_after_changes_no_trial_depends_on(tmp_path, toy_corpus):
+    session = _session(tmp_path, toy_corpus)
+    _tune(session, trials=1)
+    unrelated = copy.deepcopy(session.cfg)
+    unrelated.ablate.seeds = 3  # ablation, self-training and an unused backbone's options
+    unrelated.selftrain.rounds = 7
+    unrelated.model.foal.clip_temperature = not unrelated.model.foal.clip_temperature
+    assert _tune(session.derive(unrelated, session.run), trials=2).ran_here == [1]
+    changed = copy.deepcopy(session.cfg)
+    changed.distill.lr = 1e-2  # not in the space: part of every trial's result
+    with pytest.raises(MRDError, match="another base config"):
+        _tune(session.derive(changed, session.run), trials=3)
 
 
 # --------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from mrd_cli.config import (
     builtin_config_path,
     describe_type,
     key_type,
+    model_in_use,
     nested_overrides,
     read_yaml,
     value_fits,
@@ -73,6 +74,8 @@ KINDS = ("float", "int", "choice")
 INSTALL_HINT = "pip install -e '.[tune]'"
 # Sections a trial may change only by pretraining its own pair.
 PRETRAIN_SECTIONS = ("model", "pretrain", "partition")
+# The config sections a trial's result depends on (the study's base config).
+TRIAL_SECTIONS = ("seed", "dataset", "model", "pretrain", "partition", "distill")
 REFUSED = {
     "dataset": "the data are loaded once for the whole study",
     "seed": "the seeds are set by --seed and --seeds",
@@ -781,9 +784,12 @@ def _study_meta(
 ) -> dict[str, Any]:
     """What every trial of a study must share: data, target, seeds, space, the config
     besides the tuned keys, and the pretrained pair."""
-    base = session.cfg.to_dict()
-    base.pop("ablate")
-    base.pop("executor")  # where trials run is no part of what they compute
+    # Only the sections a trial's result depends on: a new section elsewhere (where trials
+    # run, ablation or self-training settings) or a new option of an unused backbone must
+    # not make an existing study refuse to continue.
+    full = session.cfg.to_dict()
+    base = {k: full[k] for k in TRIAL_SECTIONS}
+    base["model"] = model_in_use(base["model"])
     meta: dict[str, Any] = {
         "dataset": session.corpus.name,
         "data": session.corpus.fingerprint(),
