@@ -467,10 +467,11 @@ def test_two_processes_on_one_sqlite_study_give_exactly_n_trials(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, a scheduler
 def test_a_subprocess_interrupted_then_rerun_finishes_the_study(tmp_path, signum):
-    config = _write_yaml(tmp_path / "tiny.yaml", {**TINY, "distill": {"epochs": 3}})
+    # Trials long enough (20 epochs) that the signal lands inside the second one.
+    config = _write_yaml(tmp_path / "tiny.yaml", {**TINY, "distill": {"epochs": 20}})
     space = _write_yaml(tmp_path / "space.yaml", SPACE)
     run = tmp_path / "run"
-    db = run / "tune" / "study.db"
+    second = run / "tune" / "synthetic-text" / "trials" / "1"
     proc = subprocess.Popen(
         _cmd(run, config, space, 4),
         cwd=tmp_path,
@@ -480,16 +481,10 @@ def test_a_subprocess_interrupted_then_rerun_finishes_the_study(tmp_path, signum
         text=True,
     )
     deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the first finished trial
-        time.sleep(0.5)
-        if db.is_file():
-            try:
-                if _study(run, "synthetic-text").get_trials(
-                    states=(optuna.trial.TrialState.COMPLETE,)
-                ):
-                    break
-            except Exception:
-                continue
+    # Trials run one after another: the second trial's directory means the first finished.
+    while time.time() < deadline and not second.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be interrupted"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (130 if signum == signal.SIGINT else 143), err[-2000:]
