@@ -479,6 +479,9 @@ def test_a_subprocess_interrupted_then_rerun_finishes_the_study(tmp_path, signum
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background of a script inherits SIGINT ignored (POSIX),
+        # and Python keeps it so: give the command the disposition a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     # Trials run one after another: the second trial's directory means the first finished.
