@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from mrd_cli.config import Config, load_config, model_in_use
+from mrd_cli.config import Config, load_config
 from mrd_cli.core.checkpoint import check_matches_corpus, load_checkpoint, model_from_checkpoint
 from mrd_cli.core.device import resolve_device
+from mrd_cli.core.provenance import settings_differences
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.training import Selected
 from mrd_cli.data.corpus import Corpus
@@ -141,16 +142,8 @@ class Session:
             ckpt = load_checkpoint(path)
         except MRDError:
             return None
-        cfg = self.cfg.to_dict()
-        made = ckpt.get("config")
-        if (
-            not isinstance(made, dict)
-            or ckpt["data_fingerprint"] != self.corpus.fingerprint()
-            or made.get("seed") != cfg["seed"]
-            or made.get("dataset") != cfg["dataset"]
-            or made.get("pretrain") != cfg["pretrain"]
-            or model_in_use(made.get("model")) != model_in_use(cfg["model"])
-        ):
+        # The same comparison that names the differences when a pair is refused.
+        if settings_differences(ckpt, self.cfg.to_dict(), self.corpus.fingerprint()):
             return None
         return ckpt
 
