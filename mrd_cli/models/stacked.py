@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mrd_cli.data.tensors import Batch, to_device
 from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+from mrd_cli.models.gru import StepLayout, bidirectional_gru
 
 # DialogueModel parameter names (GRU encoder, one layer) -> short names used here.
 GRU_DIRS = ("", "_reverse")
@@ -45,43 +46,28 @@ class StackedLayout:
     """Where each model's real utterances are, for one stacked step.
 
     ``counts[k]`` real utterances of model k (0 when it sits out); per-utterance tensors are
-    [K, N, ...] with N = max count. ``real`` [T] indexes the real rows of [K * N];
-    ``fwd`` / ``rev`` [T] their positions in the padded [K * B * L] GRU input, forward and
-    reversed within each dialogue; ``steps`` [K, B] each dialogue's length (0 for padding).
+    [K, N, ...] with N = max count. ``real`` [T] indexes the real rows of [K * N] (model by
+    model, in dialogue order); ``gru`` places the same T utterances in the bidirectional
+    GRU's time-major input (``models.gru.StepLayout``).
     """
 
     counts: list[int]
     n: int
-    b: int
-    length: int
     real: Tensor
-    fwd: Tensor
-    rev: Tensor
-    steps: Tensor
+    gru: StepLayout
 
     @classmethod
     def of(cls, batches: list[Batch | None], device: torch.device) -> StackedLayout:
-        k_models = len(batches)
         lens = [
             b.lengths.cpu() if b is not None else torch.zeros(0, dtype=torch.long) for b in batches
         ]
         counts = [int(x.sum()) for x in lens]
         n = max(max(counts), 1)
-        b_max = max(max(len(x) for x in lens), 1)
-        length = max(max((int(x.max()) for x in lens if len(x)), default=1), 1)
-        steps = torch.zeros(k_models, b_max, dtype=torch.long)
-        real, fwd, rev = [], [], []
+        lengths = torch.zeros(len(batches), max(max(len(x) for x in lens), 1), dtype=torch.long)
         for k, x in enumerate(lens):
-            if not len(x):
-                continue
-            steps[k, : len(x)] = x
-            rows, t = torch.nonzero(torch.arange(length) < x[:, None], as_tuple=True)
-            real.append(k * n + torch.arange(len(rows)))
-            base = k * b_max * length + rows * length
-            fwd.append(base + t)
-            rev.append(base + x[rows] - 1 - t)
-        both = to_device(torch.stack([torch.cat(real), torch.cat(fwd), torch.cat(rev)]), device)
-        return cls(counts, n, b_max, length, both[0], both[1], both[2], steps.to(device))
+            lengths[k, : len(x)] = x
+        real = torch.cat([k * n + torch.arange(c) for k, c in enumerate(counts)])
+        return cls(counts, n, to_device(real, device), StepLayout.of(lengths, device))
 
 
 def _stack_real(
@@ -210,37 +196,17 @@ class StackedModels:
     def _gru(self, fused: Tensor, lay: StackedLayout) -> Tensor:
         """The bidirectional one-layer GRU over each model's dialogues: [K, N, 2 * hh]."""
         p = self.params
-        k, hid = self.k, fused.shape[-1]
-        b, length = lay.b, lay.length
-        rows = fused.reshape(k * lay.n, hid).index_select(0, lay.real)
-        zeros = fused.new_zeros(k * b * length, hid)
-        x = torch.stack(
-            [zeros.index_copy(0, lay.fwd, rows), zeros.index_copy(0, lay.rev, rows)]
-        ).view(2 * k, b * length, hid)
-        w_ih = torch.cat([p[f"context.weight_ih_l0{d}"] for d in GRU_DIRS])  # [2K, 3hh, H]
-        w_hh = torch.cat([p[f"context.weight_hh_l0{d}"] for d in GRU_DIRS])
-        b_ih = torch.cat([p[f"context.bias_ih_l0{d}"] for d in GRU_DIRS])
+        k = self.k
+        # Input gates of both directions in one product per model: [K, N, 2 * 3hh].
+        w_ih = torch.cat([p[f"context.weight_ih_l0{d}"] for d in GRU_DIRS], dim=1)
+        b_ih = torch.cat([p[f"context.bias_ih_l0{d}"] for d in GRU_DIRS], dim=1)
+        gi = torch.baddbmm(b_ih[:, None], fused, w_ih.transpose(1, 2))
+        gi = gi.reshape(k * lay.n, 2, -1).index_select(0, lay.real)
+        w_hh = torch.cat([p[f"context.weight_hh_l0{d}"] for d in GRU_DIRS])  # [2K, 3hh, hh]
         b_hh = torch.cat([p[f"context.bias_hh_l0{d}"] for d in GRU_DIRS])
-        hh = w_hh.shape[-1]
-        gi = torch.baddbmm(b_ih[:, None], x, w_ih.transpose(1, 2)).view(2 * k, b, length, 3 * hh)
-        w_hh_t = w_hh.transpose(1, 2)
-        b_hh = b_hh[:, None]
-        steps = torch.cat([lay.steps, lay.steps])[..., None]  # [2K, B, 1]
-        h = fused.new_zeros(2 * k, b, hh)
-        outs = []
-        # unbind, not gi[:, :, t]: the backward of one unbind is one stack, that of L
-        # slices L full-size zero tensors.
-        for t, g in enumerate(gi.unbind(2)):
-            gh = torch.baddbmm(b_hh, h, w_hh_t)
-            rz = torch.sigmoid(g[..., : 2 * hh] + gh[..., : 2 * hh])
-            r, z = rz[..., :hh], rz[..., hh:]
-            n = torch.tanh(g[..., 2 * hh :] + r * gh[..., 2 * hh :])
-            new = n + z * (h - n)
-            outs.append(new)
-            h = torch.where(steps > t, new, h)
-        out = torch.stack(outs, dim=2).reshape(2, k * b * length, hh)
-        ctx = torch.cat([out[0].index_select(0, lay.fwd), out[1].index_select(0, lay.rev)], -1)
-        return fused.new_zeros(k * lay.n, 2 * hh).index_copy(0, lay.real, ctx).view(k, lay.n, -1)
+        ctx = bidirectional_gru(gi, lay.gru, w_hh, b_hh)
+        out = fused.new_zeros(k * lay.n, ctx.shape[-1]).index_copy(0, lay.real, ctx)
+        return out.view(k, lay.n, -1)
 
 
 def real_rows(batches: list[Batch | None], lay: StackedLayout) -> tuple[Tensor, Tensor]:

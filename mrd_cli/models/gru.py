@@ -1,0 +1,147 @@
+"""The GRU recurrence of the context encoder as one autograd operation, for the CPU.
+
+``torch.nn.GRU`` on the CPU runs a packed sequence as one small autograd graph per step, and
+the backward of its per-step slices of the packed data writes a zero tensor the size of the
+whole batch for every step: at IEMOCAP's dialogue lengths (up to 110 utterances) that
+backward was a third of a training epoch. ``gru_recurrence`` runs the same equations (gate
+layout and bias placement of ``nn.GRU``) as one ``autograd.Function``: the forward loop
+records nothing for autograd, the backward loop is back-propagation through time written
+out, and the gradient of the recurrent weights is one batched matrix product over all steps
+instead of one per step.
+
+Every sequence starts at step 0 and its padding, if any, comes after its last real step
+(a backward direction is fed its real steps reversed, see ``models.stacked``); outputs at
+padded steps are left as computed and must not be used, and no gradient may reach them
+(callers gather the real steps). Then no masking is needed: a padded step never feeds a
+real one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mrd_cli.data.tensors import to_device
+
+
+class _GRURecurrence(torch.autograd.Function):
+    """h_t = GRU(gi_t, h_{t-1}), h_{-1} = 0, for D independent recurrences at once.
+
+    ``gi`` [T, D, B, 3H] input gates (x W_ih^T + b_ih, gate order r, z, n), time first so
+    that a step is contiguous; ``w_hh`` [D, 3H, H], ``b_hh`` [D, 3H]; returns the hidden
+    states [T, D, B, H]. A step is a handful of operations on tensors of D * B * H numbers,
+    so its cost is the number of operations: whatever does not depend on the step before is
+    computed for all steps at once, outside the loops.
+    """
+
+    @staticmethod
+    def forward(ctx, gi: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+        # Detached, so that no operation below goes through autograd's dispatch at all.
+        gi, w_hh, b_hh = gi.detach(), w_hh.detach(), b_hh.detach()
+        steps, d, b, three_h = gi.shape
+        hid = three_h // 3
+        w_t = w_hh.transpose(1, 2).contiguous()  # [D, H, 3H]
+        bias = b_hh[:, None]  # [D, 1, 3H]
+        h = gi.new_zeros(d, b, hid)
+        outs, rzs, ns, ghns = [], [], [], []
+        # Plain operations: on tensors this small an ``out=`` costs more than the allocation.
+        for g in gi.unbind(0):
+            gh = torch.baddbmm(bias, h, w_t)
+            rz = torch.sigmoid(g[..., : 2 * hid] + gh[..., : 2 * hid])
+            gh_n = gh[..., 2 * hid :]
+            n = torch.tanh(torch.addcmul(g[..., 2 * hid :], rz[..., :hid], gh_n))
+            h = torch.addcmul(n, rz[..., hid:], h - n)  # n + z (h - n)
+            outs.append(h)
+            rzs.append(rz)
+            ns.append(n)
+            ghns.append(gh_n)
+        out = torch.stack(outs)
+        ctx.save_for_backward(w_hh, out, torch.stack(rzs), torch.stack(ns), torch.stack(ghns))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        w_hh, out, rz, n, gh_n = (x.detach() for x in ctx.saved_tensors)
+        grad_out = grad_out.detach()
+        steps, d, b, hid = out.shape
+        r, z = rz[..., :hid], rz[..., hid:]
+        h_prev = torch.cat([out.new_zeros(1, d, b, hid), out[:-1]])
+        # Everything that does not depend on the gradient flowing back through time, for all
+        # steps at once: dL/da of each pre-activation a per unit of dL/dh_t (z, n) or of
+        # dL/da_n (r, and gh_n's share), with h_t = n + z (h_{t-1} - n), z = sigmoid(a_z),
+        # n = tanh(a_n), a_n = gi_n + r gh_n, r = sigmoid(a_r).
+        dn = ((1 - z) * (1 - n * n)).unbind(0)
+        dz = ((h_prev - n) * z * (1 - z)).unbind(0)
+        dr = (gh_n * r * (1 - r)).unbind(0)
+        r_t, z_t, g_t = r.unbind(0), z.unbind(0), grad_out.unbind(0)
+        w = w_hh.contiguous()
+        dh = grad_out.new_zeros(d, b, hid)
+        grad_gi = [None] * steps  # dL/dgi_t: (da_r, da_z, da_n)
+        dgh_n = [None] * steps  # dL/dgh_n = da_n r (gh_r's and gh_z's equal gi's)
+        for t in range(steps - 1, -1, -1):
+            dh = dh + g_t[t]
+            da_n = dh * dn[t]
+            da_rz = torch.cat([da_n * dr[t], dh * dz[t]], dim=-1)
+            dgh_n[t] = da_n * r_t[t]
+            grad_gi[t] = torch.cat([da_rz, da_n], dim=-1)
+            dh = torch.baddbmm(dh * z_t[t], torch.cat([da_rz, dgh_n[t]], dim=-1), w)
+        grad_gi = torch.stack(grad_gi)
+        dgh = torch.cat([grad_gi[..., : 2 * hid], torch.stack(dgh_n)], dim=-1)
+        # Recurrent weights: the sum over steps of dgh_t^T h_{t-1}, as one product.
+        dgh_all = dgh.transpose(0, 1).reshape(d, steps * b, 3 * hid)
+        h_all = h_prev.transpose(0, 1).reshape(d, steps * b, hid)
+        return grad_gi, torch.bmm(dgh_all.transpose(1, 2), h_all), dgh_all.sum(1)
+
+
+def gru_recurrence(gi: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """Hidden states [T, D, B, H] of D independent GRU recurrences (see the module doc)."""
+    return _GRURecurrence.apply(gi, w_hh, b_hh)
+
+
+@dataclass
+class StepLayout:
+    """Where the real utterances of K models' dialogue batches sit in the time-major input of
+    ``gru_recurrence`` for a bidirectional GRU: [L, 2K, B], direction-model d = k (forward)
+    or K + k (backward), dialogue row b, step t.
+
+    ``fwd`` [N] / ``rev`` [N] are the flat positions of the N real utterances (model by
+    model, dialogue by dialogue, in order) for the forward direction and for the backward
+    one, which reads each dialogue's real utterances last first, from its own step 0.
+    """
+
+    fwd: Tensor
+    rev: Tensor
+    steps: int
+    directions: int
+    rows: int
+
+    @classmethod
+    def of(cls, lengths: Tensor, device: torch.device) -> StepLayout:
+        """From the dialogue lengths [K, B] (0 for a missing dialogue), on the CPU."""
+        lengths = lengths.cpu()
+        k, b = lengths.shape
+        steps = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        kk, rows, t = torch.nonzero(torch.arange(steps) < lengths[..., None], as_tuple=True)
+        fwd = (t * 2 * k + kk) * b + rows
+        rev = ((lengths[kk, rows] - 1 - t) * 2 * k + k + kk) * b + rows
+        both = to_device(torch.stack([fwd, rev]), device)
+        return cls(both[0], both[1], steps, 2 * k, b)
+
+
+def bidirectional_gru(gi: Tensor, lay: StepLayout, w_hh: Tensor, b_hh: Tensor) -> Tensor:
+    """Outputs [N, 2H] (forward, backward) of the bidirectional GRUs of K models at their N
+    real utterances. ``gi`` [N, 2, 3H]: each utterance's input gates for the forward and
+    the backward direction; ``w_hh`` [2K, 3H, H] and ``b_hh`` [2K, 3H], the K models'
+    forward directions first."""
+    three_h = gi.shape[-1]
+    cells = lay.steps * lay.directions * lay.rows
+    x = (
+        gi.new_zeros(cells, three_h)
+        .index_copy(0, lay.fwd, gi[:, 0])
+        .index_copy(0, lay.rev, gi[:, 1])
+    )
+    out = gru_recurrence(x.view(lay.steps, lay.directions, lay.rows, three_h), w_hh, b_hh)
+    out = out.view(cells, three_h // 3)
+    return torch.cat([out.index_select(0, lay.fwd), out.index_select(0, lay.rev)], dim=-1)
