@@ -78,17 +78,24 @@ class _GRURecurrence(torch.autograd.Function):
         r_t, z_t, g_t = r.unbind(0), z.unbind(0), grad_out.unbind(0)
         w = w_hh.contiguous()
         dh = grad_out.new_zeros(d, b, hid)
-        grad_gi = [None] * steps  # dL/dgi_t: (da_r, da_z, da_n)
-        dgh_n = [None] * steps  # dL/dgh_n = da_n r (gh_r's and gh_z's equal gi's)
-        for t in range(steps - 1, -1, -1):
+        # dL/d(h_{t-1} W_hh^T + b_hh), gate order r, z, n; its r and z parts are also
+        # dL/dgi_t's, whose n part is da_n.
+        dgh = grad_out.new_empty(steps, d, b, 3 * hid)
+        views = zip(
+            dgh[..., :hid].unbind(0),
+            dgh[..., hid : 2 * hid].unbind(0),
+            dgh[..., 2 * hid :].unbind(0),
+        )
+        dgh_t = dgh.unbind(0)
+        da_n = [None] * steps
+        for t, (da_r, da_z, dgh_n) in reversed(list(enumerate(views))):
             dh = dh + g_t[t]
-            da_n = dh * dn[t]
-            da_rz = torch.cat([da_n * dr[t], dh * dz[t]], dim=-1)
-            dgh_n[t] = da_n * r_t[t]
-            grad_gi[t] = torch.cat([da_rz, da_n], dim=-1)
-            dh = torch.baddbmm(dh * z_t[t], torch.cat([da_rz, dgh_n[t]], dim=-1), w)
-        grad_gi = torch.stack(grad_gi)
-        dgh = torch.cat([grad_gi[..., : 2 * hid], torch.stack(dgh_n)], dim=-1)
+            da_n[t] = dh * dn[t]
+            torch.mul(da_n[t], dr[t], out=da_r)
+            torch.mul(dh, dz[t], out=da_z)
+            torch.mul(da_n[t], r_t[t], out=dgh_n)
+            dh = torch.baddbmm(dh * z_t[t], dgh_t[t], w)  # dh_t z + dgh W_hh
+        grad_gi = torch.cat([dgh[..., : 2 * hid], torch.stack(da_n)], dim=-1)
         # Recurrent weights: the sum over steps of dgh_t^T h_{t-1}, as one product.
         dgh_all = dgh.transpose(0, 1).reshape(d, steps * b, 3 * hid)
         h_all = h_prev.transpose(0, 1).reshape(d, steps * b, hid)
