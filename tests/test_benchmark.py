@@ -127,3 +127,19 @@ def test_benchmark_times_each_backbone_back_to_back_on_the_tiny_preset():
     assert list(result["pretrain_multi_epoch_s"]) == ["dialogue", "foal", "dual"]
     assert result["ratio_to_dialogue"]["dialogue"] == 1.0
     assert len(result["load_average"]) == 2
+
+
+def test_gru_benchmark_times_both_gru_paths_on_the_small_preset():
+    script = SCRIPT.parent / "gru.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--preset", "small", "--batches", "2", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["median_ms_per_batch"]) == {"nn_gru_packed", "models_gru"}
+    assert all(v > 0 for v in result["median_ms_per_batch"].values())
+    assert result["speedup"] > 0
+    assert "x" in out.stderr and "ms" in out.stderr
