@@ -5,6 +5,7 @@ Functional only: nothing here depends on how fast the machine is.
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,11 +132,14 @@ def test_benchmark_times_each_backbone_back_to_back_on_the_tiny_preset():
 
 def test_gru_benchmark_times_both_gru_paths_on_the_small_preset():
     script = SCRIPT.parent / "gru.py"
+    # The checkout first on the path, whether or not the package is installed.
+    path = os.pathsep.join([str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, str(script), "--preset", "small", "--batches", "2", "--repeats", "1"],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "PYTHONPATH": path},
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
