@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mrd_cli.data.tensors import to_device
 
@@ -62,6 +63,7 @@ class _GRURecurrence(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a second derivative through this backward would be wrong: refuse it
     def backward(ctx, grad_out: Tensor):
         w_hh, out, rz, n, gh_n = (x.detach() for x in ctx.saved_tensors)
         grad_out = grad_out.detach()
