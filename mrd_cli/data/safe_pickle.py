@@ -132,16 +132,21 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler whose only reachable globals are those in ``ALLOWED_GLOBALS``."""
+class _Budget:
+    """Bytes of arrays one file may still allocate; ``charge`` refuses an allocation beyond.
 
-    def __init__(self, file: Any, path: Path, encoding: str, budget: int) -> None:
-        super().__init__(file, encoding=encoding)
+    Kept apart from the unpickler on purpose: the constructors ``find_class`` hands out are
+    memoized by the pickle, and one that referred back to the unpickler would make a cycle
+    through its memo, which holds every object of the file: the file's whole contents would
+    then outlive the load until Python's cycle collector happened to run.
+    """
+
+    def __init__(self, path: Path, budget: int) -> None:
         self._path = path
         self._budget = budget
         self._spent = 0
 
-    def _charge(self, shape: Any, dtype: Any) -> None:
+    def charge(self, shape: Any, dtype: Any) -> None:
         """Refuse an array allocation that would take the file beyond its size budget."""
         try:
             dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
@@ -160,23 +165,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "allocated. Use the feature files as distributed."
             )
 
-    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
-        self._charge(shape, dtype)
+    def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
+        self.charge(shape, dtype)
         return _reconstruct(subtype, shape, dtype)
 
-    def _scalar(self, dtype: Any, *args: Any) -> Any:
-        self._charge((), dtype)
+    def scalar(self, dtype: Any, *args: Any) -> Any:
+        self.charge((), dtype)
         return _scalar(dtype, *args)
 
-    def _sized(self, cls: type) -> Any:
+    def sized(self, cls: type) -> Any:
         """``bytes`` / ``bytearray`` whose ``cls(n)`` (n zero bytes) is charged first."""
 
         def make(*args: Any, **kwargs: Any) -> Any:
             if args and isinstance(args[0], int):
-                self._charge((args[0],), "u1")
+                self.charge((args[0],), "u1")
             return cls(*args, **kwargs)
 
         return make
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose only reachable globals are those in ``ALLOWED_GLOBALS``."""
+
+    def __init__(self, file: Any, path: Path, encoding: str, budget: int) -> None:
+        super().__init__(file, encoding=encoding)
+        self._path = path
+        self._budget = _Budget(path, budget)
 
     def find_class(self, module: str, name: str) -> Any:
         # Python 2 pickles say __builtin__ / copy_reg; map them the way pickle itself would
@@ -187,11 +201,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         obj = ALLOWED_GLOBALS.get(key)
         # The allocating constructors go through the size budget.
         if obj is _reconstruct:
-            return self._reconstruct
+            return self._budget.reconstruct
         if obj is _scalar:
-            return self._scalar
+            return self._budget.scalar
         if obj in (bytes, bytearray):
-            return self._sized(obj)
+            return self._budget.sized(obj)
         if obj is None:
             raise MRDError(
                 f"Refused to load {self._path}: it asks to call '{module}.{name}', which is not "
@@ -216,7 +230,11 @@ def safe_load(path: Path, encoding: str = "ASCII") -> Any:
     try:
         budget = expansion_budget(path.stat().st_size)
         with path.open("rb") as fh:
-            return _RestrictedUnpickler(fh, path, encoding, budget).load()
+            unpickler = _RestrictedUnpickler(fh, path, encoding, budget)
+            try:
+                return unpickler.load()
+            finally:
+                unpickler.memo.clear()  # whatever it holds goes now, not at the next gc
     except MRDError:
         raise
     except MemoryError:
