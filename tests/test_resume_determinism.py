@@ -251,6 +251,7 @@ def nan_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """From the second epoch on, every model output is NaN (and so is every loss term)."""
     poisoned = {"on": False}
     update, forward = EpochBars.update, DialogueModel.forward
+    matched = DialogueModel.forward_matched
 
     def on_epoch(bars: EpochBars, key: str, log: Any) -> None:
         update(bars, key, log)
@@ -260,8 +261,14 @@ def nan_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         out = forward(model, *args, **kwargs)
         return out * float("nan") if poisoned["on"] else out
 
+    def nan_matched(model: DialogueModel, *args: Any, **kwargs: Any) -> Any:
+        out = matched(model, *args, **kwargs)
+        return tuple(x * float("nan") for x in out) if poisoned["on"] else out
+
     monkeypatch.setattr(EpochBars, "update", on_epoch)
     monkeypatch.setattr(DialogueModel, "forward", nan_forward)
+    # Distillation runs each model with its frozen copy in one pass.
+    monkeypatch.setattr(DialogueModel, "forward_matched", nan_matched)
     yield
 
 

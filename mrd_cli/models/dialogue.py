@@ -36,14 +36,21 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.same_mask([x])[0]
+
+    def same_mask(self, xs: list[Tensor]) -> list[Tensor]:
+        """Each of ``xs`` (one shape, on the CPU) dropped out with one mask, the one
+        ``forward`` would draw for the first: several networks under the same dropout."""
         keep = round((1.0 - self.p) * 65536)  # out of 65536
-        if not self.training or x.device.type != "cpu" or keep in (0, 65536):
-            return super().forward(x)
-        n = x.numel()
+        if not self.training or keep in (0, 65536) or xs[0].device.type != "cpu":
+            if len(xs) > 1 and self.training and 0 < keep < 65536:
+                raise ValueError("one dropout mask for several tensors is drawn on the CPU only")
+            return [super(Dropout, self).forward(x) for x in xs]
+        n = xs[0].numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        uniform16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+        uniform16 = bits.view(torch.int16)[:n].view(xs[0].shape)  # uniform on [-32768, 32767]
         kept = uniform16 < keep - 32768
-        return x * kept * (65536 / keep)
+        return [x * kept * (65536 / keep) for x in xs]
 
 
 @dataclass
@@ -149,23 +156,76 @@ class DialogueModel(Backbone):
     def forward(
         self, features: dict[str, Tensor], speakers: Tensor, mask: Tensor, lengths: Tensor
     ) -> Tensor:
+        return self._forward([self], features, speakers, mask, lengths)[0]
+
+    def forward_matched(
+        self,
+        frozen: DialogueModel,
+        features: dict[str, Tensor],
+        speakers: Tensor,
+        mask: Tensor,
+        lengths: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """This model's logits and those of ``frozen`` (a copy of it with the same input
+        statistics, which trains no more), both under the dropout masks this model draws.
+
+        The refactoring losses' matched-dropout target in one pass: the same logits, and the
+        same random state afterwards, as running ``frozen`` under a forked random state and
+        then this model, but the inputs are standardised and dropped out once for both. On
+        the CPU, with the GRU encoder (the Transformer draws dropout masks of its own)."""
+        if self.spec.encoder != "gru" or mask.device.type != "cpu":
+            raise ValueError("forward_matched needs the GRU encoder on the CPU")
+        for m in self.modalities:
+            for stat in ("mean", "std"):
+                if not torch.equal(getattr(self, f"{stat}_{m}"), getattr(frozen, f"{stat}_{m}")):
+                    raise ValueError("forward_matched needs the same input statistics")
+        logits = self._forward([self, frozen], features, speakers, mask, lengths)
+        return logits[0], logits[1].detach()
+
+    def _forward(
+        self,
+        nets: list[DialogueModel],
+        features: dict[str, Tensor],
+        speakers: Tensor,
+        mask: Tensor,
+        lengths: Tensor,
+    ) -> list[Tensor]:
+        """The logits of each of ``nets`` (this model first; the others of its architecture),
+        every dropout mask drawn once, by this model, and applied to each."""
         batch, length = mask.shape
         where = UtteranceLayout.of(lengths, length, mask.device)
-        parts = []
+        parts: list[list[Tensor]] = [[] for _ in nets]
         for m in self.modalities:
-            parts.append(self.project[m](self.standardised(features, m, where.real)))
-        fused = self.fuse(torch.cat(parts, dim=-1)) + self.speaker(gather(speakers, where.real))
-        fused = self.dropout(fused)  # [N, H], the N real utterances of the batch
+            # Standardised and dropped out once: the same input for every net.
+            x = self.project[m][0](self.standardised(features, m, where.real))
+            for net, p in zip(nets, parts):
+                p.append(net.project[m][2](net.project[m][1](x)))
+        spk = gather(speakers, where.real)
+        fused = [net.fuse(torch.cat(p, dim=-1)) + net.speaker(spk) for net, p in zip(nets, parts)]
+        fused = self.dropout.same_mask(fused)  # [N, H] each, the N real utterances
+        hidden = [
+            net.classify[1](
+                net.classify[0](torch.cat([f, net._context(f, where, mask, lengths)], -1))
+            )
+            for net, f in zip(nets, fused)
+        ]
+        hidden = self.classify[2].same_mask(hidden)
+        return [
+            scatter(net.classify[3](h), where.real, batch, length) for net, h in zip(nets, hidden)
+        ]
+
+    def _context(
+        self, fused: Tensor, where: UtteranceLayout, mask: Tensor, lengths: Tensor
+    ) -> Tensor:
+        """The context encoder over the real utterances [N, H]."""
+        batch, length = mask.shape
         if self.spec.encoder == "gru" and self.spec.layers == 1 and fused.device.type == "cpu":
-            ctx = self._bigru(fused, lengths)
-        elif self.spec.encoder == "gru":
-            ctx = self._packed_gru(fused, where, batch, length)
-        else:
-            padded = scatter(fused, where.real, batch, length)
-            ctx = self.context(padded + positions(padded), src_key_padding_mask=~mask)
-            ctx = gather(ctx, where.real)
-        logits = self.classify(torch.cat([fused, ctx], dim=-1))
-        return scatter(logits, where.real, batch, length)
+            return self._bigru(fused, lengths)
+        if self.spec.encoder == "gru":
+            return self._packed_gru(fused, where, batch, length)
+        padded = scatter(fused, where.real, batch, length)
+        ctx = self.context(padded + positions(padded), src_key_padding_mask=~mask)
+        return gather(ctx, where.real)
 
     def _packed_gru(self, fused: Tensor, where: UtteranceLayout, batch: int, length: int) -> Tensor:
         """``self.context`` over the real utterances [N, H] -> [N, H], by ``nn.GRU`` on a

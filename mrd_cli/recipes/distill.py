@@ -36,7 +36,7 @@ from mrd_cli.core.training import (
 )
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.io import file_sha256
-from mrd_cli.models.dialogue import DialogueModel, run_model
+from mrd_cli.models.dialogue import Backbone, DialogueModel, run_model
 from mrd_cli.recipes.pretrain import TrainedModels
 
 # The logged loss terms: classification (cls_*), mutual distillation (kd_*, Eq. 3-4),
@@ -255,6 +255,12 @@ class DistillStep:
         cfg = self.cfg
         logits, frozen = {}, {"multi": b.frozen_multi, "text": b.frozen_text}
         for role, model in self.models.items():
+            if self.matched and matched_in_one_pass(model, b.batch):
+                x = b.batch
+                logits[role], frozen[role] = model.forward_matched(
+                    self.frozen[role], x.features, x.speakers, x.mask, x.lengths
+                )
+                continue
             if self.matched:
                 frozen[role] = same_dropout_logits(self.frozen[role], b.batch)
             logits[role] = run_model(model, b.batch)
@@ -291,6 +297,16 @@ def frozen_copy(model: DialogueModel) -> DialogueModel:
     for p in copy.parameters():
         p.requires_grad_(False)
     return copy
+
+
+def matched_in_one_pass(model: Backbone, batch: Batch) -> bool:
+    """Can ``model`` and its frozen copy run as one pass under the same dropout masks
+    (``DialogueModel.forward_matched``: the dialogue network with its GRU, on the CPU)?"""
+    return (
+        type(model) is DialogueModel
+        and model.spec.encoder == "gru"
+        and batch.mask.device.type == "cpu"
+    )
 
 
 @torch.no_grad()
