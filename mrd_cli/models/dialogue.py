@@ -41,16 +41,29 @@ class Dropout(nn.Dropout):
     def same_mask(self, xs: list[Tensor]) -> list[Tensor]:
         """Each of ``xs`` (one shape, on the CPU) dropped out with one mask, the one
         ``forward`` would draw for the first: several networks under the same dropout."""
-        keep = round((1.0 - self.p) * 65536)  # out of 65536
+        keep = keep_level(self.p)
         if not self.training or keep in (0, 65536) or xs[0].device.type != "cpu":
             if len(xs) > 1 and self.training and 0 < keep < 65536:
                 raise ValueError("one dropout mask for several tensors is drawn on the CPU only")
             return [super(Dropout, self).forward(x) for x in xs]
-        n = xs[0].numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        uniform16 = bits.view(torch.int16)[:n].view(xs[0].shape)  # uniform on [-32768, 32767]
-        kept = uniform16 < keep - 32768
+        kept = keep_mask(xs[0].shape, keep)
         return [x * kept * (65536 / keep) for x in xs]
+
+
+def keep_level(p: float) -> int:
+    """``Dropout``'s keep probability 1 - p, in 65536ths."""
+    return round((1.0 - p) * 65536)
+
+
+def keep_mask(
+    shape: tuple[int, ...], keep: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """The bool keep mask of ``Dropout`` on the CPU: four 16-bit uniforms from each 64-bit
+    draw of ``generator`` (torch's global one when None), kept below ``keep`` / 65536."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None, generator=generator)
+    uniform16 = bits.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+    return uniform16 < keep - 32768
 
 
 @dataclass

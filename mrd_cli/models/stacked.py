@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from mrd_cli.data.tensors import Batch, to_device
-from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+from mrd_cli.models.dialogue import DialogueModel, ModelSpec, keep_level, keep_mask
 from mrd_cli.models.gru import StepLayout, bidirectional_gru
 
 # DialogueModel parameter names (GRU encoder, one layer) -> short names used here.
@@ -96,7 +96,7 @@ class StackedModels:
         self.spec = spec
         self.k = len(models)
         self.modalities = list(spec.modalities)
-        self.keep = round((1.0 - spec.dropout) * 65536)
+        self.keep = keep_level(spec.dropout)
         states = [m.state_dict() for m in models]
         self.names = list(states[0])
         self.params: dict[str, Tensor] = {}
@@ -124,12 +124,7 @@ class StackedModels:
     # ---------------------------------------------------------------------------------
     def _keep_mask(self, gen: torch.Generator, n: int, d: int, device: torch.device) -> Tensor:
         """The [n, d] keep mask ``Dropout.forward`` draws on the CPU, from ``gen``."""
-        numel = n * d
-        bits = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(
-            -(2**63), None, generator=gen
-        )
-        uniform16 = bits.view(torch.int16)[:numel].view(n, d)
-        return to_device(uniform16 < self.keep - 32768, device)
+        return to_device(keep_mask((n, d), self.keep, gen), device)
 
     def _dropping(self, gens: list[torch.Generator | None] | None) -> bool:
         return gens is not None and self.keep not in (0, 65536)
