@@ -15,6 +15,10 @@ a checkout whose ``mrd run`` has no ``timings`` is driven step by step through i
     python benchmarks/end_to_end.py                          # both presets, 1 and 2 threads
     python benchmarks/end_to_end.py --preset iemocap --threads 1 --json
     python benchmarks/end_to_end.py --source /tmp/mrd-before --preset meld --threads 1
+    python benchmarks/end_to_end.py --preset iemocap --threads 1 --executor processes
+
+``--executor processes`` passes the same option to ``mrd run``: the two roles' cross-fitted
+fold models then train side by side in two worker processes (each with ``--threads``).
 """
 
 from __future__ import annotations
@@ -70,15 +74,19 @@ def _has_timings(source: Path) -> bool:
     return "timings" in (source / "mrd_cli" / "cli" / "run.py").read_text()
 
 
-def run_once(source: Path, preset: str, data_dir: Path, threads: int) -> dict[str, Any]:
+def run_once(
+    source: Path, preset: str, data_dir: Path, threads: int, executor: str = "local"
+) -> dict[str, Any]:
     """One `mrd run` (or its library equivalent) in a fresh process and run directory."""
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory(prefix="mrd-e2e-run-") as run_dir:
         if _has_timings(source):
             cmd = [sys.executable, "-m", "mrd_cli", "run", "--dataset", preset]
             cmd += ["--data-dir", str(data_dir), "--run-dir", run_dir, "--device", "cpu"]
-            cmd += ["--threads", str(threads), "--json"]
+            cmd += ["--threads", str(threads), "--executor", executor, "--json"]
         else:
+            if executor != "local":
+                raise RuntimeError(f"{source} predates `mrd run --executor {executor}`")
             cmd = [sys.executable, "-c", LIBRARY_DRIVER, str(threads), preset, str(data_dir)]
             cmd.append(run_dir)
         load_before = _load()
@@ -94,6 +102,7 @@ def run_once(source: Path, preset: str, data_dir: Path, threads: int) -> dict[st
     return {
         "preset": preset,
         "threads": threads,
+        "executor": executor,
         "steps_s": steps,
         "total_s": sum(steps.values()),
         "process_s": process_s,
@@ -114,6 +123,9 @@ def main(
         Path, typer.Option("--source", help="Checkout of mrd to time (default: this one).")
     ] = ROOT,
     data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the data.")] = 0,
+    executor: Annotated[
+        str, typer.Option("--executor", help="mrd run's --executor: local or processes.")
+    ] = "local",
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     presets = preset or ["iemocap", "meld"]
@@ -142,8 +154,10 @@ def main(
                 capture_output=True,
             )
             for n in thread_counts:
-                console.print(f"mrd run, {name} size, {n} thread(s), load {_load()} ...")
-                row = run_once(source.resolve(), name, Path(data_dir), n)
+                console.print(
+                    f"mrd run, {name} size, {n} thread(s), executor {executor}, load {_load()} ..."
+                )
+                row = run_once(source.resolve(), name, Path(data_dir), n, executor)
                 console.print(
                     "  "
                     + ", ".join(f"{k} {v:.1f} s" for k, v in row["steps_s"].items())
@@ -155,12 +169,13 @@ def main(
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     table = Table(title="mrd run, per step (s)")
-    for col in ("preset", "threads", *STEPS, "total", "process", "load avg before"):
+    for col in ("preset", "threads", "executor", *STEPS, "total", "process", "load avg before"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
             r["preset"],
             str(r["threads"]),
+            r["executor"],
             *(f"{r['steps_s'][k]:.1f}" for k in STEPS),
             f"{r['total_s']:.1f}",
             f"{r['process_s']:.1f}",

@@ -225,12 +225,13 @@ class AblateConfig:
 @dataclass
 class ExecutorConfig:
     """What each independent unit of work (an ablation or comparison cell, a role's fold
-    models, a tuning worker) asks of a Ray worker under ``--executor ray``; the local
-    executor runs the units one after another in its own process and ignores these."""
+    models, a tuning worker) asks of a worker under ``--executor ray`` or ``processes``; the
+    local executor runs the units one after another in its own process and ignores these."""
 
-    # CPU cores Ray reserves for one unit: Ray runs as many units at once as fit the cores.
+    # CPU cores reserved for one unit: as many units run at once as fit the cores (Ray's,
+    # or this machine's with ``--executor processes``).
     cpus_per_task: float = 1.0
-    # GPUs Ray reserves for one unit (fractions share a GPU); above 0 a unit trains on CUDA.
+    # GPUs reserved for one unit (fractions share a GPU); above 0 a unit trains on CUDA.
     gpus_per_task: float = 0.0
 
 

@@ -23,7 +23,7 @@ from mrd_cli.config import Config, ExecutorConfig
 from mrd_cli.core.executor import LocalExecutor, make_executor
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session
-from mrd_cli.errors import MRDError
+from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.recipes.ablate import ablate
 from mrd_cli.recipes.compare import compare
 from mrd_cli.recipes.partition import partition
@@ -49,6 +49,34 @@ def test_local_executor_maps_units_in_order_with_shared_arguments():
     assert list(LocalExecutor().map(_square, [1, 2, 3], 10)) == [(0, 11), (1, 14), (2, 19)]
 
 
+def _fails(unit: int, kind: str) -> int:
+    if unit == 2 and kind == "mrd":
+        raise MRDError(f"unit {unit} has bad data")
+    if unit == 2:
+        raise ZeroDivisionError("division by zero")
+    return unit
+
+
+def test_process_executor_maps_units_in_worker_processes_with_shared_arguments():
+    executor = make_executor("processes", ExecutorConfig(cpus_per_task=1), num_cpus=2)
+    assert executor.slots() == 2 and not executor.in_process
+    assert sorted(executor.map(_square, [1, 2, 3], 10)) == [(0, 11), (1, 14), (2, 19)]
+    assert list(executor.map(_square, [], 10)) == []
+    # Two cores per unit on four cores: two workers.
+    assert make_executor("processes", ExecutorConfig(cpus_per_task=2), num_cpus=4).slots() == 2
+
+
+def test_process_executor_raises_a_workers_error_in_the_parent():
+    executor = make_executor("processes", ExecutorConfig(), num_cpus=2)
+    # A project error keeps its class (and so its exit code); anything else is a run error
+    # that names the original exception.
+    with pytest.raises(MRDError, match="unit 2 has bad data") as user_error:
+        list(executor.map(_fails, [1, 2, 3], "mrd"))
+    assert user_error.type is MRDError
+    with pytest.raises(MRDRunError, match="ZeroDivisionError: division by zero"):
+        list(executor.map(_fails, [1, 2, 3], "other"))
+
+
 def test_ray_executor_without_ray_names_the_install_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(MRDError, match=r"pip install 'mrd-cli\[ray\]'"):
@@ -58,8 +86,10 @@ def test_ray_executor_without_ray_names_the_install_line(monkeypatch):
 def test_address_without_ray_and_unknown_executor_are_refused():
     with pytest.raises(MRDError, match="--executor ray"):
         make_executor("local", ExecutorConfig(), address="auto")
-    with pytest.raises(MRDError, match="local or ray"):
+    with pytest.raises(MRDError, match="local, processes or ray"):
         make_executor("dask", ExecutorConfig())
+    with pytest.raises(MRDError, match="--executor ray"):
+        make_executor("processes", ExecutorConfig(), address="auto")
 
 
 def test_cli_ray_executor_without_ray_is_one_error_line(tmp_path, monkeypatch):
@@ -129,10 +159,20 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_ray_executor_gives_the_local_executors_results(tmp_path, toy_corpus, ray_runtime):
+    _same_results_as_local(tmp_path, toy_corpus, make_executor("ray", ExecutorConfig()))
+
+
+@pytest.mark.slow
+def test_process_executor_gives_the_local_executors_results(tmp_path, toy_corpus):
+    executor = make_executor("processes", ExecutorConfig(), num_cpus=2)
+    assert executor.slots() == 2
+    _same_results_as_local(tmp_path, toy_corpus, executor)
+
+
+def _same_results_as_local(tmp_path, toy_corpus, other) -> None:
     # The cross-fitted partition's fold models, the ablation's cells, the comparison's cells.
-    ray_ex = make_executor("ray", ExecutorConfig())
     runs = {}
-    for name, executor in (("local", LocalExecutor()), ("ray", ray_ex)):
+    for name, executor in (("local", LocalExecutor()), ("ray", other)):
         session = _toy_session(tmp_path / name, toy_corpus, method="cross_fit")
         pretrain(session)
         # The cross-fitted partition's fold models: one unit per role.

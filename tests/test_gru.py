@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from mrd_cli.models.dialogue import DialogueModel, ModelSpec, UtteranceLayout
-from mrd_cli.models.gru import gru_recurrence
+from mrd_cli.models.gru import StepLayout, bidirectional_gru, gru_recurrence
 
 
 def test_gru_recurrence_gradients_match_finite_differences():
@@ -18,6 +18,22 @@ def test_gru_recurrence_gradients_match_finite_differences():
     b_hh = torch.randn(d, 3 * hid, generator=gen, dtype=torch.float64)
     inputs = tuple(x.requires_grad_() for x in (gi, w_hh, b_hh))
     assert torch.autograd.gradcheck(gru_recurrence, inputs)
+
+
+def test_bidirectional_gru_gradients_match_finite_differences():
+    """The per-utterance entry point (scatter into the padded time-major layout, recurrence,
+    gather back, all inside one autograd operation) for K = 2 models with dialogues of
+    different lengths, one of them missing (length 0)."""
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([[3, 1, 4], [2, 0, 4]])
+    k, hid = lengths.shape[0], 3
+    n = int(lengths.sum())
+    gi = torch.randn(n, 2, 3 * hid, generator=gen, dtype=torch.float64)
+    w_hh = torch.randn(2 * k, 3 * hid, hid, generator=gen, dtype=torch.float64)
+    b_hh = torch.randn(2 * k, 3 * hid, generator=gen, dtype=torch.float64)
+    lay = StepLayout.of(lengths, torch.device("cpu"))
+    inputs = tuple(x.requires_grad_() for x in (gi, w_hh, b_hh))
+    assert torch.autograd.gradcheck(lambda g, w, b: bidirectional_gru(g, lay, w, b), inputs)
 
 
 def test_gru_recurrence_equals_nn_gru():

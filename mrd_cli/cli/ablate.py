@@ -74,9 +74,9 @@ def ablate(
     with a paired t-test over seeds and a paired bootstrap interval over test utterances.
 
     Results go to RUN/ablation/results.json and results.csv; finished (variant, seed) cells
-    are reused when the command is run again. With --executor ray the cells (and the
-    cross-fitted partition's fold models) run as Ray tasks, side by side; this command alone
-    writes the run directory.
+    are reused when the command is run again. With --executor processes or ray the
+    cells (and the cross-fitted partition's fold models) run side by side, in worker
+    processes or as Ray tasks; this command alone writes the run directory.
     """
     overrides = {
         "seed": seed,

@@ -92,6 +92,7 @@ NoEarlyStopOpt = Annotated[
 
 class ExecutorKind(str, Enum):
     local = "local"
+    processes = "processes"
     ray = "ray"
 
 
@@ -100,8 +101,10 @@ ExecutorOpt = Annotated[
     typer.Option(
         "--executor",
         help="Where the independent units (cells, a role's fold models) run: local (one after "
-        "another in this process) or ray (Ray tasks side by side, each asking for "
-        "executor.cpus_per_task / gpus_per_task of the config; needs the ray extra).",
+        "another in this process), processes (side by side in worker processes on this "
+        "machine, one per executor.cpus_per_task cores) or ray (Ray tasks side by side, each "
+        "asking for executor.cpus_per_task / gpus_per_task of the config; needs the ray "
+        "extra). The results are the same whichever runs them.",
     ),
 ]
 AddressOpt = Annotated[

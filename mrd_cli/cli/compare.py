@@ -71,8 +71,8 @@ def compare(
     DUAL without audio and visual features) is listed as not run.
 
     Results go to RUN/compare/results.json; finished (backbone, seed) cells are reused when
-    the command is run again. With --executor ray the cells run as Ray tasks, side by side;
-    this command alone writes the run directory.
+    the command is run again. With --executor processes or ray the cells run side
+    by side, in worker processes or as Ray tasks; this command alone writes the run directory.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
     overrides = training_overrides(

@@ -72,8 +72,8 @@ def partition(
     """Partition training utterances by the two pretrained models (Eq. 9-13).
 
     Writes RUN/partition.json with provenance and prints the counts per group and class.
-    With --executor ray the cross-fitted fold models of each role run as one Ray task (the
-    two roles side by side).
+    With --executor processes or ray the cross-fitted fold models of each role run as one
+    unit (a worker process or a Ray task; the two roles side by side).
     """
     if cross_fit is not None and in_sample:
         from mrd_cli.errors import MRDError

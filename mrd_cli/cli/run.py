@@ -68,12 +68,15 @@ def run(
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
 
     Pretrained checkpoints and the partition are reused when they match the data and config
-    (use --force to redo them). With --executor ray the cross-fitted partition's fold models
-    of each role run as one Ray task (the two roles side by side).
+    (use --force to redo them). With --executor processes or ray the cross-fitted
+    partition's fold models of each role run as one unit (a worker process or a Ray task;
+    the two roles side by side).
     """
     check_plots_extra(plots)
     timer = StepTimer()
-    overrides = training_overrides({"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop)
+    overrides = training_overrides(
+        {"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop
+    )
     with timer.step("load"):
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out

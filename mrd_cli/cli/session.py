@@ -71,6 +71,8 @@ def open_executor(kind: Any, address: str | None, session: Session) -> Iterator[
         where = address or "a Ray runtime on this machine"
         err_console.print(f"Executor: Ray ({where}).")
     executor = make_executor(name, session.cfg.executor, address)
+    if name == "processes":
+        err_console.print(f"Executor: up to {executor.slots()} worker processes on this machine.")
     try:
         yield executor
     finally:

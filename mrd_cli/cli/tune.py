@@ -123,8 +123,8 @@ def tune(
     Ctrl-C, or start it in several processes at once. Writes the best config to
     RUN/tune/<study>/best.yaml, for `mrd distill --config`. Test labels are never read.
 
-    With --executor ray, one worker per Ray task slot (cluster CPUs / executor.cpus_per_task)
-    runs trials against the same storage: on a cluster, give a --storage every machine
+    With --executor processes or ray, one worker per slot (this machine's or the cluster's
+    CPUs / executor.cpus_per_task) runs trials against the same storage: on a cluster, give a --storage every machine
     reaches (e.g. postgresql://...). The trials' directories are written by this command.
     """
     optuna = require_optuna()

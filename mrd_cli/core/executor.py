@@ -1,5 +1,6 @@
 """Where independent units of work run: one after another in this process
-(``LocalExecutor``), or as Ray tasks on this machine or a cluster (``RayExecutor``).
+(``LocalExecutor``), side by side in worker processes on this machine
+(``ProcessExecutor``), or as Ray tasks on this machine or a cluster (``RayExecutor``).
 
 A recipe hands ``map`` a module-level function and its units (an ablation cell, a
 comparison cell, one role's fold models); the results come back as they finish, each with
@@ -12,6 +13,8 @@ on the next run whichever executor made it. Ray is an optional extra, imported o
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +24,7 @@ from typing import Any, Protocol
 from mrd_cli.config import ExecutorConfig
 from mrd_cli.errors import MRDError, MRDRunError
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "processes", "ray")
 INSTALL_HINT = "pip install 'mrd-cli[ray]'"
 
 
@@ -70,6 +73,93 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+# What the units of the current ``ProcessExecutor.map`` share, set once in each worker.
+_SHARED: tuple[Any, ...] = ()
+
+
+def _init_worker(shared: tuple[Any, ...]) -> None:
+    global _SHARED
+    _SHARED = shared
+    # Ctrl-C reaches every process of the terminal's group: the parent alone handles it
+    # (and terminates the workers), so a worker does not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_unit(job: tuple[Callable[..., Any], int, Any]) -> tuple[int, str, Any]:
+    """``fn(unit, *shared)`` in a worker; an exception comes back as data (its class may
+    not survive pickling), to be raised again by the parent."""
+    fn, index, unit = job
+    try:
+        return index, "ok", fn(unit, *_SHARED)
+    except MRDError as exc:
+        return index, "mrd", (type(exc).__name__, str(exc))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, with its type
+        return index, "error", f"{type(exc).__name__}: {exc}"
+
+
+class ProcessExecutor:
+    """Units side by side in worker processes on this machine, one unit per
+    ``executor.cpus_per_task`` cores (``ExecutorConfig``) of ``cores`` (default: all of
+    this machine's).
+
+    A lighter alternative to Ray for one machine: the workers are started ("spawn") for
+    each ``map`` and receive the shared objects once each. Separate processes, unlike more
+    torch threads in one process, do not slow each other down by more than their share
+    of the cores when the machine is busy. Each unit sets its own thread count
+    (``threads``); the results equal those of the local executor."""
+
+    kind = "processes"
+    in_process = False
+
+    def __init__(self, resources: ExecutorConfig, cores: int | None = None):
+        cores = cores or os.cpu_count() or 1
+        self.workers = max(1, int(cores // max(resources.cpus_per_task, 1e-9)))
+        self.gpus = resources.gpus_per_task
+
+    def device(self, here: str) -> str:
+        return "cuda" if self.gpus > 0 else here
+
+    def slots(self) -> int:
+        return self.workers
+
+    def map(
+        self, fn: Callable[..., Any], units: list[Any], *shared: Any
+    ) -> Iterator[tuple[int, Any]]:
+        if not units:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(min(self.workers, len(units)), _init_worker, (shared,))
+        try:
+            jobs = [(fn, i, unit) for i, unit in enumerate(units)]
+            for index, status, out in pool.imap_unordered(_run_unit, jobs):
+                if status == "mrd":
+                    name, message = out
+                    cls = next((c for c in _mrd_errors() if c.__name__ == name), MRDRunError)
+                    raise cls(message)
+                if status == "error":
+                    raise MRDRunError(f"A worker process failed: {out}")
+                yield index, out
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+
+    def close(self) -> None:
+        pass
+
+
+def _mrd_errors() -> list[type[MRDError]]:
+    """``MRDError`` and its subclasses, to raise a worker's error again as its own class."""
+    out, todo = [], [MRDError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
 
 
 def ray_runtime_env() -> dict[str, Any]:
@@ -196,6 +286,12 @@ def make_executor(
         if address is not None:
             raise MRDError("--address names a Ray cluster; use it with --executor ray.")
         return LocalExecutor()
+    if kind == "processes":
+        if address is not None:
+            raise MRDError("--address names a Ray cluster; use it with --executor ray.")
+        return ProcessExecutor(resources, num_cpus)
     if kind == "ray":
         return RayExecutor(resources, address, num_cpus)
-    raise MRDError(f"Unknown executor '{kind}'; use {' or '.join(EXECUTORS)}.")
+    raise MRDError(
+        f"Unknown executor '{kind}'; use {', '.join(EXECUTORS[:-1])} or {EXECUTORS[-1]}."
+    )

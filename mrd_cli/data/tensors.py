@@ -7,7 +7,7 @@ reaches a loss or a metric.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,12 +30,53 @@ def to_device(x: Tensor, device: torch.device) -> Tensor:
     return x.to(device)
 
 
+class BatchFeatures(Mapping[str, Tensor]):
+    """A batch's features, modality -> [B, L, d], gathered from the split when first read.
+
+    The utterance-level layers read only the real utterances: ``real_rows`` gathers those
+    rows straight from the split, so a batch never copies its padded [B, L, d] block of
+    wide features (audio 1582, RoBERTa 1024) only to pick rows out of it."""
+
+    def __init__(self, source: Mapping[str, Tensor], index: Tensor, length: int):
+        self._source = source  # modality -> [D, L_split, d]
+        self._index = index  # [B] rows of the split, on its device
+        self._length = length
+        self._padded: dict[str, Tensor] = {}
+
+    def __getitem__(self, m: str) -> Tensor:
+        if m not in self._padded:
+            self._padded[m] = self._source[m][self._index, : self._length]
+        return self._padded[m]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def real_rows(self, m: str, real: Tensor) -> Tensor:
+        """Rows ``real`` (flat indices into [B * L]) of modality ``m``, as a new [N, d]."""
+        if m in self._padded:
+            return self._padded[m].flatten(0, 1).index_select(0, real)
+        src = self._source[m]
+        rows = self._index[real // self._length] * src.shape[1] + real % self._length
+        return src.reshape(-1, src.shape[-1]).index_select(0, rows)
+
+
+def real_features(features: Mapping[str, Tensor], m: str, real: Tensor) -> Tensor:
+    """Rows ``real`` (flat indices into [B * L]) of a batch's modality ``m`` [B, L, d], as a
+    new [N, d] tensor (never a view: callers may work on it in place)."""
+    if isinstance(features, BatchFeatures):
+        return features.real_rows(m, real)
+    return features[m].flatten(0, 1).index_select(0, real)
+
+
 @dataclass
 class Batch:
     """A batch of dialogues, trimmed to its longest dialogue."""
 
     index: Tensor  # [B] rows of the split these dialogues come from
-    features: dict[str, Tensor]  # modality -> [B, L, d]
+    features: Mapping[str, Tensor]  # modality -> [B, L, d] (``BatchFeatures``: read lazily)
     speakers: Tensor  # [B, L] long
     labels: Tensor  # [B, L] long (0 at padding)
     mask: Tensor  # [B, L] bool, True for real utterances
@@ -105,7 +146,7 @@ class SplitTensors:
         idx = to_device(rows, self.mask.device)
         return Batch(
             index=idx,
-            features={m: x[idx, :length] for m, x in self.features.items()},
+            features=BatchFeatures(self.features, idx, length),
             speakers=self.speakers[idx, :length],
             labels=self.labels[idx, :length],
             mask=self.mask[idx, :length],

@@ -14,13 +14,14 @@ RoBERTa inputs was the most expensive step of a CPU epoch, hence ``Dropout`` bel
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mrd_cli.data.tensors import to_device
+from mrd_cli.data.tensors import real_features, to_device
 from mrd_cli.models.gru import StepLayout, bidirectional_gru
 
 
@@ -47,6 +48,8 @@ class Dropout(nn.Dropout):
                 raise ValueError("one dropout mask for several tensors is drawn on the CPU only")
             return [super(Dropout, self).forward(x) for x in xs]
         kept = keep_mask(xs[0].shape, keep)
+        if self.inplace:
+            return [x.mul_(kept).mul_(65536 / keep) for x in xs]
         return [x * kept * (65536 / keep) for x in xs]
 
 
@@ -118,10 +121,14 @@ class Backbone(nn.Module):
             getattr(self, f"mean_{m}").copy_(x.mean(0))
             getattr(self, f"std_{m}").copy_(x.std(0).clamp_min(1e-5))
 
-    def standardised(self, features: dict[str, Tensor], m: str, real: Tensor) -> Tensor:
-        """Modality ``m`` of the real utterances [N, d], standardised."""
-        x = gather(features[m], real)
-        return (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+    def standardised(self, features: Mapping[str, Tensor], m: str, real: Tensor) -> Tensor:
+        """Modality ``m`` of the real utterances [N, d], standardised: a new tensor, gathered
+        from the batch (``data.tensors.real_features``) and standardised in place."""
+        x = real_features(features, m, real)
+        mean, std = getattr(self, f"mean_{m}"), getattr(self, f"std_{m}")
+        if x.requires_grad:  # someone differentiates with respect to the inputs
+            return (x - mean) / std
+        return x.sub_(mean).div_(std)
 
     def aux_losses(self, labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The auxiliary losses of the last training forward call, by name (unweighted)."""
@@ -137,7 +144,10 @@ class DialogueModel(Backbone):
         h = spec.hidden
         self.project = nn.ModuleDict(
             {
-                m: nn.Sequential(Dropout(spec.dropout), nn.Linear(spec.input_dims[m], h), nn.ReLU())
+                # In place: its input is the standardised copy ``standardised`` makes.
+                m: nn.Sequential(
+                    Dropout(spec.dropout, inplace=True), nn.Linear(spec.input_dims[m], h), nn.ReLU()
+                )
                 for m in self.modalities
             }
         )

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from mrd_cli.data.tensors import Batch, to_device
+from mrd_cli.data.tensors import Batch, real_features, to_device
 from mrd_cli.models.dialogue import DialogueModel, ModelSpec, keep_level, keep_mask
 from mrd_cli.models.gru import StepLayout, bidirectional_gru
 
@@ -162,9 +162,11 @@ class StackedModels:
             if b is None:
                 rows.append(weights[k].new_zeros(0, weights[k].shape[0]))
                 continue
-            x = (b.features[m][b.mask] - mean[k]) / std[k]
+            # In place on the gathered copy, as ``DialogueModel`` does.
+            real = torch.nonzero(b.mask.flatten()).flatten()
+            x = real_features(b.features, m, real).sub_(mean[k]).div_(std[k])
             if self._dropping(gens) and gens[k] is not None:
-                x = x * self._keep_mask(gens[k], *x.shape, x.device) * (65536 / self.keep)
+                x.mul_(self._keep_mask(gens[k], *x.shape, x.device)).mul_(65536 / self.keep)
             rows.append(torch.relu(torch.addmm(biases[k], x, weights[k].t())))
         return pad_sequence(rows, batch_first=True)
 
