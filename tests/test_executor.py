@@ -214,22 +214,58 @@ TINY = {
 
 @pytest.mark.slow
 def test_ray_ablation_killed_midway_reuses_the_finished_cells(tmp_path, ray_runtime):
+    _killed_midway_reuses_the_finished_cells(tmp_path, "ray")
+
+
+@pytest.mark.slow
+def test_process_ablation_killed_midway_reuses_the_finished_cells_and_ends_its_workers(
+    tmp_path,
+):
+    workers = _killed_midway_reuses_the_finished_cells(tmp_path, "processes")
+    # The workers that were computing the other cells ended with the command.
+    assert workers, "the command ran no worker process"
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "a worker process outlived the command"
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _killed_midway_reuses_the_finished_cells(tmp_path, kind: str) -> set[int]:
+    """Stops `mrd ablate --executor KIND` (SIGTERM) once its first cell is written, checks
+    the finished cells are reused by a rerun with the same executor and that the result is
+    a local run's; returns the command's child processes seen while it ran."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
     run = tmp_path / "run"
     cells_dir = run / "ablation" / "cells"
     args = ["--config", str(config), "--run-dir", str(run), "--device", "cpu", "--seeds", "2"]
-    # The driver, with its own Ray runtime, is stopped (SIGTERM) once its first cell is
-    # written: 1 of 4 cells are finished then.
+    # The driver (with its own Ray runtime, or its own worker processes) is stopped
+    # (SIGTERM) once its first cell is written: 1 of 4 cells are finished then.
     driver = subprocess.Popen(
-        [sys.executable, "-m", "mrd_cli", "ablate", *args, "--without", "rcl", "--executor", "ray"],
+        [sys.executable, "-m", "mrd_cli", "ablate", *args, "--without", "rcl", "--executor", kind],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     deadline = time.monotonic() + 300
+    children: set[int] = set()
     while not list(cells_dir.glob("*.json")) and driver.poll() is None:
         assert time.monotonic() < deadline, "no cell was written in 5 minutes"
+        if kind == "processes" and Path("/proc").is_dir():
+            children |= _children(driver.pid)
         time.sleep(0.05)
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=120)
@@ -239,25 +275,39 @@ def test_ray_ablation_killed_midway_reuses_the_finished_cells(tmp_path, ray_runt
     assert not (run / "ablation" / "results.json").exists()
 
     session = Session.open("synthetic", config, run_dir=run, device="cpu")
-    again = ablate(session, [("rcl",)], seeds=2, executor=make_executor("ray", ExecutorConfig()))
+    executor = make_executor(kind, ExecutorConfig(), num_cpus=None if kind == "ray" else 2)
+    again = ablate(session, [("rcl",)], seeds=2, executor=executor)
     assert len(again.computed) == 4 - len(finished)
     for name, mtime in finished.items():
         assert (cells_dir / name).stat().st_mtime_ns == mtime  # reused, not rewritten
     # The resumed study is the one a local run makes from scratch.
     local = Session.open("synthetic", config, run_dir=tmp_path / "local", device="cpu")
     assert again.to_dict() == ablate(local, [("rcl",)], seeds=2).to_dict()
+    return children
 
 
 @pytest.mark.slow
 def test_ray_tune_workers_share_the_study_and_the_driver_writes_the_trials(
     tmp_path, toy_corpus, ray_runtime
 ):
+    _tune_workers_share_the_study(tmp_path, toy_corpus, "ray")
+
+
+@pytest.mark.slow
+def test_process_tune_workers_share_the_study_and_the_driver_writes_the_trials(
+    tmp_path, toy_corpus
+):
+    _tune_workers_share_the_study(tmp_path, toy_corpus, "processes")
+
+
+def _tune_workers_share_the_study(tmp_path, toy_corpus, kind: str) -> None:
     pytest.importorskip("optuna")
     from mrd_cli.recipes.tune import parse_space, tune
 
     space = {"distill.alpha": {"float": [0.0, 2.0]}, "distill.lr": {"float": [1e-5, 1e-3]}}
     results = {}
-    for name, executor in (("local", None), ("ray", make_executor("ray", ExecutorConfig()))):
+    other = make_executor(kind, ExecutorConfig(), num_cpus=None if kind == "ray" else 2)
+    for name, executor in (("local", None), ("ray", other)):
         session = _toy_session(tmp_path / name, toy_corpus)
         results[name] = tune(
             session,
@@ -269,7 +319,7 @@ def test_ray_tune_workers_share_the_study_and_the_driver_writes_the_trials(
         )
     local, remote = results["local"], results["ray"]
     assert remote.counts["complete"] == 4 and remote.ran_here == [0, 1, 2, 3]
-    # The trials ran in Ray's worker processes (two, one per core), not in this one; each
+    # The trials ran in the workers' processes (two, one per core), not in this one; each
     # trial's config depends only on the seed and its number, wherever it ran.
     workers = {r["number"]: r for r in remote.trials}
     here = f"{socket.gethostname()}:{os.getpid()}"
