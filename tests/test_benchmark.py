@@ -147,3 +147,28 @@ def test_gru_benchmark_times_both_gru_paths_on_the_small_preset():
     assert all(v > 0 for v in result["median_ms_per_batch"].values())
     assert result["speedup"] > 0
     assert "x" in out.stderr and "ms" in out.stderr
+
+
+def test_fold_schedule_benchmark_compares_partitions_on_the_synthetic_corpus(tmp_path):
+    script = SCRIPT.parent / "fold_schedule.py"
+    path = os.pathsep.join([str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, str(script), "--dataset", "synthetic", "--epochs", "2,1"]
+        + ["--seeds", "0,1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["reference_epochs"] == 2
+    assert [(r["seed"], r["epochs"]) for r in result["rows"]] == [(0, 2), (0, 1), (1, 2), (1, 1)]
+    for row in result["rows"]:
+        # The groups partition the training utterances; the reference agrees with itself.
+        assert sum(row["group_share"].values()) == pytest.approx(100.0, abs=0.3)
+        assert 0 <= row["oof_acc_multi"] <= 100 and 0 <= row["oof_acc_text"] <= 100
+        assert (row["same_group_as_reference"] == 100.0) == (row["epochs"] == 2)
+    assert set(result["seed_agreement"]) == {"2", "1"}
+    assert not list(tmp_path.iterdir())  # a benchmark writes no run directory
