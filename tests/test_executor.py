@@ -221,6 +221,8 @@ def test_ray_ablation_killed_midway_reuses_the_finished_cells(tmp_path, ray_runt
 def test_process_ablation_killed_midway_reuses_the_finished_cells_and_ends_its_workers(
     tmp_path,
 ):
+    if not Path("/proc").is_dir():
+        pytest.skip("finding the command's worker processes reads Linux's /proc")
     workers = _killed_midway_reuses_the_finished_cells(tmp_path, "processes")
     # The workers that were computing the other cells ended with the command.
     assert workers, "the command ran no worker process"
@@ -340,3 +342,24 @@ def _worker(root: Path, number: int) -> str:
         study_name="toy-text", storage=f"sqlite:///{root / 'tune' / 'study.db'}"
     )
     return study.trials[number].user_attrs["worker"]
+
+
+@pytest.mark.slow
+def test_run_with_processes_says_when_each_roles_fold_models_end(tmp_path):
+    # Epoch bars cannot come from other processes: the command says what runs where and
+    # when each unit ends, instead of going quiet for the whole partition.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "partition": {"method": "cross_fit", "folds": 2}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "mrd_cli", "run", "--config", str(config), "--device", "cpu"]
+        + ["--run-dir", str(tmp_path / "run"), "--executor", "processes"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fold models of multi and text" in done.stderr
+    for role in ("multi", "text"):
+        assert f"{role}: 2 fold models done" in done.stderr
+    assert (tmp_path / "run" / "partition.json").is_file()

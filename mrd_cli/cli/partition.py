@@ -96,7 +96,13 @@ def partition(
         f"({'cross-fitted, ' + str(p.folds) + ' folds' if p.method == 'cross_fit' else 'in-sample'})."
     )
     with open_executor(executor, address, session) as runner, epoch_bars() as bars:
-        result = partition_recipe(session, checkpoints=paths, on_epoch=bars.update, executor=runner)
+        result = partition_recipe(
+            session,
+            checkpoints=paths,
+            on_epoch=bars.update,
+            on_fold=None if runner.in_process else (lambda m: err_console.print(f"  {m}")),
+            executor=runner,
+        )
     doc = result.document
     if json_out:
         print_json(result.to_dict())

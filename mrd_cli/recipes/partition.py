@@ -127,9 +127,16 @@ def _cross_fitted_predictions(
         )
     else:
         fn = fold_predictions
+        if on_fold:  # no epoch bars from other processes: say what runs, and when it ends
+            on_fold(
+                f"fold models of {' and '.join(u.role for u in units)}: "
+                f"{min(executor.slots(), len(units))} at a time ({executor.kind} executor)"
+            )
     preds = {}
     for index, pred in executor.map(fn, units, session.corpus):
         preds[units[index].role] = torch.tensor(pred, device=train.labels.device)
+        if on_fold and not executor.in_process:
+            on_fold(f"{units[index].role}: {folds} fold models done")
     return preds
 
 
@@ -243,8 +250,15 @@ def ensure_partitioned(
     if force or not partition_is_current(session):
         if on_step:
             on_step("partition")
+        # Units in other processes report when each ends (their epochs have no bars here).
+        remote = executor is not None and not executor.in_process
         with maybe(timer, "partition"):
-            partition(session, on_epoch=on_epoch, executor=executor)
+            partition(
+                session,
+                on_epoch=on_epoch,
+                on_fold=on_step if remote else None,
+                executor=executor,
+            )
     elif on_step:
         on_step("partition (reused)")
 
