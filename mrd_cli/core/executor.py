@@ -282,13 +282,11 @@ def make_executor(
     kind: str, resources: ExecutorConfig, address: str | None = None, num_cpus: int | None = None
 ) -> Executor:
     """The executor ``--executor`` names; ``--address`` only makes sense with Ray."""
+    if kind in ("local", "processes") and address is not None:
+        raise MRDError("--address names a Ray cluster; use it with --executor ray.")
     if kind == "local":
-        if address is not None:
-            raise MRDError("--address names a Ray cluster; use it with --executor ray.")
         return LocalExecutor()
     if kind == "processes":
-        if address is not None:
-            raise MRDError("--address names a Ray cluster; use it with --executor ray.")
         return ProcessExecutor(resources, num_cpus)
     if kind == "ray":
         return RayExecutor(resources, address, num_cpus)

@@ -146,13 +146,18 @@ class StackedModels:
         return x * to_device(kept, x.device) * (65536 / self.keep)
 
     def _projected(
-        self, m: str, batches: list[Batch | None], gens: list[torch.Generator | None] | None
+        self,
+        m: str,
+        batches: list[Batch | None],
+        reals: list[Tensor | None],
+        gens: list[torch.Generator | None] | None,
     ) -> Tensor:
         """Each model's projection of modality ``m`` at its real utterances, [K, N, H].
 
         Model by model on its own rows, as ``DialogueModel.forward`` does: the inputs are
         wide (audio 1582, RoBERTa 1024), and standardising, dropping out and projecting only
-        the real rows of each model costs a fraction of doing it on a padded [K, N, D]."""
+        the real rows of each model costs a fraction of doing it on a padded [K, N, D].
+        ``reals[k]``: the flat indices of batch k's real utterances in its [B * L]."""
         p = self.params
         weights = p[f"project.{m}.1.weight"].unbind(0)
         biases = p[f"project.{m}.1.bias"].unbind(0)
@@ -163,8 +168,7 @@ class StackedModels:
                 rows.append(weights[k].new_zeros(0, weights[k].shape[0]))
                 continue
             # In place on the gathered copy, as ``DialogueModel`` does.
-            real = torch.nonzero(b.mask.flatten()).flatten()
-            x = real_features(b.features, m, real).sub_(mean[k]).div_(std[k])
+            x = real_features(b.features, m, reals[k]).sub_(mean[k]).div_(std[k])
             if self._dropping(gens) and gens[k] is not None:
                 x.mul_(self._keep_mask(gens[k], *x.shape, x.device)).mul_(65536 / self.keep)
             rows.append(torch.relu(torch.addmm(biases[k], x, weights[k].t())))
@@ -182,7 +186,10 @@ class StackedModels:
         lay = StackedLayout.of(batches, self.device)
         dev = self.device
         counts = lay.counts
-        parts = [self._projected(m, batches, generators) for m in self.modalities]
+        reals = [
+            torch.nonzero(b.mask.flatten()).flatten() if b is not None else None for b in batches
+        ]
+        parts = [self._projected(m, batches, reals, generators) for m in self.modalities]
         cat = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         fused = torch.relu(
             torch.baddbmm(p["fuse.0.bias"][:, None], cat, p["fuse.0.weight"].transpose(1, 2))
