@@ -38,6 +38,7 @@ from mrd_cli.config.sections import (
     DualConfig,
     ExecutorConfig,
     FoalConfig,
+    M3NetConfig,
     ModelConfig,
     PartitionConfig,
     PretrainConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "DualConfig",
     "ExecutorConfig",
     "FoalConfig",
+    "M3NetConfig",
     "ModelConfig",
     "PartitionConfig",
     "PretrainConfig",
@@ -78,7 +80,7 @@ validate = check  # ``cfg`` if every key holds its rules; else an MRDError namin
 
 
 # The sections of ``model`` that belong to one backbone each.
-BACKBONE_SECTIONS = ("foal", "dual", "semi")
+BACKBONE_SECTIONS = ("foal", "dual", "semi", "m3net")
 
 
 def model_in_use(model: Any) -> Any:
@@ -88,8 +90,8 @@ def model_in_use(model: Any) -> Any:
     that is not such a dict is returned as it is."""
     if not isinstance(model, dict):
         return model
-    used = model.get("backbone")
-    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k == used}
+    used = (model.get("backbone"), model.get("text_backbone", "dialogue"))
+    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k in used}
 
 
 def builtin_config_path(name: str) -> Path:

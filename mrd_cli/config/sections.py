@@ -152,13 +152,44 @@ class SemiConfig:
 
 
 @dataclass
+class M3NetConfig:
+    """M3Net (``model.backbone: m3net`` or ``model.text_backbone: m3net``). Defaults: the
+    published IEMOCAP command line; the MELD one is dropout 0.4, num_K 3, hidden 1024,
+    text_linear false (configs/meld.yaml sets it). docs/backbones.md lists every departure."""
+
+    # Width of the per-modality encoders (the published D_g).
+    hidden: int = setting(512, at_least(2, MAX_HIDDEN))
+    # Width of the graph nodes (the published graph_h).
+    graph_hidden: int = setting(512, at_least(2, MAX_HIDDEN))
+    num_L: int = setting(3, at_least(0, MAX_LAYERS))  # hypergraph convolutions
+    num_K: int = setting(4, at_least(0, MAX_LAYERS))  # high/low-frequency graph convolutions
+    # Between the text GRU's layers and before the classifier.
+    dropout: float = setting(0.5, interval(0, 1, "[)"))
+    # Map the text features to ``hidden`` before the GRU (false: the published MELD run,
+    # which feeds the 1024-d RoBERTa vector straight in; needs text width == hidden).
+    text_linear: bool = True
+    # Learned hyperedge and node weights indexed by position in the batch, as published;
+    # false: all weights 1, so a dialogue's prediction does not depend on its batch.
+    position_weights: bool = True
+    # Positions are counted within groups of this many dialogues (the published batch size).
+    position_group: int = setting(16, at_least(1, MAX_BATCH))
+
+    @cross_check("hidden")
+    def hidden_is_even(self) -> str | None:
+        return None if self.hidden % 2 == 0 else "must be even (a bidirectional GRU's width)"
+
+
+@dataclass
 class ModelConfig:
-    """The networks: M_text is always the dialogue network; M_multi's is ``backbone``."""
+    """The networks: M_multi's is ``backbone``, M_text's ``text_backbone``."""
 
     # M_multi's network: "dialogue" (mrd's speaker-aware dialogue network), "foal"
-    # (Foal-Net, audio + visual), "dual" (DUAL, audio + visual, text at its decoder) or
-    # "semi" (MER2024-SEMI's per-modality heads with soft voting; what `mrd selftrain` trains).
-    backbone: Literal["dialogue", "foal", "dual", "semi"] = "dialogue"
+    # (Foal-Net, audio + visual), "dual" (DUAL, audio + visual, text at its decoder),
+    # "semi" (MER2024-SEMI's per-modality heads with soft voting; what `mrd selftrain` trains)
+    # or "m3net" (M3Net, CVPR 2023: multimodal hypergraph + frequency graph filtering).
+    backbone: Literal["dialogue", "foal", "dual", "semi", "m3net"] = "dialogue"
+    # M_text's network (on the text modality alone): "dialogue" or "m3net".
+    text_backbone: Literal["dialogue", "m3net"] = "dialogue"
     hidden: int = setting(128, at_least(2, MAX_HIDDEN))
     encoder: Literal["gru", "transformer"] = "gru"
     layers: int = setting(1, at_least(1, MAX_LAYERS))
@@ -167,6 +198,7 @@ class ModelConfig:
     foal: FoalConfig = field(default_factory=FoalConfig)
     dual: DualConfig = field(default_factory=DualConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+    m3net: M3NetConfig = field(default_factory=M3NetConfig)
 
     @cross_check("hidden")
     def heads_split_hidden(self) -> str | None:
