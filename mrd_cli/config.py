@@ -180,10 +180,6 @@ class PartitionConfig:
     # of the pretrained checkpoints on the data they were trained on.
     method: Literal["cross_fit", "in_sample"] = "cross_fit"
     folds: int = 5
-    # Train the folds' models of a role together, as one batched computation (one-layer GRU
-    # models; each equals its model trained alone up to floating-point rounding). False:
-    # one after another.
-    stacked: bool = True
 
 
 @dataclass
