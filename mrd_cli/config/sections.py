@@ -243,10 +243,6 @@ class PartitionConfig:
     # of the pretrained checkpoints on the data they were trained on.
     method: Literal["cross_fit", "in_sample"] = "cross_fit"
     folds: int = setting(5, at_least(2, MAX_FOLDS))
-    # Train the folds' models of a role together, as one batched computation (one-layer GRU
-    # models; each equals its model trained alone up to floating-point rounding). False:
-    # one after another.
-    stacked: bool = True
 
 
 @dataclass
