@@ -289,7 +289,8 @@ def _show(doc: dict[str, Any]) -> None:
                     "labels": doc["labels"],
                     "num_utterances": doc["labelled_utterances"],
                     "models": {name: doc["report"]},
-                }
+                },
+                title=f"Scores on the {doc['labelled_utterances']} labelled utterances (percent)",
             )
         )
     if doc["saved_to"]:
