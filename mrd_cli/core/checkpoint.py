@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mrd_cli.core.card import write_card
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_torch_save
@@ -32,7 +33,8 @@ REQUIRED = (
 
 
 def save_checkpoint(path: Path, model: Backbone, state_dict: dict, **meta: Any) -> None:
-    """Write a checkpoint atomically. ``state_dict`` is the selected epoch's weights."""
+    """Write a checkpoint atomically, then its model card beside it (``core/card.py``).
+    ``state_dict`` is the selected epoch's weights."""
     payload = {
         "format": FORMAT,
         "model_spec": model.spec.to_dict(),
@@ -40,6 +42,7 @@ def save_checkpoint(path: Path, model: Backbone, state_dict: dict, **meta: Any) 
         **meta,
     }
     atomic_torch_save(payload, path)
+    write_card(path, payload)
 
 
 def load_checkpoint(path: Path, made_by: str = "mrd pretrain") -> dict[str, Any]:

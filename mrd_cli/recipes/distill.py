@@ -166,6 +166,15 @@ def distill(
                 kept_pretrained=selected[role].epoch == 0,
                 start_val_weighted_f1=None if start is None else start[role],
                 start_guard=trainer.start_guard.get(role),
+                parents=[
+                    {
+                        "what": f"pretrained {r} model (M_{r} start / frozen copy)",
+                        "path": str(paths[r]),
+                        "sha256": doc["provenance"]["checkpoints"][r]["sha256"],
+                    }
+                    for r in ROLES
+                ]
+                + [{"what": "partition", "path": str(session.run.partition), "sha256": part_sha}],
             ),
         )
     state_path.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import SelftrainConfig
+from mrd_cli.core.card import copy_checkpoint
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.device import seed_everything
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
@@ -46,7 +47,7 @@ from mrd_cli.core.session import Session, role_seed, signature
 from mrd_cli.core.training import EpochLog, Trainer, mean_terms, predict_logits
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
-from mrd_cli.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from mrd_cli.io import atomic_torch_save, atomic_write_json
 from mrd_cli.models.dialogue import run_model
 from mrd_cli.models.semi import SemiModel
 
@@ -208,8 +209,8 @@ def selftrain(
         if on_round:
             on_round(rounds[-1])
     chosen = _select_round(rounds, st.select)
-    target = session.run.selftrained(role)
-    atomic_write_bytes(target, session.run.selftrain_round(role, chosen).read_bytes())
+    why = f"self-training round {chosen} (selftrain.select = {st.select})"
+    copy_checkpoint(session.run.selftrain_round(role, chosen), session.run.selftrained(role), why)
     session.run.save_config(cfg)
     if pool.data is not None and st.transductive:
         say(TRANSDUCTIVE_NOTE + ".")
@@ -224,7 +225,7 @@ def selftrain(
         contrastive=contrastive,
         rounds=rounds,
         selected_round=chosen,
-        checkpoint=target,
+        checkpoint=session.run.selftrained(role),
         messages=messages,
     )
 
