@@ -15,6 +15,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -23,6 +24,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     report_selected,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -71,6 +73,7 @@ def distill(
     ] = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -86,6 +89,7 @@ def distill(
         },
     }
     overrides = training_overrides(overrides, threads, no_early_stop)
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     session.cfg = apply_without(session.cfg, [c.value for c in without or []])
     d = session.cfg.distill

@@ -15,6 +15,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -23,6 +24,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     report_selected,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -70,6 +72,7 @@ def pretrain(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -80,6 +83,7 @@ def pretrain(
     overrides = training_overrides(
         {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}}, threads, no_early_stop
     )
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides)
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(

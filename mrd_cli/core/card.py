@@ -27,6 +27,17 @@ SELECTION_RULE = (
 )
 
 
+def parent(what: str, path: Path, root: Path, sha256: str | None = None) -> dict[str, str]:
+    """A parent file's record: what it is, its path (relative to the run directory ``root``
+    when inside it, so that a run directory copied elsewhere keeps equal records), sha256."""
+    path = Path(path)
+    try:
+        shown = str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        shown = str(path)
+    return {"what": what, "path": shown, "sha256": sha256 or file_sha256(path)}
+
+
 def card_path(checkpoint: Path) -> Path:
     """Where the card of ``checkpoint`` lives: the same name with ``.md``."""
     return Path(checkpoint).with_suffix(".md")
@@ -199,8 +210,8 @@ def copy_checkpoint(original: Path, copy: Path, what: str) -> dict[str, Any]:
 
     atomic_write_bytes(copy, Path(original).read_bytes())
     ckpt = load_checkpoint(copy)
-    parent = {"what": what, "path": str(original), "sha256": file_sha256(original)}
-    return write_card(copy, {**ckpt, "parents": [parent]})
+    root = Path(copy).parent.parent  # RUN of RUN/<step>/<role>.pt
+    return write_card(copy, {**ckpt, "parents": [parent(what, original, root)]})
 
 
 def read_card_fields(path: Path) -> dict[str, Any] | None:

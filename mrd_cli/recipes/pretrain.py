@@ -25,6 +25,7 @@ from mrd_cli.core.losses import l2_penalty
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, role_seed, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
     EVAL_BATCH,
     EpochLog,
@@ -98,6 +99,7 @@ def pretrain(
                 history=finished.get("history"),
             )
             continue
+        record = recorder(session, "pretrain", {"model": role})  # RUN/pretrain/<role>.metrics...
         model, selected[role] = train_role(
             session,
             role,
@@ -106,7 +108,7 @@ def pretrain(
             session.cfg.seed,
             state_path=state_path,
             resume=resume,
-            on_epoch=(lambda log, r=role: on_epoch(r, log)) if on_epoch else None,
+            on_epoch=record.wrap((lambda log, r=role: on_epoch(r, log)) if on_epoch else None),
         )
         save_checkpoint(
             session.run.pretrained(role),
@@ -114,6 +116,7 @@ def pretrain(
             selected[role].state_dict,
             **session.checkpoint_meta("pretrain", role, selected[role]),
         )
+        record.finish({role: session.run.pretrained(role)})
         state_path.unlink(missing_ok=True)
     session.run.save_config(session.cfg)
     return PretrainResult(

@@ -44,6 +44,7 @@ from mrd_cli.core.selftrain import (
     noise_schedule,
 )
 from mrd_cli.core.session import Session, role_seed, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import EpochLog, Trainer, mean_terms, predict_logits
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
@@ -77,20 +78,7 @@ class SelftrainResult:
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "dataset": self.dataset,
-            "role": self.role,
-            "labeled_fraction": self.labeled_fraction,
-            "transductive": self.transductive,
-            "labelled_dialogues": self.labelled_dialogues,
-            "pool_dialogues": self.pool_dialogues,
-            "pool_utterances": self.pool_utterances,
-            "contrastive": self.contrastive,
-            "rounds": self.rounds,
-            "selected_round": self.selected_round,
-            "checkpoint": str(self.checkpoint),
-            "messages": self.messages,
-        }
+        out = {**asdict(self), "checkpoint": str(self.checkpoint)}  # fields in order
         if self.transductive:
             out["note"] = TRANSDUCTIVE_NOTE
         return out
@@ -128,6 +116,8 @@ def selftrain(
     interrupted round continues from its last finished epoch.
     """
     cfg, st = session.cfg, session.cfg.selftrain
+    record = recorder(session, "selftrain", {"model": role}, "round 0")  # per-epoch metrics
+    on_epoch = record.keyed(on_epoch, f"{role} ")  # each round its own segment
     messages: list[str] = []
     thresholds = class_thresholds(session.corpus.label_names, st.thresholds, st.default_threshold)
 
@@ -211,6 +201,7 @@ def selftrain(
     chosen = _select_round(rounds, st.select)
     why = f"self-training round {chosen} (selftrain.select = {st.select})"
     copy_checkpoint(session.run.selftrain_round(role, chosen), session.run.selftrained(role), why)
+    record.finish({role: session.run.selftrained(role)})
     session.run.save_config(cfg)
     if pool.data is not None and st.transductive:
         say(TRANSDUCTIVE_NOTE + ".")
