@@ -240,9 +240,11 @@ def test_feature_file_input_gives_the_evaluate_split(trained):
     assert a["report"]["confusion_matrix"] == b["report"]["confusion_matrix"]
 
 
-@pytest.mark.parametrize("backbone", ["dialogue", "foal", "dual", "semi"])
+@pytest.mark.parametrize("backbone", ["dialogue", "foal", "dual", "semi", "m3net"])
 def test_every_backbone_and_role_through_a_feature_file(backbone, tmp_path):
     model_section = {"backbone": backbone if backbone != "semi" else "dialogue"}
+    if backbone == "m3net":  # M3Net serves both roles
+        model_section["text_backbone"] = "m3net"
     session = Session.open(
         "synthetic", run_dir=tmp_path, device="cpu", overrides={"model": model_section}
     )
@@ -267,7 +269,7 @@ def test_every_backbone_and_role_through_a_feature_file(backbone, tmp_path):
             config=session.cfg.to_dict(),
         )
         cfg = tmp_path / "cfg.yaml"
-        cfg.write_text(f"model:\n  backbone: {model_section['backbone']}\n")
+        cfg.write_text(json.dumps({"model": model_section}))
         result = runner.invoke(
             app,
             [
