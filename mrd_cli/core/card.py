@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mrd_cli.io import atomic_write_bytes, atomic_write_text, file_sha256
+from mrd_cli.io import atomic_write_text, file_sha256
 
 FIELDS_HEADING = "## Fields (JSON, for tools; the config is above)"
 SELECTION_RULE = (
@@ -201,17 +201,6 @@ def write_card(
     card = card_fields(ckpt, checkpoint, test_metrics)
     atomic_write_text(card_path(checkpoint), render_card(card))
     return card
-
-
-def copy_checkpoint(original: Path, copy: Path, what: str) -> dict[str, Any]:
-    """Copy the checkpoint ``original`` to ``copy`` byte for byte (atomically) and give the
-    copy its card: the original's fields, with the original as its parent (``what``)."""
-    from mrd_cli.core.checkpoint import load_checkpoint
-
-    atomic_write_bytes(copy, Path(original).read_bytes())
-    ckpt = load_checkpoint(copy)
-    root = Path(copy).parent.parent  # RUN of RUN/<step>/<role>.pt
-    return write_card(copy, {**ckpt, "parents": [parent(what, original, root)]})
 
 
 def read_card_fields(path: Path) -> dict[str, Any] | None:

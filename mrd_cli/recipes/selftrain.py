@@ -30,8 +30,7 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import SelftrainConfig
-from mrd_cli.core.card import copy_checkpoint
-from mrd_cli.core.checkpoint import save_checkpoint
+from mrd_cli.core.checkpoint import copy_checkpoint, save_checkpoint
 from mrd_cli.core.device import seed_everything
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
 from mrd_cli.core.selftrain import (
