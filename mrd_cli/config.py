@@ -51,7 +51,8 @@ class DatasetConfig:
     val_fraction: float = 0.1
     # Size of the built-in synthetic corpus ("small" for quick runs; "iemocap"/"meld" for
     # full-size data with the real dimensions).
-    synthetic_preset: Literal["small", "iemocap", "meld"] = "small"
+    # "control": the positive control of docs/controls.md (few dialogues, label noise).
+    synthetic_preset: Literal["small", "iemocap", "meld", "control"] = "small"
     # Seed of the data itself (synthetic generation, IEMOCAP's validation dialogues). Kept
     # apart from the training seed so that every training seed sees the same split.
     data_seed: int = 0
@@ -208,6 +209,11 @@ class DistillConfig:
     # this many epochs, counted only within the last curriculum stage, so that no stage is
     # ever cut short (the earliest stop is this many epochs into the last stage).
     patience: int = 5
+    # A NEGATIVE CONTROL, never for real use (docs/controls.md): what each model distils
+    # from. "none": its partner's logits (MRD). "permuted": the partner's logits shuffled
+    # across the batch's active utterances, so the targets keep their distribution but lose
+    # their link to the utterance. "uniform": a constant (uniform) target for every utterance.
+    teacher_control: Literal["none", "permuted", "uniform"] = "none"
 
 
 @dataclass

@@ -95,6 +95,10 @@ class SyntheticKnobs:
     feature_noise: float = 0.5  # per feature dimension, after the projection
     # Correlation of the prototypes of a preset's confusable class pairs.
     pair_similarity: float = 0.6
+    # Share of the *training* split's labels replaced by another class (validation and test
+    # labels stay clean); features are drawn from the true class. Used by the ``control``
+    # preset (docs/controls.md).
+    train_label_noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class Preset:
     # Probabilities of 1, 2, 3, ... speakers in a dialogue.
     speaker_counts: tuple[float, ...]
     confusable: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    # The preset's own knobs (None: the ``SyntheticKnobs`` defaults).
+    knobs: SyntheticKnobs | None = None
 
 
 _IEMOCAP_PRIORS = (0.06, 0.13, 0.22, 0.15, 0.13, 0.31)
@@ -163,6 +169,36 @@ PRESETS: dict[str, Preset] = {
         speaker_counts=(0.1, 0.45, 0.25, 0.12, 0.08),
         confusable=((5, 6), (2, 3)),  # disgust/anger, fear/sadness
     ),
+    # The positive control of docs/controls.md (learning with privileged information): few
+    # training dialogues, noisy text, clean audio/visual, label noise in the training split
+    # only, so that a multimodal teacher's soft predictions carry what the text model lacks.
+    "control": Preset(
+        name="control",
+        layout="meld",  # for its official dev split: validation labels stay clean
+        label_names=tuple(MELD_LABELS),
+        priors=(0.26, 0.14, 0.08, 0.14, 0.18, 0.08, 0.12),
+        splits=(("train", 30, 300), ("dev", 30, 300), ("test", 80, 800)),
+        length_range=(4, 16),
+        audio_dim=24,
+        visual_dim=24,
+        legacy_text_dim=16,
+        roberta_dim=32,
+        speaker_counts=(0.0, 0.6, 0.4),
+        confusable=((5, 6), (2, 3)),
+        knobs=SyntheticKnobs(
+            context_dependent=0.0,
+            text_misleading=0.0,
+            av_misleading=0.0,
+            latent_dim=8,
+            text_noise=0.8,
+            audio_noise=0.8,
+            visual_noise=0.8,
+            roberta_layer_noise=1.0,
+            recording_offset=0.2,
+            feature_noise=0.3,
+            train_label_noise=0.5,
+        ),
+    ),
 }
 
 _MELD_SPEAKER_WIDTH = 9
@@ -185,6 +221,8 @@ class SyntheticTruth:
     context_dependent: dict[str, np.ndarray]
     mood: dict[str, np.ndarray]
     splits: dict[str, list[str]]
+    # Training utterances whose label was replaced (``train_label_noise``).
+    noisy_label: dict[str, np.ndarray] = field(default_factory=dict)
 
     def count(self, phenomenon: str) -> int:
         return int(sum(m.sum() for m in getattr(self, phenomenon).values()))
@@ -242,7 +280,7 @@ def generate_with_truth(
     if preset not in PRESETS:
         raise MRDError(f"Unknown synthetic preset '{preset}'; use one of {', '.join(PRESETS)}.")
     p = PRESETS[preset]
-    kn = knobs if knobs is not None else SyntheticKnobs()
+    kn = knobs or p.knobs or SyntheticKnobs()
     rng = np.random.default_rng(seed)
     k = len(p.label_names)
     priors = np.asarray(p.priors) / np.sum(p.priors)
@@ -335,6 +373,13 @@ def generate_with_truth(
     for layer in range(4):
         z_layer = z_text + kn.roberta_layer_noise * rng.standard_normal((n_utt, L))
         roberta.append(layer_scale[layer] * project(z_layer, "roberta") + layer_offset[layer])
+
+    # Label noise in the training split only, after the features were drawn from the truth.
+    # (No draw at all without it, so the other presets' data stay bit-identical.)
+    noisy = np.zeros(n_utt, dtype=bool)
+    if kn.train_label_noise > 0:
+        noisy = (split_of_dialogue[dialogue] == 0) & (rng.random(n_utt) < kn.train_label_noise)
+        label = np.where(noisy, _other_class(rng, label, k), label)
 
     # Pack into the community tuples.
     if p.layout == "iemocap":
@@ -430,6 +475,7 @@ def generate_with_truth(
         context_dependent=masks(kind == _CONTEXT),
         mood=masks(mood),
         splits={name: [str(i) for i in v] for name, v in split_ids.items()},
+        noisy_label=masks(noisy),
     )
     return p.layout, features, roberta_tuple, truth
 

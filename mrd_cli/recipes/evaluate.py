@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mrd_cli.core.decision import distill_decision
 from mrd_cli.core.metrics import ambiguity_table, classification_report
 from mrd_cli.core.provenance import chain_problems
 from mrd_cli.core.session import Session
@@ -101,6 +102,10 @@ def evaluate(
         report = classification_report(y_true, y_pred, labels)
         report["epoch"] = ckpt.get("epoch")
         report["val_weighted_f1"] = (ckpt.get("val_metrics") or {}).get("weighted_f1")
+        if ckpt.get("stage") == "distill":
+            # Whether distillation changed the model and why (core/decision.py).
+            report["distillation"] = distill_decision(ckpt)
+            report["start_guard"] = ckpt.get("start_guard")
         if isinstance(ckpt.get("selftrain"), dict):
             # `mrd selftrain`'s label budget travels with the model (a transductive one was
             # trained on the test features and says so wherever it is shown).
