@@ -202,7 +202,7 @@ def print_tables(summary: dict[str, Any]) -> None:
         print(f"pretrained {pre['mean']:.2f} ± {pre['std']:.2f}")
         print(
             "| variant | selection | W-F1 | Δ vs pretrained | p (t) | 95% CI | "
-            "guard took | MRD − variant (p t; CI) |"
+            "guard took distilled | MRD − variant (p t; CI) |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for key, r in rows.items():

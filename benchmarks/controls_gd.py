@@ -106,7 +106,18 @@ def best_on_dev(candidates: list[tuple[Any, Any]], xv: np.ndarray, yv: np.ndarra
     return candidates[int(np.argmax(scores))]
 
 
-def run_seed(seed: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_seed(
+    seed: int,
+    knobs: dict[str, Any] | None = None,
+    grid: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]] = (
+        C_GRID,
+        LAMBDAS,
+        TEMPERATURES,
+    ),
+) -> dict[str, Any]:
+    """One data seed: every model's test W-F1 and the settings chosen on dev from ``grid``
+    (C values, lambdas, temperatures)."""
+    c_grid, lambdas, temperatures = grid
     d = control_arrays(seed, knobs=knobs)
     k = len(PRESETS["control"].label_names)
     ytr, yv, yte = d["train"]["y"], d["val"]["y"], d["test"]["y"]
@@ -114,7 +125,7 @@ def run_seed(seed: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     xa_tr, xa_v, xa_te = standardise(d["train"]["all"], d["val"]["all"], d["test"]["all"])
     xt_tr, xt_v, xt_te = standardise(d["train"]["text"], d["val"]["text"], d["test"]["text"])
 
-    teachers = [(c, fit_soft(xa_tr, onehot, c, k)) for c in C_GRID]
+    teachers = [(c, fit_soft(xa_tr, onehot, c, k)) for c in C_GRID]  # the full grid
     t_c, teacher = best_on_dev(teachers, xa_v, yv, k)
     t_logits = teacher.decision_function(xa_tr)
     perm = np.random.default_rng(seed + 1000).permutation(len(ytr))
@@ -125,7 +136,7 @@ def run_seed(seed: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
         s /= s.sum(1, keepdims=True)
         return s[perm] if permuted else s
 
-    hard = [((c,), fit_soft(xt_tr, onehot, c, k)) for c in C_GRID]
+    hard = [((c,), fit_soft(xt_tr, onehot, c, k)) for c in c_grid]
     out: dict[str, Any] = {"seed": seed, "teacher_C": t_c}
     out["teacher"] = wf1(yte, predict(teacher, xa_te, k))
     setting, model = best_on_dev(hard, xt_v, yv, k)
@@ -133,9 +144,9 @@ def run_seed(seed: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     for name, permuted in (("student_gd", False), ("student_permuted", True)):
         cands = [
             ((c, lam, temp), fit_soft(xt_tr, (1 - lam) * onehot + lam * soft(temp, permuted), c, k))
-            for c in C_GRID
-            for lam in LAMBDAS
-            for temp in TEMPERATURES
+            for c in c_grid
+            for lam in lambdas
+            for temp in temperatures
         ]
         setting, model = best_on_dev(cands, xt_v, yv, k)
         out[name], out[f"{name}_setting"] = wf1(yte, predict(model, xt_te, k)), setting
