@@ -192,3 +192,24 @@ def test_mrd_on_the_positive_control_raises_the_text_model_but_not_through_its_t
     assert abs(mrd - permuted) < 0.5
     # The start guard (start_confidence 0.9) does not take that epoch: the reason says so.
     assert r["cells"]["mrd"]["text"]["guard_took_distilled"] is False
+
+
+def test_distillation_bar_shows_start_and_top_epoch_not_a_best():
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn
+
+    from mrd_cli.cli.progress import EpochBars
+    from mrd_cli.core.training import EpochLog
+
+    console = Console(record=True, width=200)
+    with Progress(TextColumn("{task.fields[info]}"), console=console) as progress:
+        bars = EpochBars(progress)
+        for epoch, value in ((1, 61.5), (2, 59.0)):
+            log = EpochLog(
+                epoch, 2, {"total": 1.0}, {"text": value}, {"text": 61.5}, {"text": 60.0}
+            )
+            bars.update("distill", log)
+        bars.update("pretrain", EpochLog(1, 2, {"total": 1.0}, {"text": 50.0}, {"text": 50.0}))
+    text = console.export_text()
+    assert "val W-F1[text]=59.00 (start 60.00, top epoch 61.50)" in text
+    assert "val W-F1[text]=50.00 (best 50.00)" in text

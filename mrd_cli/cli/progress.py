@@ -57,7 +57,8 @@ class EpochBars:
             self.add(key, key, log.epochs)
         loss = " ".join(f"{k}={v:.3f}" for k, v in log.losses.items())
         val = " ".join(
-            f"val W-F1[{k}]={v:.2f} ({self._so_far(key, log, k, v)})"
+            # "\\[" so that Rich prints "[multi]" instead of reading it as markup.
+            f"val W-F1\\[{k}]={v:.2f} ({self._so_far(key, log, k, v)})"
             for k, v in log.val_wf1.items()
         )
         self.progress.update(
