@@ -36,7 +36,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,10 +56,11 @@ from mrd_cli.config import (
 )
 from mrd_cli.core import lock as run_lock
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import Event, OnEvent, emit
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.rundir import ROLES, RunDir, unpack
 from mrd_cli.core.session import Session, signature
-from mrd_cli.core.training import EpochLog, evaluate
+from mrd_cli.core.training import evaluate
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
@@ -362,18 +363,16 @@ def tune(
     heartbeat_interval: int = 10,
     grace_period: int | None = 60,
     poll_seconds: float = 5.0,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-    on_trial: Callable[[dict[str, Any], dict[str, int]], None] | None = None,
-    on_wait: Callable[[dict[str, int]], None] | None = None,
+    on_event: OnEvent | None = None,
     executor: Executor | None = None,
 ) -> TuneResult:
     """Run (or continue) the study until it holds ``trials`` finished trials; write
     ``RUN/tune/<study>/best.yaml``; return every trial, the best and the parameter importances.
 
-    ``on_epoch(key, log)`` follows pretraining and each trial's distillation epochs,
-    ``on_trial(row, counts)`` each trial this process finishes, ``on_wait(counts)`` each
-    poll while the last trials run in other processes. ``executor`` (default: this
+    ``on_event`` gets the events of pretraining and of each trial's distillation (task
+    "trial 3, seed 0"), a ``trial`` event (payload: row, counts) for each trial this
+    process finishes and a ``wait`` event (payload: counts) for each poll while the last
+    trials run in other processes. ``executor`` (default: this
     process) runs the trials: a Ray executor runs one worker per task slot
     (``Executor.slots``, at most ``trials``), each trying trials against the shared storage; the callbacks
     then follow only the pretraining.
@@ -405,7 +404,7 @@ def tune(
                     "with a directory you can write to."
                 )
             try:
-                ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
+                ensure_partitioned(session, on_event=on_event)
             finally:
                 run_lock.release(session.run.root)
             pretrained_value = _pretrained_value(session, target)
@@ -445,9 +444,7 @@ def tune(
     )
     executor = executor or LocalExecutor()
     if executor.in_process:
-        ran_here = run_trials(
-            session, study, job, study_dir, optuna, on_epoch, on_step, on_trial, on_wait
-        )
+        ran_here = run_trials(session, study, job, study_dir, optuna, on_event)
     else:
         # Each worker is a unit of the executor running trials against the shared storage;
         # its trial directories come back as bytes and are written here alone.
@@ -508,10 +505,7 @@ def run_trials(
     job: StudyJob,
     study_dir: Path,
     optuna: Any,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-    on_trial: Callable[[dict[str, Any], dict[str, int]], None] | None = None,
-    on_wait: Callable[[dict[str, int]], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> list[int]:
     """This process's share of the study: start trials (into ``study_dir``) until the study
     holds ``job.trials`` finished ones; the numbers of the trials run here."""
@@ -543,8 +537,7 @@ def run_trials(
                 study_dir,
                 job.own_pairs,
                 job.prune,
-                on_epoch,
-                on_step,
+                on_event,
                 optuna,
                 job.meta.get("pretrained_pair"),
             )
@@ -566,8 +559,7 @@ def run_trials(
         if counts["finished"] >= job.trials:
             break
         if counts["finished"] + counts["running"] >= job.trials and counts["waiting"] == 0:
-            if on_wait:
-                on_wait(counts)
+            emit(on_event, "wait", payload={"counts": counts})
             time.sleep(job.poll_seconds)
             continue
         done: list[Any] = []
@@ -581,8 +573,7 @@ def run_trials(
             if frozen.user_attrs.get("surplus"):
                 continue
             ran_here.append(frozen.number)
-            if on_trial:
-                on_trial(_row(frozen, T), _counts(study))
+            emit(on_event, "trial", payload={"row": _row(frozen, T), "counts": _counts(study)})
             if frozen.state == T.FAIL:
                 failures.append(frozen.user_attrs.get("error", "failed"))
                 if len(failures) >= MAX_FAILURES:
@@ -649,8 +640,7 @@ def _run_trial(
     study_dir: Path,
     own_pairs: bool,
     prune: bool,
-    on_epoch: Callable[[str, EpochLog], None] | None,
-    on_step: Callable[[str], None] | None,
+    on_event: OnEvent | None,
     optuna: Any,
     study_pair: list[str] | None = None,
 ) -> float:
@@ -673,9 +663,7 @@ def _run_trial(
             )
     if own_pairs:  # a trial that changes pretraining keys pretrains its own pair
         base = RunDir(trial_dir / "base")
-        ensure_partitioned(
-            session.derive(copy.deepcopy(cfg), base), on_epoch=on_epoch, on_step=on_step
-        )
+        ensure_partitioned(session.derive(copy.deepcopy(cfg), base), on_event=on_event)
     planned = len(seed_list) * cfg.distill.epochs
     trial.set_user_attr("epochs_planned", planned)
     state = {"epochs": 0}
@@ -689,13 +677,17 @@ def _run_trial(
 
         best.clear()
 
-        def report(log: EpochLog, index: int = index, key: str = key, seed: int = seed) -> None:
+        def report(event: Event, index: int = index, key: str = key, seed: int = seed) -> None:
+            if event.kind != "epoch" or event.log is None:  # a warning: passed on as it is
+                if on_event:
+                    on_event(event)
+                return
+            log = event.log
             for role, wf1 in log.val_wf1.items():
                 best[role] = max(best.get(role, wf1), wf1)
             state["epochs"] += 1
             trial.set_user_attr("epochs_run", state["epochs"])
-            if on_epoch:
-                on_epoch(key, log)
+            emit(on_event, "epoch", task=key, log=log)
             trial.report(target_value(log.val_wf1, target), index * stride + log.epoch - 1)
             # Pruning at the very last epoch would save nothing and lose the trial's value.
             last = index == len(seed_list) - 1 and log.epoch == log.epochs
@@ -703,7 +695,7 @@ def _run_trial(
                 raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {log.epoch}")
 
         try:
-            distill(session.derive(seed_cfg, base), on_epoch=report, out_dir=out_dir)
+            distill(session.derive(seed_cfg, base), on_event=report, out_dir=out_dir)
         finally:
             (out_dir / ".pair.state.pt").unlink(missing_ok=True)
         # Each model's best distillation epoch, whether or not it beat the pretrained
