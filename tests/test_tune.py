@@ -286,7 +286,7 @@ def _fake_distill(session, on_event=None, out_dir=None, **_):
 def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs(
     tmp_path, toy_corpus, monkeypatch, prune
 ):
-    import mrd_cli.recipes.tune as tune_module
+    import mrd_cli.recipes.tune.trial as tune_module  # where a trial calls distill
 
     monkeypatch.setattr(tune_module, "distill", _fake_distill)
     session = _session(tmp_path, toy_corpus)
@@ -313,7 +313,7 @@ def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, toy_corpus, monkeypatch):
-    import mrd_cli.recipes.tune as tune_module
+    import mrd_cli.recipes.tune.trial as tune_module  # where a trial calls distill
     from mrd_cli.errors import MRDRunError
 
     def fragile(session, on_event=None, **kw):
