@@ -528,3 +528,13 @@ def test_the_benchmark_reports_both_studies_and_the_epochs_saved(tmp_path):
     assert report["studies"][1]["epochs_run"] == report["studies"][1]["epochs_planned"] == 6
     assert 0 <= report["epochs_saved_vs_unpruned"] < 1
     assert len(report["load_average_before"]) == 3
+
+
+@pytest.mark.parametrize("kw", [{"trials": 0}, {"trials": 100_001}, {"seeds": 0}, {"seeds": 1001}])
+def test_trials_and_seeds_outside_their_bounds_are_refused_before_any_work(
+    tmp_path, toy_corpus, kw
+):
+    session = _session(tmp_path, toy_corpus)
+    with pytest.raises(MRDError, match=r"--trials must be in \[1, 100000\] and --seeds in"):
+        _tune(session, **kw)
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "pretrain").exists()

@@ -98,9 +98,10 @@ def summarise(
     optuna: Any,
     pretrained_value: float | None = None,
 ) -> TuneResult:
+    """The study as it stands (every trial, best first; the best config; importances),
+    written to ``study_dir`` as ``best.yaml`` and ``results.json``."""
     T = optuna.trial.TrialState
     frozen = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
-    url, name, target, seed_list = job.url, job.name, job.target, job.seed_list
     rows = sorted((row(t, T) for t in frozen), key=_order)
     complete = [t for t in frozen if t.state == T.COMPLETE]
     best = best_path = None
@@ -108,27 +109,18 @@ def summarise(
         b = study.best_trial
         best = {"number": b.number, "value": b.value, "params": dict(b.params)}
         best_path = study_dir / "best.yaml"
-        atomic_write_text(
-            best_path, best_yaml(session.cfg, b.params, name, target, seed_list, b.number, b.value)
+        text = best_yaml(
+            session.cfg, b.params, job.name, job.target, job.seed_list, b.number, b.value
         )
-    importances, note = None, None
-    if len(complete) < 2:
-        note = "needs at least 2 complete trials"
-    else:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                importances = dict(optuna.importance.get_param_importances(study))
-            if caught:  # e.g. too few trials to tell the parameters apart
-                note = str(caught[0].message).strip().splitlines()[0]
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            note = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        atomic_write_text(best_path, text)
+    importances, note = _importances(study, optuna, len(complete))
+    finished = [r for r in rows if r["state"] in ("complete", "pruned")]
     result = TuneResult(
         dataset=session.corpus.name,
-        study=name,
-        storage=masked(url),
-        target=target,
-        seeds=seed_list,
+        study=job.name,
+        storage=masked(job.url),
+        target=job.target,
+        seeds=job.seed_list,
         trials_requested=job.trials,
         counts=counts(study),
         trials=rows,
@@ -137,14 +129,29 @@ def summarise(
         importances=importances,
         importance_note=note,
         pretrained_value=pretrained_value,
-        epochs_run=sum(r["epochs_run"] for r in rows if r["state"] in ("complete", "pruned")),
-        epochs_planned=sum(
-            r["epochs_planned"] or 0 for r in rows if r["state"] in ("complete", "pruned")
-        ),
+        epochs_run=sum(r["epochs_run"] for r in finished),
+        epochs_planned=sum(r["epochs_planned"] or 0 for r in finished),
         ran_here=ran_here,
     )
     atomic_write_json(study_dir / "results.json", result.to_dict())
     return result
+
+
+def _importances(
+    study: optuna.Study, optuna: Any, complete: int
+) -> tuple[dict[str, float] | None, str | None]:
+    """Optuna's parameter importances, or None and why not."""
+    if complete < 2:
+        return None, "needs at least 2 complete trials"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            importances = dict(optuna.importance.get_param_importances(study))
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return None, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    # A warning: e.g. too few trials to tell the parameters apart.
+    note = str(caught[0].message).strip().splitlines()[0] if caught else None
+    return importances, note
 
 
 def best_yaml(
