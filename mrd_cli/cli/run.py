@@ -16,6 +16,7 @@ from mrd_cli.cli.common import (
     ExecutorKind,
     ExecutorOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -25,6 +26,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
@@ -64,6 +66,7 @@ def run(
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
     plots: PlotsOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
@@ -82,6 +85,7 @@ def run(
         threads,
         no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     with timer.step("load"):
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out

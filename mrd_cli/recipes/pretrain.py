@@ -25,6 +25,7 @@ from mrd_cli.core.losses import l2_penalty
 from mrd_cli.core.protocol_gap import TestWatch
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, role_seed, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
     EpochLog,
     Selected,
@@ -95,6 +96,7 @@ def pretrain(
                 history=finished.get("history"),
             )
             continue
+        record = recorder(session, "pretrain", {"model": role})  # RUN/pretrain/<role>.metrics...
         watch = test_watch(session)
         model, selected[role] = train_role(
             session,
@@ -104,7 +106,7 @@ def pretrain(
             session.cfg.seed,
             state_path=state_path,
             resume=resume,
-            on_epoch=epoch_events(on_event, role),
+            on_epoch=record.wrap(epoch_events(on_event, role)),
             watch=watch,
         )
         save_checkpoint(
@@ -115,6 +117,7 @@ def pretrain(
         )
         if watch is not None:
             write_watch(watch, "model", session.run.pretrained(role), selected[role])
+        record.finish({role: session.run.pretrained(role)})
         state_path.unlink(missing_ok=True)
     session.run.save_config(session.cfg)
     return PretrainResult(
