@@ -30,6 +30,7 @@ from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.partition import ensure_partitioned
 from mrd_cli.recipes.tune import default_storage, require_optuna, tune
+from mrd_cli.io import atomic_write_text
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -144,7 +145,7 @@ def main(
         )
         report["wall_saved_vs_unpruned"] = 1 - pruned["wall_s"] / max(unpruned["wall_s"], 1e-9)
     if out:
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     if json_out:
         print(json.dumps(report, indent=2))
         return

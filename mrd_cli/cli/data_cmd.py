@@ -32,6 +32,7 @@ from mrd_cli.data.corpus import SPLITS, Corpus
 from mrd_cli.data.formats import FILE_NAMES, load_corpus
 from mrd_cli.data.synthetic import PRESETS, generate, write_generated
 from mrd_cli.errors import MRDError
+from mrd_cli.io import MAX_JSON_BYTES, read_limited
 
 app = typer.Typer(
     help="Make and inspect datasets: synthetic feature files in the community layouts, and "
@@ -164,8 +165,9 @@ def _placeholders(corpus: Corpus) -> dict[str, str]:
         return {}
     path = Path(corpus.extra["features_file"]).parent / "features_manifest.json"
     try:
-        return dict(json.loads(path.read_text()).get("placeholders") or {})
-    except (OSError, ValueError, AttributeError):
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "features manifest"))
+        return dict(doc.get("placeholders") or {})
+    except (MRDError, OSError, ValueError, AttributeError, TypeError):
         return {}
 
 

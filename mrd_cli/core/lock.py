@@ -18,16 +18,20 @@ import errno
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from mrd_cli.errors import MRDError
+from mrd_cli.io import current_umask, read_limited
 
 LOCK_NAME = ".mrd.lock"
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 # A lock file without a readable holder younger than this may still be being written.
 _DAMAGED_GRACE_S = 2.0
+# A holder record is a few hundred bytes; a bigger lock file is damaged.
+_MAX_LOCK_BYTES = 64 << 10
 
 # Lock path -> number of times this process took it.
 _held: dict[Path, int] = {}
@@ -63,11 +67,11 @@ def _pid_alive(pid: int) -> bool:
 def _read_holder(path: Path) -> dict[str, Any] | None:
     """The holder recorded in a lock file, or None if the file is gone or unreadable."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_limited(path, _MAX_LOCK_BYTES, "lock file"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
+    except (MRDError, OSError, ValueError, UnicodeDecodeError):
+        return {}  # damaged, or not a regular file (a fifo there is never read)
     return doc if isinstance(doc, dict) else {}
 
 
@@ -115,12 +119,21 @@ def acquire(root: Path, command: str) -> bool:
         "command": command,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
+    # The holder is written aside under a name made by mkstemp (created exclusively, so no
+    # link planted in the directory is ever followed), then linked into place.
     try:
-        tmp.write_text(json.dumps(me) + "\n")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{LOCK_NAME}.", suffix=".tmp")
     except OSError as exc:
         if exc.errno in _READ_ONLY:
             return False
+        raise
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+            fh.write(json.dumps(me) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     try:
         for _ in range(50):
@@ -168,7 +181,7 @@ def _place(tmp: Path, path: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
             raise
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         with os.fdopen(fd, "w") as fh:
             fh.write(tmp.read_text())
 
