@@ -33,6 +33,7 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from mrd_cli.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,8 +36,8 @@ from mrd_cli.core.metrics import weighted_f1
 from mrd_cli.core.session import Session
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import predict
-from mrd_cli.recipes.selftrain import selftrain
 from mrd_cli.io import atomic_write_text
+from mrd_cli.recipes.selftrain import selftrain
 
 METHODS = ("supervised", "round0", "selftrained")
 

@@ -28,9 +28,9 @@ from rich.table import Table
 
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_text
 from mrd_cli.recipes.partition import ensure_partitioned
 from mrd_cli.recipes.tune import default_storage, require_optuna, tune
-from mrd_cli.io import atomic_write_text
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -487,18 +487,38 @@ def validate(cfg: Config) -> Config:
     for key in ("foal.avel_weight", "foal.mem_weight", "dual.static_weight", "dual.dynamic_weight"):
         need(_get(cfg.model, key) >= 0, f"model.{key}", "must be >= 0 (a weight)")
     need(0 < cfg.dataset.val_fraction < 1, "dataset.val_fraction", "must be in (0, 1)")
-    names = cfg.dataset.label_names
-    need(
-        len(set(names)) == len(names) and all(n.strip() for n in names),
-        "dataset.label_names",
-        "must be distinct, non-empty class names",
-    )
+    _validate_labels(cfg)
     need(len(cfg.dataset.modalities) >= 1, "dataset.modalities", "must name a modality")
     unknown = set(cfg.dataset.modalities) - {"text", "audio", "visual"}
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")
     need("text" in cfg.dataset.modalities, "dataset.modalities", "must contain 'text'")
     _validate_semi(cfg, need)
     return cfg
+
+
+def _validate_labels(cfg: Config) -> None:
+    """``dataset.label_names`` in the one label normalisation (``data/labels.py``): the
+    display forms kept, invisible characters and two spellings of one class refused; the
+    per-class ``selftrain.thresholds`` re-keyed by those names."""
+    from mrd_cli.data.labels import check_label_names, label_mapping
+
+    if not all(isinstance(n, str) for n in cfg.dataset.label_names):
+        raise MRDError("Invalid config: dataset.label_names must be class names (text).")
+    names = check_label_names(cfg.dataset.label_names, "dataset.label_names")
+    cfg.dataset.label_names = names
+    if names and cfg.selftrain.thresholds:
+        # A class spelt another way in the mapping is the same class (matching ignores
+        # case, white space and Unicode form); a name no class has is refused later, by
+        # the command that reads the thresholds (the dataset's classes may come from files).
+        known = {k: v for k, v in cfg.selftrain.thresholds.items() if _is_class(k, names)}
+        rest = {k: v for k, v in cfg.selftrain.thresholds.items() if k not in known}
+        cfg.selftrain.thresholds = {**label_mapping(known, names, "selftrain.thresholds"), **rest}
+
+
+def _is_class(key: Any, names: list[str]) -> bool:
+    from mrd_cli.data.labels import label_key
+
+    return isinstance(key, str) and label_key(key) in {label_key(n) for n in names}
 
 
 def _validate_semi(cfg: Config, need: Any) -> None:
@@ -587,14 +607,21 @@ def load_yaml_text(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+# A config or dataset YAML is a few kilobytes; a bigger one is the wrong file.
+MAX_YAML_BYTES = 16 << 20
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a clear MRDError."""
-    if not path.is_file():
+    if not path.exists():
         raise MRDError(
             f"Config file not found: {path}. Check the path given to --config or --dataset."
         )
+    from mrd_cli.io import read_limited
+
     try:
-        data = load_yaml_text(path.read_text())
+        # A fifo or a link to a device is refused unread; so is a file over the budget.
+        data = load_yaml_text(read_limited(path, MAX_YAML_BYTES, "config file").decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
         detail = " ".join(str(exc).split())
         raise MRDError(f"Config file {path} is not valid YAML: {detail}") from None

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-
 # Size budgets of the files mrd reads (checked before reading, see ``read_limited``).
 MAX_JSON_BYTES = 256 << 20  # results, partition, manifest and state files
 MAX_CSV_BYTES = 4 << 30  # one transcript file
@@ -137,9 +136,12 @@ def read_limited(path: Path, limit: int, what: str) -> bytes:
     except OSError as exc:
         raise MRDError(f"Cannot read the {what} {path}: {exc.strerror or exc}.") from None
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise MRDError(f"The {what} {path} is not a regular file. Pass a regular file.")
-        data = fh.read(limit + 1)
+        # read(n) allocates n bytes up front: ask for what the file holds, plus one byte to
+        # see whether it grew past the budget.
+        data = fh.read(min(st.st_size, limit) + 1)
     if len(data) > limit:
         raise MRDError(f"The {what} {path} grew past {limit:,} bytes while being read.")
     return data

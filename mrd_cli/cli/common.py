@@ -125,14 +125,23 @@ DebugOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def handle_errors(func: F) -> F:
+_RESUME = (
+    "To continue where it stopped, rerun `mrd pretrain` / `mrd distill` / `mrd selftrain` "
+    "with --resume; `mrd run` and `mrd ablate` reuse finished steps when rerun as they were."
+)
+
+
+def handle_errors(func: F | None = None, *, resume: str = _RESUME) -> Any:
     """Turn project errors into one message on stderr and an exit code, without a traceback.
 
     ``MRDError`` exits with its own code (2 or 1), a file-system ``OSError`` with 1, Ctrl-C
     with 130 and SIGTERM (turned into ``Terminated`` by ``cli/app.py``) with 143, after
-    saying how to resume. A ``debug=True`` keyword argument re-raises instead, for
-    developers. Whatever happens, the run-directory locks the command took are released.
+    saying how to resume (``resume``: the command's own advice). A ``debug=True`` keyword
+    argument re-raises instead, for developers. Whatever happens, the run-directory locks
+    the command took are released.
     """
+    if func is None:
+        return functools.partial(handle_errors, resume=resume)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -168,10 +177,9 @@ def handle_errors(func: F) -> F:
                 raise
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             err_console.print(
-                f"[yellow]{what}.[/] Finished files were kept. To continue where it "
-                "stopped, rerun `mrd pretrain` / `mrd distill` / `mrd selftrain` with --resume; "
-                "`mrd run` and "
-                "`mrd ablate` reuse finished steps when rerun as they were."
+                f"[yellow]{what}.[/] Finished files were kept. {resume}",
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 

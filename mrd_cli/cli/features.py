@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -42,6 +43,12 @@ class Missing(str, Enum):
     error = "error"
     zeros = "zeros"
 
+
+RESUME = (
+    "No feature file was replaced (they are written aside, then renamed all at once). "
+    "Rerun the same `mrd features` command: the utterances already encoded are in the "
+    "embedding cache and are not encoded again."
+)
 
 # Keys of a dataset YAML's `features:` section (and the option each one stands for).
 _SPEC_KEYS = {
@@ -217,7 +224,7 @@ def features(
     and NAME.yaml into --out; then `mrd run --dataset OUT/NAME.yaml`. Example:
     mrd features --layout emorynlp --csv-dir CSV_DIR --out data/emorynlp
     """
-    handle_errors(_features)(**locals())
+    handle_errors(_features, resume=RESUME)(**locals())
 
 
 def _features(**kw: Any) -> None:
@@ -324,6 +331,22 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
                 else ""
             )
             + ".",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for name, others in (m.get("label_spellings_merged") or {}).items():
+        spellings = ", ".join(repr(o) for o in others)
+        err_console.print(
+            f"[yellow]Labels merged:[/] {escape(spellings)} read as the class {escape(repr(name))} "
+            "(matching ignores case, surrounding white space and Unicode form).",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if t.get("cache_dropped"):
+        err_console.print(
+            f"[yellow]Warning:[/] {t['cache_dropped']} embedding cache entr"
+            f"{'y was' if t['cache_dropped'] == 1 else 'ies were'} not used and encoded again: "
+            f"{escape('; '.join(t['cache_dropped_first'][:3]))}.",
             highlight=False,
             soft_wrap=True,
         )

@@ -91,7 +91,9 @@ def _is_stale(holder: dict[str, Any]) -> bool:
     return pid != os.getpid() and not _pid_alive(pid)
 
 
-def acquire(root: Path, command: str) -> bool:
+def acquire(
+    root: Path, command: str, what: str = "run directory", option: str = "--run-dir"
+) -> bool:
     """Take the lock of run directory ``root`` for ``command``.
 
     Returns False (and takes nothing) when the directory cannot be written at all (a
@@ -154,10 +156,10 @@ def acquire(root: Path, command: str) -> bool:
                     path.unlink(missing_ok=True)
                     continue
                 raise RunDirLocked(
-                    f"The run directory {root} is in use by another mrd process (pid "
+                    f"The {what} {root} is in use by another mrd process (pid "
                     f"{holder.get('pid')} on {holder.get('host')}, running "
                     f"`{holder.get('command')}` since {holder.get('started')}). Wait for it "
-                    f"to finish, or use another --run-dir. If that process is gone, delete "
+                    f"to finish, or use another {option}. If that process is gone, delete "
                     f"{path}."
                 ) from None
             else:

@@ -108,7 +108,9 @@ def label_mapping(mapping: dict[str, float], names: list[str], what: str) -> dic
             unknown.append(str(key))
             continue
         if index.names[i] in out:
-            raise MRDError(f"{what} gives the class {index.names[i]!r} twice (as different spellings).")
+            raise MRDError(
+                f"{what} gives the class {index.names[i]!r} twice (as different spellings)."
+            )
         out[index.names[i]] = value
     if unknown:
         raise MRDError(

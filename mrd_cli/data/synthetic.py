@@ -462,7 +462,7 @@ def write_generated(
         f"Synthetic data written by `mrd data synth --preset {preset} --seed {seed}` in the\n"
         f"{layout} community layout. It is NOT the real corpus: results on it say nothing about\n"
         "real emotion recognition. The generative process is documented in\n"
-        "mrd_cli/data/synthetic.py.\n"
+        "mrd_cli/data/synthetic.py.\n",
     )
     return [*paths, note]
 
