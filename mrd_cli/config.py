@@ -697,6 +697,18 @@ def load_config(
     return validate(cfg), yaml_dir
 
 
+def config_files(dataset: str, config_file: Path | None = None) -> list[Path]:
+    """The files ``load_config`` merges over the defaults of this module, in order."""
+    files: list[Path] = []
+    if dataset in BUILTIN_DATASETS:
+        files.append(builtin_config_path(dataset))
+    elif dataset.endswith((".yaml", ".yml")) or Path(dataset).is_file():
+        files.append(Path(dataset))
+    if config_file is not None:
+        files.append(Path(config_file))
+    return files
+
+
 # --------------------------------------------------------------------------------------
 # Dotted keys (``distill.alpha``, ``distill.stage_fractions.difficult``): used by `mrd tune`
 

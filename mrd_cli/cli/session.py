@@ -48,6 +48,17 @@ def open_session(
         loading=None if quiet else err_console.status,
     )
     set_threads(session.cfg.threads)
+    if not quiet:
+        from rich.markup import escape
+
+        from mrd_cli.config import config_files
+
+        merged = " + ".join(escape(str(p)) for p in config_files(dataset, config))
+        err_console.print(
+            f"Config: mrd's defaults{' + ' + merged if merged else ''}.",
+            highlight=False,
+            soft_wrap=True,
+        )
     for message in session.corpus.warnings():
         err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
     if not lock:
@@ -60,6 +71,14 @@ def open_session(
         )
     session.__dict__["writable"] = writable
     return session
+
+
+def lock_run_dir(run: Path, command: str) -> None:
+    """Take the lock of an existing run directory for a command that writes into it but
+    opens no session (`mrd plot`, `mrd report`); ``handle_errors`` releases it. A missing
+    directory is left for the command to report (it is not created here)."""
+    if Path(run).is_dir():
+        run_lock.acquire(Path(run), command)
 
 
 @contextmanager

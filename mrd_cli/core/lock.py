@@ -35,6 +35,9 @@ _MAX_LOCK_BYTES = 64 << 10
 
 # Lock path -> number of times this process took it.
 _held: dict[Path, int] = {}
+# Lock path -> the marker of this process's shared hold (``acquire_shared``).
+_shared: dict[Path, Path] = {}
+SHARED_PREFIX = ".mrd.shared."
 # Run directories this process created to lock them: removed again if left empty.
 _created: set[Path] = set()
 
@@ -92,13 +95,18 @@ def _is_stale(holder: dict[str, Any]) -> bool:
 
 
 def acquire(
-    root: Path, command: str, what: str = "run directory", option: str = "--run-dir"
+    root: Path,
+    command: str,
+    what: str = "run directory",
+    option: str = "--run-dir",
+    allow_shared: bool = False,
 ) -> bool:
     """Take the lock of run directory ``root`` for ``command``.
 
     Returns False (and takes nothing) when the directory cannot be written at all (a
     read-only run directory: the caller decides whether it can go on without writing).
-    Raises ``RunDirLocked`` when another live process holds it.
+    Raises ``RunDirLocked`` when another live process holds it, or holds it shared (a
+    running `mrd tune` reads the pretrained pair), unless ``allow_shared``.
     """
     root = Path(root)
     check_run_dir(root)
@@ -164,10 +172,74 @@ def acquire(
                 ) from None
             else:
                 _held[path] = 1
+                readers = [] if allow_shared else _shared_holders(path)
+                if readers:
+                    release(root)
+                    r = readers[0]
+                    raise RunDirLocked(
+                        f"The {what} {root} is in use by {len(readers)} running mrd "
+                        f"process(es) that read it (pid {r.get('pid')} on {r.get('host')}, "
+                        f"running `{r.get('command')}` since {r.get('started')}): changing "
+                        "its files now would change their inputs midway. Wait for them to "
+                        f"finish, or use another {option}."
+                    )
                 return True
         raise RunDirLocked(f"Could not take the lock {path}: it keeps changing hands. Try again.")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def acquire_shared(root: Path, command: str) -> bool:
+    """Hold ``root`` shared: other shared holders are welcome, an exclusive ``acquire`` is
+    refused until ``release_shared`` (`mrd tune` while its trials read the pretrained pair:
+    `mrd pretrain` or `mrd partition` must not replace it meanwhile). Taken under the
+    exclusive lock, so it is refused while another command writes there. False when the
+    directory cannot be written."""
+    root = Path(root)
+    if not acquire(root, command, allow_shared=True):
+        return False
+    try:
+        path = root.resolve() / LOCK_NAME
+        if path not in _shared:
+            me = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": command,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=SHARED_PREFIX, suffix=".json")
+            with os.fdopen(fd, "w") as fh:
+                os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+                fh.write(json.dumps(me) + "\n")
+            _shared[path] = Path(name)
+    finally:
+        release(root)
+    return True
+
+
+def release_shared(root: Path) -> None:
+    """Give back this process's shared hold of ``root`` (none: nothing happens)."""
+    marker = _shared.pop(Path(root).resolve() / LOCK_NAME, None)
+    if marker is not None:
+        marker.unlink(missing_ok=True)
+
+
+def _shared_holders(path: Path) -> list[dict[str, Any]]:
+    """The live shared holders of the lock ``path`` other than this process; the markers
+    of dead ones are removed. (A marker is written under the exclusive lock, so one that
+    the holder of that lock reads is complete; an unreadable one is damaged, hence stale.)"""
+    live = []
+    for marker in sorted(path.parent.glob(SHARED_PREFIX + "*")):
+        holder = _read_holder(marker)
+        if holder is None:
+            continue
+        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            continue
+        if _is_stale(holder):
+            marker.unlink(missing_ok=True)
+            continue
+        live.append(holder)
+    return live
 
 
 def _place(tmp: Path, path: Path) -> None:
@@ -202,6 +274,8 @@ def release(root: Path) -> None:
 
 def release_all() -> None:
     """Drop every lock this process holds (the CLI calls it when a command ends)."""
+    for path in list(_shared):
+        _shared.pop(path).unlink(missing_ok=True)
     for path in list(_held):
         del _held[path]
         _unlink_if_mine(path)

@@ -158,7 +158,7 @@ def dataset_yaml(enc: EncodedCorpus, modalities: list[str]) -> str:
         f"{len(enc.speaker_names)} one-hot slots, see {MANIFEST}.",
         f"# Use: mrd run --dataset {conv.name}.yaml   (file names resolve against this folder)",
     ]
-    body = {
+    body: dict[str, Any] = {
         "dataset": {
             "name": conv.name,
             "layout": "meld",
@@ -169,7 +169,35 @@ def dataset_yaml(enc: EncodedCorpus, modalities: list[str]) -> str:
             "modalities": list(modalities),
         }
     }
-    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+    tuned = tuned_defaults(conv.layout, conv.label_names)
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+    if tuned:
+        text += (
+            f"# The tuned defaults of `--dataset {conv.layout}` (configs/{conv.layout}.yaml), "
+            "copied so that\n# this corpus trains like the built-in one; edit them here.\n"
+            + yaml.safe_dump(tuned, sort_keys=False)
+        )
+    else:
+        text += "# No tuned config for this layout: mrd's generic defaults apply.\n"
+    return text
+
+
+def tuned_defaults(layout: str, label_names: list[str]) -> dict[str, Any]:
+    """Every section but ``dataset`` of the built-in config of ``layout`` (none for a layout
+    without one); per-class settings only for classes this corpus has."""
+    from mrd_cli.config import BUILTIN_DATASETS, builtin_config_path, read_yaml
+    from mrd_cli.data.labels import label_key
+
+    if layout not in BUILTIN_DATASETS:
+        return {}
+    doc = {k: v for k, v in read_yaml(builtin_config_path(layout)).items() if k != "dataset"}
+    thresholds = (doc.get("selftrain") or {}).get("thresholds")
+    if isinstance(thresholds, dict):
+        keys = {label_key(n) for n in label_names}
+        doc["selftrain"]["thresholds"] = {
+            k: v for k, v in thresholds.items() if label_key(str(k)) in keys
+        }
+    return doc
 
 
 def _pickle(obj: Any) -> bytes:

@@ -62,7 +62,13 @@ from mrd_cli.core.session import Session, signature
 from mrd_cli.core.training import EpochLog, evaluate
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError, MRDRunError
-from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
+from mrd_cli.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    file_sha256,
+)
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
 
@@ -397,17 +403,22 @@ def tune(
     # together would otherwise pretrain the same files and create the same tables).
     # The run-directory lock (core/lock.py) is held only while the pair is prepared: the
     # trials write nothing but their own directories, and check the pair before each run.
+    # Then the study holds the directory shared (other `mrd tune` processes may join) until
+    # it ends: `mrd pretrain` / `mrd partition` are refused meanwhile, so the pair its
+    # trials distil cannot be replaced under them.
     with _file_lock(session.run.root / "tune" / ".prepare.lock"):
-        if not own_pairs:
-            if not run_lock.acquire(session.run.root, "mrd tune"):
-                raise MRDError(
-                    f"The run directory {session.run.root} cannot be written. Pass --run-dir "
-                    "with a directory you can write to."
-                )
-            try:
+        if not run_lock.acquire(session.run.root, "mrd tune", allow_shared=True):
+            raise MRDError(
+                f"The run directory {session.run.root} cannot be written. Pass --run-dir "
+                "with a directory you can write to."
+            )
+        try:
+            if not own_pairs:
                 ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
-            finally:
-                run_lock.release(session.run.root)
+            run_lock.acquire_shared(session.run.root, "mrd tune")
+        finally:
+            run_lock.release(session.run.root)
+        if not own_pairs:
             pretrained_value = _pretrained_value(session, target)
         else:
             pretrained_value = None
@@ -462,6 +473,8 @@ def tune(
                 atomic_write_bytes(study_dir / rel, data)
             ran_here += out["ran"]
         ran_here.sort()
+    # (On an error the CLI's handle_errors drops it with every lock this process holds.)
+    run_lock.release_shared(session.run.root)
 
     return _summarise(
         session,
@@ -723,6 +736,26 @@ def _pretrained_value(session: Session, target: str) -> float:
     return target_value(wf1, target)
 
 
+def _create_sqlite_file(url: str) -> None:
+    """Create a missing SQLite study file the way every other mrd file is made (0666 less
+    the umask; SQLite's own default is 0644 whatever the umask), refusing a symlink at
+    its path. SQLite takes an empty file for a new database."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return
+    path = Path(url[len(prefix) :].split("?", 1)[0])
+    if path.exists() or path.is_symlink():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    except FileExistsError:
+        return  # another tune process made it meanwhile
+    except OSError:
+        return  # SQLite says what is wrong when it opens it
+    os.close(fd)
+
+
 def _open_study(
     optuna: Any,
     url: str,
@@ -736,6 +769,7 @@ def _open_study(
     grace_period: int | None,
 ) -> optuna.Study:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    _create_sqlite_file(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -966,7 +1000,10 @@ def _file_lock(path: Path) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    # O_NOFOLLOW: a symlink planted at the lock's path is refused, never followed (the
+    # file would otherwise be created wherever it points).
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~current_umask())
+    with os.fdopen(fd, "r+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
