@@ -37,7 +37,8 @@ class OneLineErrors(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
-        argv = list(args[0] if args and args[0] is not None else sys.argv[1:])
+        given = args[0] if args else kwargs.get("args")
+        argv = list(given if given is not None else sys.argv[1:])
         empty = _empty_path_option(self, argv)
         if empty:
             sys.stderr.write(
