@@ -500,7 +500,7 @@ def _validate_labels(cfg: Config) -> None:
     """``dataset.label_names`` in the one label normalisation (``data/labels.py``): the
     display forms kept, invisible characters and two spellings of one class refused; the
     per-class ``selftrain.thresholds`` re-keyed by those names."""
-    from mrd_cli.data.labels import check_label_names, label_mapping
+    from mrd_cli.labels import check_label_names, label_mapping
 
     if not all(isinstance(n, str) for n in cfg.dataset.label_names):
         raise MRDError("Invalid config: dataset.label_names must be class names (text).")
@@ -516,7 +516,7 @@ def _validate_labels(cfg: Config) -> None:
 
 
 def _is_class(key: Any, names: list[str]) -> bool:
-    from mrd_cli.data.labels import label_key
+    from mrd_cli.labels import label_key
 
     return isinstance(key, str) and label_key(key) in {label_key(n) for n in names}
 

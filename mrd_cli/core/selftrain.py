@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from mrd_cli.core.losses import nt_xent
-from mrd_cli.data.labels import label_mapping
 from mrd_cli.data.tensors import SplitTensors
+from mrd_cli.labels import label_mapping
 from mrd_cli.models.semi import SemiModel
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from mrd_cli.config import is_safe_component
-from mrd_cli.core import lock as run_lock
 from mrd_cli.errors import MRDError
 from mrd_cli.features import require
 from mrd_cli.features.layouts import SPLITS, SourceSpec, layout_of, read_conversations
@@ -72,9 +71,8 @@ def build_features(
 ) -> tuple[list[Path], dict[str, Any]]:
     """Build and write the feature files; return the written paths and the manifest.
 
-    The output directory is locked for the whole build (``core/lock.py``, as a run
-    directory is): a second `mrd features` on the same --out is refused, so two builds never
-    mix their files under one manifest."""
+    The CLI holds the output directory's lock (``core/lock.py``) around this call, so two
+    builds never mix their files under one manifest."""
     layout = layout_of(opts.source.layout)
     name = opts.name or (layout.name if layout.name != "generic" else Path(opts.out).name)
     if not is_safe_component(name):
@@ -84,18 +82,6 @@ def build_features(
         )
     out = Path(opts.out)
     check_outputs(out, name, opts.force)
-    if not run_lock.acquire(out, "mrd features", what="output directory", option="--out"):
-        raise MRDError(f"The output directory {out} cannot be written. Pass another --out.")
-    try:
-        check_outputs(out, name, opts.force)  # again, now that no one else writes there
-        return _build(opts, progress, layout, name, out)
-    finally:
-        run_lock.release(out)
-
-
-def _build(
-    opts: BuildOptions, progress: ProgressFactory | None, layout: Any, name: str, out: Path
-) -> tuple[list[Path], dict[str, Any]]:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

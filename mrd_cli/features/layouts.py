@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.data.labels import LabelIndex
 from mrd_cli.errors import MRDError
 from mrd_cli.io import MAX_CSV_BYTES, read_limited
+from mrd_cli.labels import LabelIndex
 
 SPLITS = ("train", "dev", "test")
 

@@ -186,7 +186,7 @@ def tuned_defaults(layout: str, label_names: list[str]) -> dict[str, Any]:
     """Every section but ``dataset`` of the built-in config of ``layout`` (none for a layout
     without one); per-class settings only for classes this corpus has."""
     from mrd_cli.config import BUILTIN_DATASETS, builtin_config_path, read_yaml
-    from mrd_cli.data.labels import label_key
+    from mrd_cli.labels import label_key
 
     if layout not in BUILTIN_DATASETS:
         return {}
