@@ -125,23 +125,14 @@ DebugOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-_RESUME = (
-    "To continue where it stopped, rerun `mrd pretrain` / `mrd distill` / `mrd selftrain` "
-    "with --resume; `mrd run` and `mrd ablate` reuse finished steps when rerun as they were."
-)
-
-
-def handle_errors(func: F | None = None, *, resume: str = _RESUME) -> Any:
+def handle_errors(func: F) -> F:
     """Turn project errors into one message on stderr and an exit code, without a traceback.
 
     ``MRDError`` exits with its own code (2 or 1), a file-system ``OSError`` with 1, Ctrl-C
     with 130 and SIGTERM (turned into ``Terminated`` by ``cli/app.py``) with 143, after
-    saying how to resume (``resume``: the command's own advice). A ``debug=True`` keyword
-    argument re-raises instead, for developers. Whatever happens, the run-directory locks
-    the command took are released.
+    saying how to resume. A ``debug=True`` keyword argument re-raises instead, for
+    developers. Whatever happens, the run-directory locks the command took are released.
     """
-    if func is None:
-        return functools.partial(handle_errors, resume=resume)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -176,14 +167,34 @@ def handle_errors(func: F | None = None, *, resume: str = _RESUME) -> Any:
             if debug:
                 raise
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+            command = command_name(get_current_context(silent=True))
             err_console.print(
-                f"[yellow]{what}.[/] Finished files were kept. {resume}",
-                highlight=False,
+                f"[yellow]{what}.[/] Finished files were kept. {resume_advice(command)}",
                 soft_wrap=True,
             )
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def resume_advice(command: str) -> str:
+    """How to continue an interrupted ``command`` (``mrd <subcommand>``)."""
+    if command in ("mrd pretrain", "mrd distill", "mrd selftrain"):
+        return f"To continue where it stopped, rerun `{command}` with --resume."
+    folds = "the partition's fold models resume from their last finished epoch (local executor)"
+    if command == "mrd partition":
+        return f"To continue, rerun `{command}` as it was: {folds}."
+    if command in ("mrd run", "mrd ablate"):
+        return f"To continue, rerun `{command}` as it was: finished steps are reused and {folds}."
+    if command == "mrd compare":
+        return f"To continue, rerun `{command}` as it was: finished cells are reused."
+    if command == "mrd features":
+        return (
+            "No feature file was replaced (they are written aside, then renamed all at "
+            f"once). Rerun the same `{command}` command: the utterances already encoded are in "
+            "the embedding cache and are not encoded again."
+        )
+    return f"Rerun `{command}` to start it again."
 
 
 class Terminated(KeyboardInterrupt):

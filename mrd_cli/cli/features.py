@@ -45,12 +45,6 @@ class Missing(str, Enum):
     zeros = "zeros"
 
 
-RESUME = (
-    "No feature file was replaced (they are written aside, then renamed all at once). "
-    "Rerun the same `mrd features` command: the utterances already encoded are in the "
-    "embedding cache and are not encoded again."
-)
-
 # Keys of a dataset YAML's `features:` section (and the option each one stands for).
 _SPEC_KEYS = {
     "layout": "--layout",
@@ -225,7 +219,7 @@ def features(
     and NAME.yaml into --out; then `mrd run --dataset OUT/NAME.yaml`. Example:
     mrd features --layout emorynlp --csv-dir CSV_DIR --out data/emorynlp
     """
-    handle_errors(_features, resume=RESUME)(**locals())
+    handle_errors(_features)(**locals())
 
 
 def _features(**kw: Any) -> None:
