@@ -246,7 +246,7 @@ def _hold(folder: Path, pid: int, command: str, name: str = lock.LOCK_NAME) -> P
     return path
 
 
-def test_features_plot_and_report_refuse_a_locked_directory(tmp_path, cache, live_pid):
+def test_features_synth_plot_and_report_refuse_a_locked_directory(tmp_path, cache, live_pid):
     out = tmp_path / "out"
     _hold(out, live_pid, "mrd features")
     before = sorted(p.name for p in out.iterdir())
@@ -260,6 +260,9 @@ def test_features_plot_and_report_refuse_a_locked_directory(tmp_path, cache, liv
         cache=cache,
     )
     assert_user_error(r, "output directory", "in use by another mrd process", "--out")
+    assert sorted(p.name for p in out.iterdir()) == before
+    r = invoke("data", "synth", "--out", str(out))
+    assert_user_error(r, "output directory", "in use by another mrd process")
     assert sorted(p.name for p in out.iterdir()) == before
     run = tmp_path / "run"
     _hold(run, live_pid, "mrd run")
