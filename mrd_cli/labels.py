@@ -65,6 +65,16 @@ def check_label_names(names: Iterable[str], where: str) -> list[str]:
     return out
 
 
+def label_names_problem(names: Iterable[str]) -> str | None:
+    """What ``check_label_names`` would refuse in ``names`` (None when nothing): for rules
+    that report a problem instead of raising."""
+    try:
+        check_label_names(names, "")
+    except MRDError as exc:
+        return str(exc)
+    return None
+
+
 class LabelIndex:
     """Class index of every spelling of the classes ``names``; records merged spellings."""
 

@@ -441,17 +441,17 @@ def test_sigterm_while_writing_removes_the_partial_files_and_says_how_to_resume(
 
 
 def test_the_study_file_obeys_the_umask(tmp_path):
-    from mrd_cli.recipes.tune import _create_sqlite_file
+    from mrd_cli.recipes.tune.study import create_sqlite_file
 
     old = os.umask(0o002)
     try:
-        _create_sqlite_file(f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+        create_sqlite_file(f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
     finally:
         os.umask(old)
     assert ((tmp_path / "tune" / "study.db").stat().st_mode & 0o777) == 0o664
     outside = Outside(tmp_path / "outside")
     plant_symlink(tmp_path / "s.db", outside.file("victim"))
-    _create_sqlite_file(f"sqlite:///{tmp_path / 's.db'}")
+    create_sqlite_file(f"sqlite:///{tmp_path / 's.db'}")
     outside.assert_unchanged()
 
 

@@ -25,6 +25,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.session import open_session
 from mrd_cli.recipes.ablate import apply_without
 from mrd_cli.recipes.distill import distill as distill_recipe
@@ -72,6 +73,7 @@ def distill(
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Distil the pretrained models into each other (MRD: MIC + ILC + RCL).
@@ -87,6 +89,7 @@ def distill(
     }
     overrides = training_overrides(overrides, threads, no_early_stop)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    session.protocol_gap = protocol_gap
     session.cfg = apply_without(session.cfg, [c.value for c in without or []])
     d = session.cfg.distill
     err_console.print(

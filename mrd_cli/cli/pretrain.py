@@ -25,6 +25,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.session import open_session
 from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
 
@@ -83,6 +84,7 @@ def pretrain(
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Pretrain M_multi and M_text; the epoch is chosen by validation W-F1.
@@ -99,6 +101,7 @@ def pretrain(
         no_early_stop,
     )
     session = open_session(dataset, config, data_dir, run_dir, device, overrides)
+    session.protocol_gap = protocol_gap
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "

@@ -29,6 +29,7 @@ from mrd_cli.cli.common import (
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.render import print_evaluation, timings_table
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
@@ -64,6 +65,7 @@ def run(
     address: AddressOpt = None,
     plots: PlotsOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
@@ -84,6 +86,7 @@ def run(
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
         )
+        session.protocol_gap = protocol_gap
     err_console.print(
         f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "

@@ -34,6 +34,9 @@ class Session:
     corpus: Corpus
     run: RunDir
     device: torch.device
+    # Score every model on the test split after each training epoch, as a diagnostic kept
+    # apart from everything that selects (``core/protocol_gap.py``); not part of the config.
+    protocol_gap: bool = False
 
     @classmethod
     def open(
@@ -76,7 +79,9 @@ class Session:
     def derive(self, cfg: Config, run: RunDir) -> Session:
         """The same data and device with another config or run directory, sharing the
         device tensors already built (same corpus, so the same tensors)."""
-        other = Session(cfg=cfg, corpus=self.corpus, run=run, device=self.device)
+        other = Session(
+            cfg=cfg, corpus=self.corpus, run=run, device=self.device, protocol_gap=self.protocol_gap
+        )
         other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
         return other
 

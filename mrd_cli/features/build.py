@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mrd_cli.config import is_safe_component
+from mrd_cli.config.schema import is_plain_name
 from mrd_cli.errors import MRDError
 from mrd_cli.features import require
 from mrd_cli.features.layouts import SPLITS, SourceSpec, layout_of, read_conversations
@@ -75,7 +75,7 @@ def build_features(
     builds never mix their files under one manifest."""
     layout = layout_of(opts.source.layout)
     name = opts.name or (layout.name if layout.name != "generic" else Path(opts.out).name)
-    if not is_safe_component(name):
+    if not is_plain_name(name):
         raise MRDError(
             f"Dataset name {name!r} cannot be used as a file name (letters, digits, '.', '_', "
             "'-'; not starting with '.'); pass --name."
