@@ -15,6 +15,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -23,6 +24,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     report_selected,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.protocol_gap import ProtocolGapOpt
@@ -83,6 +85,7 @@ def pretrain(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
@@ -100,6 +103,7 @@ def pretrain(
         threads,
         no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides)
     session.protocol_gap = protocol_gap
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
@@ -113,5 +117,5 @@ def pretrain(
     with epoch_bars() as bars:
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
-        result = pretrain_recipe(session, roles, resume=resume, on_epoch=bars.update)
+        result = pretrain_recipe(session, roles, resume=resume, on_event=bars)
     report_selected(result, json_out)

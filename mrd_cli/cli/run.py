@@ -16,6 +16,7 @@ from mrd_cli.cli.common import (
     ExecutorKind,
     ExecutorOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -25,6 +26,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
@@ -64,6 +66,7 @@ def run(
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
     plots: PlotsOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
@@ -82,6 +85,7 @@ def run(
         threads,
         no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     with timer.step("load"):
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
@@ -96,19 +100,14 @@ def run(
         ensure_partitioned(
             session,
             force=force,
-            on_epoch=bars.update,
-            on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+            on_event=bars,
             timer=timer,
             executor=runner,
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)
         with timer.step("distill"):
-            distill(
-                session,
-                on_epoch=lambda log: bars.update("distill", log),
-                on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
-            )
+            distill(session, on_event=bars)
     with timer.step("evaluate"):
         result = evaluate(session).to_dict()
     result["timings"] = timer.to_dict()

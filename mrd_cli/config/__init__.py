@@ -44,6 +44,7 @@ from mrd_cli.config.sections import (
     PretrainConfig,
     SelftrainConfig,
     SemiConfig,
+    TrackingConfig,
 )
 from mrd_cli.errors import MRDError
 from mrd_cli.labels import check_label_names
@@ -63,6 +64,7 @@ __all__ = [
     "PartitionConfig",
     "PretrainConfig",
     "SelftrainConfig",
+    "TrackingConfig",
     "SemiConfig",
     "builtin_config_path",
     "config_files",

@@ -10,7 +10,7 @@ with its pretrained weights as a candidate ("epoch 0", ``distill.keep_start``). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +20,17 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import DistillConfig
+from mrd_cli.core.card import parent
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import seed_everything
+from mrd_cli.core.events import OnEvent, emit, epoch_events
 from mrd_cli.core.losses import l2_penalty, mrd_total_loss
 from mrd_cli.core.partition import partition_codes, read_partition
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
-    EpochLog,
     Trainer,
     TrainingStep,
     make_classification_loss,
@@ -70,12 +72,12 @@ class DistillResult(TrainedModels):
 def distill(
     session: Session,
     resume: bool = False,
-    on_epoch: Callable[[EpochLog], None] | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     out_dir: Path | None = None,
 ) -> DistillResult:
     """MRD on the pretrained pair; writes ``RUN/distill/multi.pt`` and ``text.pt``
-    (or into ``out_dir``)."""
+    (or into ``out_dir``). ``on_event`` gets an ``epoch`` event per epoch (task
+    "distill") and a ``warning`` for each skipped curriculum stage."""
     cfg = session.cfg
     name = cfg.dataset.name
     paths = {r: session.run.pretrained(r) for r in ROLES}
@@ -90,10 +92,11 @@ def distill(
         doc["totals"],
     )
     for stage in curriculum.skipped:
-        if on_warning:
-            on_warning(
-                f"The {stage} group of the partition is empty; its curriculum stage is skipped."
-            )
+        emit(
+            on_event,
+            "warning",
+            text=f"The {stage} group of the partition is empty; its curriculum stage is skipped.",
+        )
     seed_everything(cfg.seed)
     state_path = (out_dir or session.run.root / "distill") / ".pair.state.pt"
     # The partition's own hash: a state saved under another partition (other method or
@@ -117,6 +120,14 @@ def distill(
         curriculum,
         session.corpus.num_classes,
     )
+    record = recorder(  # RUN/distill/<role>.metrics.jsonl (ablation cells: in their folder)
+        session,
+        "distill",
+        {r: r for r in ROLES},
+        stage_of=lambda epoch: curriculum.stages[curriculum.stage_at(epoch - 1)][0],
+        directory=out_dir,
+        loggers=out_dir is None,
+    )
     watch = test_watch(session)  # the protocol-gap diagnostic (None when off)
     trainer = Trainer(
         models=models,
@@ -128,7 +139,7 @@ def distill(
         state_path=state_path,
         resume=resume,
         signature=sig,
-        on_epoch=on_epoch,
+        on_epoch=record.wrap(epoch_events(on_event, "distill")),
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
         start_confidence=cfg.distill.start_confidence,
@@ -161,10 +172,16 @@ def distill(
                 kept_pretrained=selected[role].epoch == 0,
                 start_val_weighted_f1=None if start is None else start[role],
                 start_guard=trainer.start_guard.get(role),
+                parents=[
+                    parent(f"pretrained {r} model (start, frozen copy)", paths[r], session.run.root)
+                    for r in ROLES
+                ]
+                + [parent("partition", session.run.partition, session.run.root, part_sha)],
             ),
         )
         if watch is not None:
             write_watch(watch, role, targets[role], selected[role])
+    record.finish(targets)
     state_path.unlink(missing_ok=True)
     if out_dir is None:
         session.run.save_config(cfg)
