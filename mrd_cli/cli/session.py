@@ -14,6 +14,18 @@ from mrd_cli.core.executor import Executor, make_executor
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 
+# Commands that train: they say which config files they merged before they start.
+TRAINING_COMMANDS = (
+    "mrd run",
+    "mrd pretrain",
+    "mrd partition",
+    "mrd distill",
+    "mrd selftrain",
+    "mrd tune",
+    "mrd ablate",
+    "mrd compare",
+)
+
 
 def open_session(
     dataset: str,
@@ -48,7 +60,8 @@ def open_session(
         loading=None if quiet else err_console.status,
     )
     set_threads(session.cfg.threads)
-    if not quiet:
+    command = command_name(get_current_context(silent=True))
+    if not quiet and command in TRAINING_COMMANDS:
         from rich.markup import escape
 
         from mrd_cli.config import config_files
@@ -63,7 +76,7 @@ def open_session(
         err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
     if not lock:
         return session
-    writable = run_lock.acquire(session.run.root, command_name(get_current_context(silent=True)))
+    writable = run_lock.acquire(session.run.root, command)
     if not writable and not read_only_ok:
         raise MRDError(
             f"The run directory {session.run.root} cannot be written. Pass --run-dir with a "

@@ -14,6 +14,7 @@ import ast
 import csv
 import difflib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,12 @@ DialogueKey = tuple[str, ...]
 def show_key(key: DialogueKey) -> str:
     """A dialogue key for messages: ('1', '2', '11') -> (1, 2, 11)."""
     return key[0] if len(key) == 1 else "(" + ", ".join(key) + ")"
+
+
+def key_id(key: DialogueKey) -> str:
+    """A dialogue key as one string that no other key gives: the id itself for one id
+    column, else the JSON list of the values (``["1", "2", "11"]``)."""
+    return key[0] if len(key) == 1 else json.dumps(list(key), ensure_ascii=False)
 
 
 @dataclass
