@@ -56,8 +56,8 @@ def test_fold_predictions_equal_each_fold_model_trained_alone(tmp_path):
             rows = preds[role][torch.as_tensor(held)]
             assert torch.equal(rows[:, : alone.shape[1]], alone), f"{role} fold {k + 1}"
             assert not rows[:, alone.shape[1] :].any()  # padding stays 0
-    # Every fold model's state is gone once the partition is made.
-    assert not list((tmp_path / "run").rglob("*.state.pt"))
+    # Every fold model's state is gone once the partition is made, and their folder.
+    assert not (tmp_path / "run" / "folds").exists()
 
 
 class _Stop(KeyboardInterrupt):
@@ -95,7 +95,7 @@ def test_interrupted_partition_resumes_each_fold_model_from_its_last_epoch(tmp_p
     assert not list(run.rglob("*.state.pt"))
 
 
-def test_a_state_of_other_settings_is_not_resumed(tmp_path):
+def test_a_state_of_other_settings_is_not_resumed_and_is_removed_at_the_end(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(_Stop):
 
@@ -109,6 +109,9 @@ def test_a_state_of_other_settings_is_not_resumed(tmp_path):
     other.cfg.pretrain.lr = 5e-3  # another config: the saved state must not be continued
     fresh = _session(tmp_path / "fresh")
     fresh.cfg.pretrain.lr = 5e-3
+    stray = run / "folds" / ".text.fold5.state.pt"  # of an interrupted 5-fold partition
+    stray.write_bytes(b"not a state")
     got, want = cross_fitted_predictions(other, FOLDS), cross_fitted_predictions(fresh, FOLDS)
     for role in ROLES:
         assert torch.equal(got[role], want[role]), role
+    assert not (run / "folds").exists()

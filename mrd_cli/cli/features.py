@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mrd_cli.cli.common import (
@@ -283,20 +282,11 @@ def _features(**kw: Any) -> None:
     # (handle_errors releases it; a directory created for it goes again if left empty).
     if not lock.acquire(opts.out, "mrd features", what="output directory", option="--out"):
         raise MRDError(f"The output directory {opts.out} cannot be written. Pass another --out.")
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.core.events import items
 
-        def stage(description: str, total: int):
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-
-        paths, manifest = build_features(opts, stage)  # under the lock of --out
+    with epoch_bars() as bars:  # the features layer counts items; the bars show them
+        paths, manifest = build_features(opts, items(bars))  # under the lock of --out
 
     if kw["json_out"]:
         print_json({"out": str(opts.out), "files": [str(p) for p in paths], **manifest})
