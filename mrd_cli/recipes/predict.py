@@ -224,7 +224,7 @@ def _from_csv(
     progress: Progress,
 ) -> tuple[list[Dialogue], list[dict[str, Any]], dict[str, Any]]:
     from mrd_cli.features import require
-    from mrd_cli.features.layouts import SourceSpec
+    from mrd_cli.features.layouts import SourceSpec, key_id
     from mrd_cli.features.speakers import speaker_slot_of
     from mrd_cli.features.transcripts import UNLABELLED, read_transcripts
 
@@ -265,7 +265,7 @@ def _from_csv(
         n = len(utts)
         dialogues.append(
             Dialogue(
-                id=key,
+                id=key_id(key),
                 speakers=np.array([speaker_slot_of(u.speakers, names) for u in utts]),
                 labels=np.zeros(n, dtype=np.int64),  # never read: predictions ignore labels
                 features={m: x[start : start + n] for m, x in features.items()},
@@ -275,7 +275,7 @@ def _from_csv(
         for u in utts:
             rows.append(
                 {
-                    "dialogue": key,
+                    "dialogue": key_id(key),
                     "utterance": u.uid,
                     "speaker": ", ".join(u.speakers),
                     "text": u.text,
