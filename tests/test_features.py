@@ -265,7 +265,7 @@ def test_written_files_have_the_community_container_types(emorynlp_out):
     manifest = json.loads((emorynlp_out / "features_manifest.json").read_text())
     assert manifest["text"]["dim"] == 384 and len(manifest["text"]["model_files_sha256"]) == 64
     assert manifest["modalities"] == ["text"]
-    assert manifest["dialogues"]["0"] == {"split": "train", "dialogue": "1_1_1"}
+    assert manifest["dialogues"]["0"] == {"split": "train", "dialogue": ["1", "1", "1"]}
 
 
 def test_second_run_takes_every_embedding_from_the_cache(emorynlp_out, cache, tmp_path):
@@ -398,6 +398,35 @@ def _conv(speaker_lists: list[tuple[str, ...]]) -> Conversations:
         dialogues={"d": utts, "v": utts[:1], "t": utts[:1]},
         splits={"train": ["d"], "dev": ["v"], "test": ["t"]},
     )
+
+
+def test_speaker_slots_outside_their_bounds_are_refused_before_anything_is_allocated():
+    from mrd_cli.errors import MRDError
+    from mrd_cli.features.speakers import MAX_SLOTS
+
+    conv = _conv([("A",), ("B",)])
+    assert len(speaker_slots(conv, MAX_SLOTS)) == MAX_SLOTS
+    for slots in (1, MAX_SLOTS + 1, 10**9):
+        with pytest.raises(MRDError, match=rf"--speaker-slots must be in \[2, {MAX_SLOTS}\]"):
+            speaker_slots(conv, slots)
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"max_tokens": 1}, "--max-tokens must be in [2, 100000], got 1"),
+        ({"max_tokens": 10**9}, "--max-tokens must be in [2, 100000]"),
+        ({"batch_size": 0}, "--batch-size must be in [1, 65536], got 0"),
+        ({"batch_size": 10**9}, "--batch-size must be in [1, 65536]"),
+    ],
+)
+def test_the_text_encoders_sizes_are_bounded_before_any_model_is_looked_for(kw, needle):
+    from mrd_cli.errors import MRDError
+    from mrd_cli.features.text import TextEncoder
+
+    with pytest.raises(MRDError) as exc:
+        TextEncoder("/nonexistent/model", **kw)
+    assert needle in str(exc.value)
 
 
 def test_most_frequent_training_speakers_get_slots_and_the_rest_share_the_last():
@@ -562,7 +591,7 @@ def test_generic_files_per_split_need_no_split_column_and_labels_sort(tmp_path):
     )
     conv = read_conversations(spec, "g")
     assert conv.label_names == ["a", "b"]  # sorted training labels
-    assert [u.text for u in conv.dialogues["train1"]] == ["first", "second"]  # by utterance id
+    assert [u.text for u in conv.dialogues[("train1",)]] == ["first", "second"]  # by utterance id
     _write_csv(tmp_path / "test.csv", header, [["t1", 1, "X", "hi", "c"]])
     with pytest.raises(MRDError, match="Unknown label.*from the training split"):
         read_conversations(spec, "g")

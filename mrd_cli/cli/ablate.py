@@ -29,8 +29,9 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.distill import WithoutOpt
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.pretrain import BackboneOpt
+from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt, print_gap
 from mrd_cli.cli.render import timings_table
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
@@ -54,6 +55,7 @@ def ablate(
         ),
     ] = None,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -65,6 +67,7 @@ def ablate(
     address: AddressOpt = None,
     plots: PlotsOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Ablation table: MRD vs MRD without MIC / ILC / RCL over several seeds.
@@ -80,7 +83,7 @@ def ablate(
     """
     overrides = {
         "seed": seed,
-        "model": {"backbone": backbone},
+        "model": {"backbone": backbone, "text_backbone": text_backbone},
         "ablate": {"seeds": seeds, "repretrain": repretrain},
     }
     check_plots_extra(plots)
@@ -90,6 +93,7 @@ def ablate(
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
         )
+        session.protocol_gap = protocol_gap
     comps = [c.value for c in without] if without else list(COMPONENTS)
     variants = [(c,) for c in comps]
     a = session.cfg.ablate
@@ -104,28 +108,11 @@ def ablate(
     )
     total = a.seeds * (len(variants) + 1)
     with open_executor(executor, address, session) as runner, epoch_bars() as bars:
-        bars.add("cells", "ablation cells", total)
-        done = {"n": 0}
-
-        def on_cell(name: str, seed: int, reused: bool) -> None:
-            done["n"] += 1
-            bars.progress.update(
-                bars.tasks["cells"],
-                completed=done["n"],
-                info=f"{name}, seed {seed}" + (" (reused)" if reused else " (done)"),
-            )
-
+        bars.add_cells("ablation cells", total)
         summary = ablate_recipe(
-            session,
-            variants,
-            a.seeds,
-            on_cell=on_cell,
-            on_epoch=bars.update,
-            on_step=lambda step: err_console.print(f"  {step}"),
-            timer=timer,
-            executor=runner,
+            session, variants, a.seeds, on_event=bars, timer=timer, executor=runner
         )
-        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+        bars.finish_cells()
     summary = summary.to_dict()
     if plots:
         summary["plots"] = draw_plots(session.run.root, json_out)
@@ -134,6 +121,7 @@ def ablate(
         return
     console = out_console()
     console.print(ablation_table(summary))
+    print_gap(console, None, summary)
     console.print(timings_table(summary["timings"], "mrd ablate: wall time per step"))
     err_console.print(f"Saved to {session.run.ablation / 'results.json'} and results.csv")
 

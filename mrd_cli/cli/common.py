@@ -115,6 +115,30 @@ AddressOpt = Annotated[
         "`ray start` made here. Default: start a Ray runtime on this machine for this command.",
     ),
 ]
+class LoggerKind(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+LogOpt = Annotated[
+    list[LoggerKind] | None,
+    typer.Option(
+        "--log",
+        help="Also log every epoch to TensorBoard (RUN/tensorboard/) or MLflow (a SQLite store "
+        "RUN/mlflow.db, or config tracking.mlflow_uri); repeatable; sets tracking.loggers. "
+        "Per-epoch metrics go to RUN/<step>/<role>.metrics.jsonl in any case. Needs the "
+        "tensorboard / mlflow extra.",
+    ),
+]
+
+
+def with_loggers(overrides: dict[str, Any], log: list[LoggerKind] | None) -> dict[str, Any]:
+    """``overrides`` with the loggers of ``--log`` (none given: the config's)."""
+    if log:
+        overrides = {**overrides, "tracking": {"loggers": sorted({x.value for x in log})}}
+    return overrides
+
+
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout only.")
 ]
@@ -167,15 +191,34 @@ def handle_errors(func: F) -> F:
             if debug:
                 raise
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+            command = command_name(get_current_context(silent=True))
             err_console.print(
-                f"[yellow]{what}.[/] Finished files were kept. To continue where it "
-                "stopped, rerun `mrd pretrain` / `mrd distill` / `mrd selftrain` with --resume; "
-                "`mrd run` and "
-                "`mrd ablate` reuse finished steps when rerun as they were."
+                f"[yellow]{what}.[/] Finished files were kept. {resume_advice(command)}",
+                soft_wrap=True,
             )
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def resume_advice(command: str) -> str:
+    """How to continue an interrupted ``command`` (``mrd <subcommand>``)."""
+    if command in ("mrd pretrain", "mrd distill", "mrd selftrain"):
+        return f"To continue where it stopped, rerun `{command}` with --resume."
+    folds = "the partition's fold models resume from their last finished epoch (local executor)"
+    if command == "mrd partition":
+        return f"To continue, rerun `{command}` as it was: {folds}."
+    if command in ("mrd run", "mrd ablate"):
+        return f"To continue, rerun `{command}` as it was: finished steps are reused and {folds}."
+    if command == "mrd compare":
+        return f"To continue, rerun `{command}` as it was: finished cells are reused."
+    if command == "mrd features":
+        return (
+            "No feature file was replaced (they are written aside, then renamed all at "
+            f"once). Rerun the same `{command}` command: the utterances already encoded are in "
+            "the embedding cache and are not encoded again."
+        )
+    return f"Rerun `{command}` to start it again."
 
 
 class Terminated(KeyboardInterrupt):
@@ -229,7 +272,12 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
     """Say which epoch was chosen for each trained model, for people or as JSON."""
     stage = result.stage
     if json_out:
-        print_json(result.to_dict())
+        from mrd_cli.core.card import card_path, read_card_fields
+
+        doc = result.to_dict()
+        for entry in doc[stage].values():  # each model's card (``core/card.py``)
+            entry["card"] = read_card_fields(card_path(Path(entry["checkpoint"])))
+        print_json(doc)
         return
     summary = result.to_dict()[stage]
     for role, s in summary.items():

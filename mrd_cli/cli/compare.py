@@ -1,4 +1,4 @@
-"""`mrd compare`: M_multi's backbones (dialogue, Foal-Net, DUAL) on the same data over seeds."""
+"""`mrd compare`: M_multi's (or M_text's) backbones on the same data over seeds."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt, print_gap
 from mrd_cli.cli.session import open_executor, open_session
+from mrd_cli.errors import MRDError
 from mrd_cli.recipes.compare import compare as compare_recipe
 
 
@@ -40,10 +42,19 @@ def compare(
         str,
         typer.Option(
             "--backbones",
-            help="Comma-separated backbones for M_multi: dialogue, foal (Foal-Net), dual (DUAL; "
-            "its losses and sizes are mrd's own choices, as no paper or code defines them).",
+            help="Comma-separated backbones: dialogue, foal (Foal-Net), dual (DUAL; its losses "
+            "and sizes are mrd's own choices, as no paper or code defines them), semi, m3net "
+            "(M3Net). With --role text: dialogue and m3net.",
         ),
     ] = "dialogue,foal,dual",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="Whose backbone varies: multi (M_multi, model.backbone) or text (M_text on the "
+            "text alone, model.text_backbone).",
+        ),
+    ] = "multi",
     seeds: Annotated[
         int | None,
         typer.Option("--seeds", help="Number of seeds (default: config ablate.seeds, 5).", min=1),
@@ -59,9 +70,10 @@ def compare(
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare M_multi's backbones: test W-F1 over seeds, against the default backbone.
+    """Compare M_multi's (or, with --role text, M_text's) backbones: test W-F1 over seeds.
 
     Pretrains the multimodal model with each backbone and seed (same data, loss, schedule;
     each epoch chosen on validation W-F1), scores it on the test split, and prints W-F1 as
@@ -75,12 +87,15 @@ def compare(
     by side, in worker processes or as Ray tasks; this command alone writes the run directory.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
+    if role not in ("multi", "text"):
+        raise MRDError(f"--role must be multi or text, got '{role}'.")
     overrides = training_overrides(
         {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}},
         threads,
         no_early_stop,
     )
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    session.protocol_gap = protocol_gap
     n = session.cfg.ablate.seeds
     err_console.print(
         f"Comparing backbones {', '.join(names)} on {session.corpus.name}, {n} seeds, "
@@ -88,26 +103,15 @@ def compare(
     )
     total = n * len(names)
     with open_executor(executor, address, session) as runner, epoch_bars() as bars:
-        bars.add("cells", "compare cells", total)
-        done = {"n": 0}
-
-        def on_cell(name: str, s: int, reused: bool) -> None:
-            done["n"] += 1
-            bars.progress.update(
-                bars.tasks["cells"],
-                completed=done["n"],
-                info=f"{name}, seed {s}" + (" (reused)" if reused else " (done)"),
-            )
-
-        result = compare_recipe(
-            session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner
-        )
-        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+        bars.add_cells("compare cells", total)
+        result = compare_recipe(session, names, n, on_event=bars, executor=runner, role=role)
+        bars.finish_cells()
     summary = result.to_dict()
     if json_out:
         print_json(summary)
         return
     out_console().print(comparison_table(summary))
+    print_gap(out_console(), None, summary)
     for name, why in summary["not_run"].items():
         err_console.print(f"[yellow]Not run:[/] {name}: {why}")
     err_console.print(f"Saved to {session.run.root / 'compare' / 'results.json'}")
@@ -116,7 +120,8 @@ def compare(
 def comparison_table(summary: dict[str, Any]) -> Table:
     n = len(summary["seeds"])
     table = Table(
-        title=f"Backbones of M_multi on {summary['dataset']} (test W-F1, percent, mean ± std over "
+        title=f"Backbones of M_{summary.get('role', 'multi')} on {summary['dataset']} (test W-F1, "
+        f"percent, mean ± std over "
         f"{n} seeds; epochs chosen on validation; majority class "
         f"{summary['majority_weighted_f1']:.2f})",
         title_justify="left",

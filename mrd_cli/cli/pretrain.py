@@ -15,6 +15,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -23,8 +24,10 @@ from mrd_cli.cli.common import (
     handle_errors,
     report_selected,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.session import open_session
 from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
 
@@ -44,8 +47,19 @@ BackboneOpt = Annotated[
         "visual, text at its decoder; its differences run across a dialogue's utterances, "
         "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
         "paper or code defines them) or semi (MER2024-SEMI: per-modality heads and a fused "
-        "head, soft-voted; `mrd selftrain` trains it with few labels). M_text is always the "
-        "dialogue network. Default: config model.backbone.",
+        "head, soft-voted; `mrd selftrain` trains it with few labels) or m3net (M3Net: "
+        "multimodal hypergraph and high/low-frequency graph filtering; its departures from the "
+        "published code are in docs/backbones.md and each run's JSON). M_text's network is "
+        "--text-backbone. Default: config model.backbone.",
+    ),
+]
+
+TextBackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-backbone",
+        help="M_text's network, on the text alone: dialogue (mrd's dialogue network) or m3net "
+        "(M3Net with one node per utterance). Default: config model.text_backbone.",
     ),
 ]
 
@@ -61,6 +75,7 @@ def pretrain(
         Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
     ] = Modality.both,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -70,7 +85,9 @@ def pretrain(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Pretrain M_multi and M_text; the epoch is chosen by validation W-F1.
@@ -78,18 +95,27 @@ def pretrain(
     Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
     """
     overrides = training_overrides(
-        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}}, threads, no_early_stop
+        {
+            "seed": seed,
+            "model": {"backbone": backbone, "text_backbone": text_backbone},
+            "pretrain": {"epochs": epochs},
+        },
+        threads,
+        no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides)
+    session.protocol_gap = protocol_gap
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
         f"({session.corpus.num_utterances('train')} train / {session.corpus.num_utterances('val')} "
         f"val utterances; val: {session.corpus.val_source}) on {session.device}, "
-        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}."
+        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}, M_text backbone "
+        f"{session.cfg.model.text_backbone}."
     )
     with epoch_bars() as bars:
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
-        result = pretrain_recipe(session, roles, resume=resume, on_epoch=bars.update)
+        result = pretrain_recipe(session, roles, resume=resume, on_event=bars)
     report_selected(result, json_out)

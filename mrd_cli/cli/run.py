@@ -16,6 +16,7 @@ from mrd_cli.cli.common import (
     ExecutorKind,
     ExecutorOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -25,10 +26,12 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.pretrain import BackboneOpt
+from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.render import print_evaluation, timings_table
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
@@ -49,6 +52,7 @@ def run(
         ),
     ] = False,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -62,7 +66,9 @@ def run(
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
     plots: PlotsOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
@@ -75,12 +81,16 @@ def run(
     check_plots_extra(plots)
     timer = StepTimer()
     overrides = training_overrides(
-        {"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop
+        {"seed": seed, "model": {"backbone": backbone, "text_backbone": text_backbone}},
+        threads,
+        no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     with timer.step("load"):
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
         )
+        session.protocol_gap = protocol_gap
     err_console.print(
         f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
@@ -90,19 +100,14 @@ def run(
         ensure_partitioned(
             session,
             force=force,
-            on_epoch=bars.update,
-            on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+            on_event=bars,
             timer=timer,
             executor=runner,
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)
         with timer.step("distill"):
-            distill(
-                session,
-                on_epoch=lambda log: bars.update("distill", log),
-                on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
-            )
+            distill(session, on_event=bars)
     with timer.step("evaluate"):
         result = evaluate(session).to_dict()
     result["timings"] = timer.to_dict()

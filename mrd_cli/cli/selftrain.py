@@ -7,7 +7,6 @@ from enum import Enum
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import (
@@ -18,6 +17,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     RunDirOpt,
     SeedOpt,
     ThreadsOpt,
@@ -26,6 +26,7 @@ from mrd_cli.cli.common import (
     out_console,
     print_json,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -92,6 +93,7 @@ def selftrain(
         ),
     ] = False,
     threads: ThreadsOpt = None,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -119,6 +121,7 @@ def selftrain(
         threads,
         False,
     )
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     st = session.cfg.selftrain
     err_console.print(
@@ -133,8 +136,7 @@ def selftrain(
             session,
             role.value,
             resume=resume,
-            on_epoch=bars.update,
-            on_message=lambda m: err_console.print(f"[yellow]{escape(m)}[/]", soft_wrap=True),
+            on_event=bars,
         )
     if json_out:
         print_json(result.to_dict())

@@ -15,7 +15,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,10 @@ import numpy as np
 
 from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import OnEvent, emit
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.protocol_gap import gap_entry, gap_stats, has_gap
 from mrd_cli.core.rundir import ROLES, RunDir, unpack
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
@@ -107,13 +109,14 @@ class CellUnit:
     seed: int
     base: str
     device: str
+    protocol_gap: bool = False
 
 
 def train_cell(
     unit: CellUnit,
     corpus: Corpus,
     bases: dict[str, dict[str, bytes]],
-    on_epoch=None,
+    on_event: OnEvent | None = None,
     tensors: dict | None = None,
 ) -> dict[str, Any]:
     """Distil one variant with one seed and score both models on the test split, in a
@@ -124,12 +127,12 @@ def train_cell(
     set_threads(unit.cfg.threads)
     with tempfile.TemporaryDirectory(prefix="mrd-cell-") as tmp:
         base = unpack(Path(tmp) / "base", bases[unit.base])
-        session = Session(unit.cfg, corpus, base, resolve_device(unit.device))
+        session = Session(unit.cfg, corpus, base, resolve_device(unit.device), unit.protocol_gap)
         if tensors is not None:
             session.__dict__["_tensors"] = tensors
         out_dir = Path(tmp) / "cell"
         start = time.perf_counter()
-        distill(session, on_epoch=on_epoch, out_dir=out_dir)
+        distill(session, on_event=on_event, out_dir=out_dir)
         trained = time.perf_counter()
         result = _cell_metrics(session, out_dir)
         return {
@@ -154,6 +157,7 @@ def _cell_metrics(session: Session, cell_dir) -> dict[str, Any]:
             "epoch": ckpt["epoch"],
             "stopping": ckpt.get("stopping"),
             "predictions": pred.tolist(),
+            **gap_entry(cell_dir / f"{role}.pt"),
         }
     return out
 
@@ -170,16 +174,15 @@ def ablate(
     session: Session,
     variants: list[tuple[str, ...]],
     seeds: int,
-    on_cell: Callable[[str, int, bool], None] | None = None,
-    on_epoch=None,
-    on_step=None,
+    on_event: OnEvent | None = None,
     timer: StepTimer | None = None,
     executor: Executor | None = None,
 ) -> AblationResult:
     """Run (or reuse) every (variant, seed) cell and summarise. ``variants`` excludes MRD
     itself, which is always run. ``timer`` gets each step's wall time. ``executor``
-    (default: this process) runs the cells; ``on_cell(variant, seed, reused)`` follows each
-    cell as it is found finished or finishes."""
+    (default: this process) runs the cells; ``on_event`` gets a ``cell`` event (name: the
+    variant, seed, reused) as each is found finished or finishes, and the events of the
+    steps and of the cells trained in this process."""
     cfg = session.cfg
     all_variants = [()] + [v for v in variants if v]
     seed_list = [cfg.seed + i for i in range(seeds)]
@@ -203,8 +206,7 @@ def ablate(
         # replaced; the run's pair is not replaced without `mrd run --force`.
         ensure_partitioned(
             base_session,
-            on_epoch=on_epoch,
-            on_step=on_step,
+            on_event=on_event,
             replace_pretrained=cfg.ablate.repretrain,
             timer=timer,
             executor=executor,
@@ -227,10 +229,15 @@ def ablate(
         )
         for without in all_variants:
             cached = _read_cell(_cell_path(session, without, seed), signatures[seed], labels)
+            if cached is not None and session.protocol_gap and not has_gap(cached["result"]):
+                cached = None  # the diagnostic was asked for and this cell lacks it
             if cached is not None:
                 cells[(without, seed)] = cached["result"]
-                if on_cell:
-                    on_cell(variant_name(without), seed, True)
+                emit(
+                    on_event,
+                    "cell",
+                    payload={"name": variant_name(without), "seed": seed, "reused": True},
+                )
                 continue
             key = str(base.root.relative_to(session.run.root))
             if key not in bases:
@@ -238,17 +245,13 @@ def ablate(
             cell_cfg = apply_without(cfg, without)
             cell_cfg.seed = seed
             device = executor.device(str(session.device))
-            todo.append(CellUnit(cell_cfg, without, seed, key, device))
+            todo.append(CellUnit(cell_cfg, without, seed, key, device, session.protocol_gap))
 
     # The cells left to train, each a unit of the executor (in this process, or Ray tasks
     # running side by side); this process alone writes what they return, as each finishes.
     if executor.in_process:
         shared = session.__dict__.setdefault("_tensors", {})
-        fn = functools.partial(
-            train_cell,
-            on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,
-            tensors=shared,
-        )
+        fn = functools.partial(train_cell, on_event=on_event, tensors=shared)
     else:
         fn = train_cell
     with maybe(None if executor.in_process else timer, "distill"):
@@ -270,8 +273,7 @@ def ablate(
                     timer.add(step, seconds)
             cells[(unit.without, unit.seed)] = out["result"]
             computed.append((name, unit.seed))
-            if on_cell:
-                on_cell(name, unit.seed, False)
+            emit(on_event, "cell", payload={"name": name, "seed": unit.seed, "reused": False})
     # Listed in the study's order, whichever finished first.
     order = [(variant_name(w), s) for s in seed_list for w in all_variants]
     computed.sort(key=order.index)
@@ -326,6 +328,7 @@ def _pretrained_test(session: Session) -> dict[str, Any]:
             "weighted_f1": report["weighted_f1"],
             "per_class_f1": report["per_class_f1"],
             "predictions": pred.tolist(),
+            **gap_entry(session.run.pretrained(role)),
         }
     return out
 
@@ -348,7 +351,11 @@ def summarise(
         for lab in labels:
             cm, cs = mean_std([c["per_class_f1"][lab] for c in per_seed])
             per_class[lab] = {"mean": cm, "std": cs}
-        return {"weighted_f1": {"mean": m, "std": s, "values": wf1}, "per_class_f1": per_class}
+        return {
+            "weighted_f1": {"mean": m, "std": s, "values": wf1},
+            "per_class_f1": per_class,
+            **gap_stats(per_seed),
+        }
 
     def compare(row: dict[str, Any], per_seed: list, reference: list, against: str) -> None:
         """Paired difference of ``per_seed`` from ``reference`` (same seeds, same role)."""

@@ -1,6 +1,7 @@
-"""Recipe: compare M_multi's backbones (dialogue, Foal-Net, DUAL) on the same data over seeds.
+"""Recipe: compare the backbones of M_multi (or, with ``role="text"``, of M_text) on the same
+data over seeds.
 
-Each (backbone, seed) cell pretrains the multimodal model with that backbone (the loop of
+Each (backbone, seed) cell pretrains the role's model with that backbone (the loop of
 ``recipes.pretrain``: same data, loss, schedule and validation-chosen epoch for every
 backbone), scores it on the test split and is saved on its own (``RUN/compare/cells/``), so
 an interrupted comparison continues where it stopped. The summary gives each backbone's
@@ -17,7 +18,6 @@ import copy
 import functools
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ import numpy as np
 
 from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import Event, OnEvent, emit
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.protocol_gap import gap_entry, gap_stats
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session, role_backbone, role_modalities, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
@@ -46,6 +48,7 @@ class ComparisonResult:
     cells this call trained (the others were reused)."""
 
     dataset: str
+    role: str
     split: str
     labels: list[str]
     seeds: list[int]
@@ -59,6 +62,7 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
+            "role": self.role,
             "split": self.split,
             "labels": self.labels,
             "seeds": self.seeds,
@@ -74,29 +78,36 @@ def compare(
     session: Session,
     backbones: list[str],
     seeds: int,
-    on_cell: Callable[[str, int, bool], None] | None = None,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_event: OnEvent | None = None,
     executor: Executor | None = None,
+    role: str = "multi",
 ) -> ComparisonResult:
-    """Pretrain M_multi with each of ``backbones`` for ``seeds`` seeds (from ``cfg.seed``),
+    """Pretrain the model of ``role`` (M_multi, or M_text on the text alone: ``model.backbone``
+    or ``model.text_backbone`` set to each name) with each of ``backbones`` for ``seeds``
+    seeds (from ``cfg.seed``),
     score each on the test split and summarise; writes ``RUN/compare/results.json``.
-    ``executor`` (default: this process) runs the cells; ``on_cell(backbone, seed, reused)``
-    follows each cell as it is found finished or finishes."""
+    ``executor`` (default: this process) runs the cells; ``on_event`` gets a ``cell`` event
+    (name: the backbone, seed, reused) as each is found finished or finishes, and the
+    epochs of the cells trained in this process."""
     executor = executor or LocalExecutor()
     if not backbones:
         raise MRDError("Name at least one backbone to compare.")
     for name in backbones:
         check_backbone(name)
+        if role == "text" and name not in TEXT_BACKBONES:
+            raise MRDError(
+                f"M_text's backbone must be one of {', '.join(TEXT_BACKBONES)}, got '{name}'."
+            )
     if len(set(backbones)) != len(backbones):
         raise MRDError(f"Each backbone may be named once, got {', '.join(backbones)}.")
     root = session.run.root / "compare"
     seed_list = [session.cfg.seed + i for i in range(seeds)]
-    available = role_modalities(session.cfg, "multi")
+    available = role_modalities(session.cfg, role)
     runnable, not_run = [], {}
     for name in backbones:
-        cfg = _with_backbone(session, name, session.cfg.seed)
+        cfg = _with_backbone(session, name, session.cfg.seed, role)
         try:
-            backbone_modalities(name, role_backbone(cfg, "multi")[1], available)
+            backbone_modalities(name, role_backbone(cfg, role)[1], available)
         except MRDError as exc:
             not_run[name] = str(exc)
             continue
@@ -113,27 +124,31 @@ def compare(
     signatures: dict[tuple[str, int], str] = {}
     for name in runnable:
         for seed in seed_list:
-            cfg = _with_backbone(session, name, seed)
+            cfg = _with_backbone(session, name, seed, role)
             sig = signatures[(name, seed)] = signature(
                 "compare",
+                role,
                 cfg.to_dict()["dataset"],
                 cfg.to_dict()["model"],
                 cfg.to_dict()["pretrain"],
                 seed,
                 session.corpus.fingerprint(),
             )
-            cached = _read_cell(root / "cells" / f"{name}_seed{seed}.json", sig)
+            cached = _read_cell(root / "cells" / f"{cell_name(role, name, seed)}.json", sig)
+            lacks_gap = cached is not None and "test_selected" not in cached["result"]
+            if session.protocol_gap and lacks_gap:
+                cached = None  # the diagnostic was asked for and this cell lacks it
             if cached is None:
-                todo.append(CompareUnit(cfg, name, seed, executor.device(str(session.device))))
+                device = executor.device(str(session.device))
+                todo.append(CompareUnit(cfg, name, seed, device, role, session.protocol_gap))
                 continue
             cells[(name, seed)] = cached["result"]
-            if on_cell:
-                on_cell(name, seed, True)
+            emit(on_event, "cell", payload={"name": name, "seed": seed, "reused": True})
     # The cells left to train, each a unit of the executor; this process alone writes what
     # they return (the cell, its checkpoint and config), as each finishes.
     fn = (
         functools.partial(
-            train_cell, on_epoch=on_epoch, tensors=session.__dict__.setdefault("_tensors", {})
+            train_cell, on_event=on_event, tensors=session.__dict__.setdefault("_tensors", {})
         )
         if executor.in_process
         else train_cell
@@ -141,30 +156,46 @@ def compare(
     for index, out in executor.map(fn, todo, session.corpus):
         unit = todo[index]
         for rel, data in out["files"].items():
-            atomic_write_bytes(root / f"{unit.backbone}_seed{unit.seed}" / rel, data)
+            atomic_write_bytes(root / cell_name(role, unit.backbone, unit.seed) / rel, data)
         cell = {
             "signature": signatures[(unit.backbone, unit.seed)],
             "backbone": unit.backbone,
+            "role": role,
             "seed": unit.seed,
             "result": out["result"],
         }
-        atomic_write_json(root / "cells" / f"{unit.backbone}_seed{unit.seed}.json", cell)
+        atomic_write_json(
+            root / "cells" / f"{cell_name(role, unit.backbone, unit.seed)}.json", cell
+        )
         cells[(unit.backbone, unit.seed)] = out["result"]
         computed.append((unit.backbone, unit.seed))
-        if on_cell:
-            on_cell(unit.backbone, unit.seed, False)
+        emit(
+            on_event, "cell", payload={"name": unit.backbone, "seed": unit.seed, "reused": False}
+        )
     order = [(name, seed) for name in runnable for seed in seed_list]
     computed.sort(key=order.index)  # the study's order, whichever finished first
-    summary = summarise(session, runnable, seed_list, cells, reference, not_run)
+    summary = summarise(session, runnable, seed_list, cells, reference, not_run, role)
     atomic_write_json(root / "results.json", summary)
     return ComparisonResult(**summary, computed=computed)
 
 
-def _with_backbone(session: Session, name: str, seed: int):
+# The backbones M_text can use (``model.text_backbone``).
+TEXT_BACKBONES = ("dialogue", "m3net")
+
+
+def _with_backbone(session: Session, name: str, seed: int, role: str = "multi"):
     cfg = copy.deepcopy(session.cfg)
-    cfg.model.backbone = name
+    if role == "multi":
+        cfg.model.backbone = name
+    else:
+        cfg.model.text_backbone = name
     cfg.seed = seed
     return cfg
+
+
+def cell_name(role: str, backbone: str, seed: int) -> str:
+    """A cell's file and directory name (M_text's cells carry the prefix ``text_``)."""
+    return f"{'' if role == 'multi' else 'text_'}{backbone}_seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -176,16 +207,19 @@ class CompareUnit:
     backbone: str
     seed: int
     device: str
+    role: str = "multi"
+    protocol_gap: bool = False
 
 
-# What a cell leaves in ``RUN/compare/<backbone>_seed<seed>/``.
-CELL_FILES = ("pretrain/multi.pt", "config.yaml")
+def cell_files(role: str) -> tuple[str, ...]:
+    """What a cell leaves in ``RUN/compare/<cell_name>/``."""
+    return (f"pretrain/{role}.pt", "config.yaml")
 
 
 def train_cell(
     unit: CompareUnit,
     corpus: Corpus,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_event: OnEvent | None = None,
     tensors: dict | None = None,
 ) -> dict[str, Any]:
     """``run_cell`` in a temporary directory, wherever the executor puts it: the cell's
@@ -193,31 +227,32 @@ def train_cell(
     ``tensors``: device tensors to share (the same corpus in this process)."""
     set_threads(unit.cfg.threads)
     with tempfile.TemporaryDirectory(prefix="mrd-compare-") as tmp:
-        sub = Session(unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device))
+        sub = Session(
+            unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device), unit.protocol_gap
+        )
         if tensors is not None:
             sub.__dict__["_tensors"] = tensors
-        result = run_cell(sub, on_epoch)
+        result = run_cell(sub, on_event, unit.role)
         return {
             "result": result,
-            "files": {rel: (Path(tmp) / rel).read_bytes() for rel in CELL_FILES},
+            "files": {rel: (Path(tmp) / rel).read_bytes() for rel in cell_files(unit.role)},
         }
 
 
-def run_cell(
-    sub: Session, on_epoch: Callable[[str, EpochLog], None] | None = None
-) -> dict[str, Any]:
-    """Pretrain M_multi in ``sub`` (its config names the backbone and seed); its test
+def run_cell(sub: Session, on_event: OnEvent | None = None, role: str = "multi") -> dict[str, Any]:
+    """Pretrain the model of ``role`` in ``sub`` (its config names the backbone and seed); its test
     metrics and predictions, the epoch chosen on validation, and the loss terms of the first
     and the last epoch."""
     logs: list[EpochLog] = []
 
-    def keep(role: str, log: EpochLog) -> None:
-        logs.append(log)
-        if on_epoch:
-            on_epoch(role, log)
+    def keep(event: Event) -> None:
+        if event.kind == "epoch":
+            logs.append(event.log)
+        if on_event:
+            on_event(event)
 
-    result = pretrain(sub, roles=("multi",), on_epoch=keep)
-    model, ckpt = sub.load_model(result.checkpoints["multi"], "mrd compare")
+    result = pretrain(sub, roles=(role,), on_event=keep)
+    model, ckpt = sub.load_model(result.checkpoints[role], "mrd compare")
     test = sub.tensors("test")
     y_true = test.labels[test.mask].cpu().numpy()
     pred = predict(model, test)[test.mask].cpu().numpy()
@@ -230,6 +265,7 @@ def run_cell(
         "losses_first_epoch": logs[0].losses if logs else None,
         "losses_last_epoch": logs[-1].losses if logs else None,
         "predictions": pred.tolist(),
+        **gap_entry(result.checkpoints[role]),
     }
 
 
@@ -261,6 +297,7 @@ def summarise(
     cells: dict[tuple[str, int], dict[str, Any]],
     reference: str,
     not_run: dict[str, str],
+    role: str = "multi",
 ) -> dict[str, Any]:
     labels = session.corpus.label_names
     test = session.tensors("test")
@@ -282,6 +319,7 @@ def summarise(
                 for lab in labels
             },
             "epochs": [c["epoch"] for c in per_seed],
+            **gap_stats(per_seed),
             "losses_first_epoch": _mean_losses([c["losses_first_epoch"] for c in per_seed]),
             "losses_last_epoch": _mean_losses([c["losses_last_epoch"] for c in per_seed]),
         }
@@ -310,6 +348,7 @@ def summarise(
         rows.append(row)
     return {
         "dataset": session.corpus.name,
+        "role": role,
         "split": "test",
         "labels": labels,
         "seeds": seeds,

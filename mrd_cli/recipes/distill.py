@@ -10,7 +10,7 @@ with its pretrained weights as a candidate ("epoch 0", ``distill.keep_start``). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,25 +20,28 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import DistillConfig
+from mrd_cli.core.card import parent
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.decision import distill_decision
 from mrd_cli.core.device import seed_everything
+from mrd_cli.core.events import OnEvent, emit, epoch_events
 from mrd_cli.core.losses import control_teacher, l2_penalty, mrd_total_loss
 from mrd_cli.core.partition import partition_codes, read_partition
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
-    EpochLog,
     Trainer,
+    TrainingStep,
     make_classification_loss,
-    mean_terms,
     predict_logits,
+    train_epoch,
 )
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.io import file_sha256
 from mrd_cli.models.dialogue import Backbone, DialogueModel, run_model
-from mrd_cli.recipes.pretrain import TrainedModels
+from mrd_cli.recipes.pretrain import TrainedModels, test_watch, write_watch
 
 # The logged loss terms: classification (cls_*), mutual distillation (kd_*, Eq. 3-4),
 # refactoring (ref_*, Eq. 6-7) and L2 (reg), for the multimodal (_m) and text (_t) model.
@@ -83,12 +86,12 @@ class DistillResult(TrainedModels):
 def distill(
     session: Session,
     resume: bool = False,
-    on_epoch: Callable[[EpochLog], None] | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     out_dir: Path | None = None,
 ) -> DistillResult:
     """MRD on the pretrained pair; writes ``RUN/distill/multi.pt`` and ``text.pt``
-    (or into ``out_dir``)."""
+    (or into ``out_dir``). ``on_event`` gets an ``epoch`` event per epoch (task
+    "distill") and a ``warning`` for each skipped curriculum stage."""
     cfg = session.cfg
     name = cfg.dataset.name
     paths = {r: session.run.pretrained(r) for r in ROLES}
@@ -103,10 +106,11 @@ def distill(
         doc["totals"],
     )
     for stage in curriculum.skipped:
-        if on_warning:
-            on_warning(
-                f"The {stage} group of the partition is empty; its curriculum stage is skipped."
-            )
+        emit(
+            on_event,
+            "warning",
+            text=f"The {stage} group of the partition is empty; its curriculum stage is skipped.",
+        )
     seed_everything(cfg.seed)
     state_path = (out_dir or session.run.root / "distill") / ".pair.state.pt"
     # The partition's own hash: a state saved under another partition (other method or
@@ -130,6 +134,15 @@ def distill(
         curriculum,
         session.corpus.num_classes,
     )
+    record = recorder(  # RUN/distill/<role>.metrics.jsonl (ablation cells: in their folder)
+        session,
+        "distill",
+        {r: r for r in ROLES},
+        stage_of=lambda epoch: curriculum.stages[curriculum.stage_at(epoch - 1)][0],
+        directory=out_dir,
+        loggers=out_dir is None,
+    )
+    watch = test_watch(session)  # the protocol-gap diagnostic (None when off)
     trainer = Trainer(
         models=models,
         optimizer=step.optimizer,
@@ -140,26 +153,19 @@ def distill(
         state_path=state_path,
         resume=resume,
         signature=sig,
-        on_epoch=on_epoch,
+        on_epoch=record.wrap(epoch_events(on_event, "distill")),
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
         start_confidence=cfg.distill.start_confidence,
         # Early stopping only within the last curriculum stage: no stage is cut short.
         patience=cfg.distill.patience,
         stop_floor=curriculum.last_stage_start,
+        after_epoch=watch,
     )
     for epoch in trainer.epochs():
-        for model in models.values():
-            model.train()
-        sums, count = torch.zeros(len(TERMS), device=session.device), 0
-        for batch in step.batches(epoch, trainer.generator):
-            terms = step.loss(batch)  # L_total, Eq. 15 (mrd_total_loss)
-            step.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            step.optimizer.step()
-            sums += torch.stack([terms[t] for t in TERMS]).detach()
-            count += 1
-        trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
+        # L_total (Eq. 15, mrd_total_loss), one optimizer step of both models per batch.
+        terms = train_epoch(step, step.batches(epoch, trainer.generator), session.device)
+        trainer.end_epoch(epoch, terms)
     selected = trainer.selected()
     start = trainer.start_val_wf1()
 
@@ -180,8 +186,16 @@ def distill(
                 kept_pretrained=selected[role].epoch == 0,
                 start_val_weighted_f1=None if start is None else start[role],
                 start_guard=trainer.start_guard.get(role),
+                parents=[
+                    parent(f"pretrained {r} model (start, frozen copy)", paths[r], session.run.root)
+                    for r in ROLES
+                ]
+                + [parent("partition", session.run.partition, session.run.root, part_sha)],
             ),
         )
+        if watch is not None:
+            write_watch(watch, role, targets[role], selected[role])
+    record.finish(targets)
     state_path.unlink(missing_ok=True)
     if out_dir is None:
         session.run.save_config(cfg)
@@ -208,7 +222,7 @@ class DistillBatch:
     frozen_text: Tensor | None
 
 
-class DistillStep:
+class DistillStep(TrainingStep):
     """What one distillation step of the pair needs: the batches of an epoch (the dialogues
     with utterances of the curriculum's current stage) and L_total of a batch.
 
@@ -216,8 +230,9 @@ class DistillStep:
     Building the step freezes a copy of each model (the refactoring targets, Eq. 6-7) and
     makes a fresh Adam optimizer over both models. With ``refactoring_target: eval`` the
     copies' eval-mode logits are computed once; with ``matched_dropout`` each batch runs the
-    copy under the same random state as the model, so both draw the same dropout mask. ``update`` (loss, backward, step in one call) is
-    what ``benchmarks/throughput.py`` times.
+    copy under the same random state as the model, so both draw the same dropout mask.
+    ``update`` (loss, backward, step in one call) is the step the recipe's loop
+    (``core.training.train_epoch``) takes on each batch.
     """
 
     def __init__(
@@ -232,6 +247,7 @@ class DistillStep:
     ):
         self.multi, self.text = multi, text
         self.models = {"multi": multi, "text": text}
+        self.terms = TERMS
         self.train = train
         self.groups = groups
         self.cfg = cfg
@@ -307,14 +323,6 @@ class DistillStep:
             l_reg=l2_penalty(self.params, cfg.l2),
             teachers=teachers,
         )
-
-    def update(self, b: DistillBatch) -> Tensor:
-        """One optimizer step on ``b``; its loss terms stacked as in ``TERMS``."""
-        terms = self.loss(b)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self.optimizer.step()
-        return torch.stack([terms[t] for t in TERMS]).detach()
 
 
 def frozen_copy(model: DialogueModel) -> DialogueModel:

@@ -21,7 +21,7 @@ accepted pseudo-labels, reported as a diagnostic that no choice depends on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import SelftrainConfig
-from mrd_cli.core.checkpoint import save_checkpoint
+from mrd_cli.core.checkpoint import copy_checkpoint, save_checkpoint
 from mrd_cli.core.device import seed_everything
+from mrd_cli.core.events import OnEvent, emit, epoch_events
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
 from mrd_cli.core.selftrain import (
     accept_pseudo_labels,
@@ -43,10 +44,11 @@ from mrd_cli.core.selftrain import (
     noise_schedule,
 )
 from mrd_cli.core.session import Session, role_seed, signature
-from mrd_cli.core.training import EpochLog, Trainer, mean_terms, predict_logits
+from mrd_cli.core.tracking import recorder
+from mrd_cli.core.training import EpochLog, Trainer, TrainingStep, predict_logits, train_epoch
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
-from mrd_cli.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from mrd_cli.io import atomic_torch_save, atomic_write_json
 from mrd_cli.models.dialogue import run_model
 from mrd_cli.models.semi import SemiModel
 
@@ -76,20 +78,7 @@ class SelftrainResult:
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "dataset": self.dataset,
-            "role": self.role,
-            "labeled_fraction": self.labeled_fraction,
-            "transductive": self.transductive,
-            "labelled_dialogues": self.labelled_dialogues,
-            "pool_dialogues": self.pool_dialogues,
-            "pool_utterances": self.pool_utterances,
-            "contrastive": self.contrastive,
-            "rounds": self.rounds,
-            "selected_round": self.selected_round,
-            "checkpoint": str(self.checkpoint),
-            "messages": self.messages,
-        }
+        out = {**asdict(self), "checkpoint": str(self.checkpoint)}  # fields in order
         if self.transductive:
             out["note"] = TRANSDUCTIVE_NOTE
         return out
@@ -116,24 +105,25 @@ def selftrain(
     session: Session,
     role: str = "multi",
     resume: bool = False,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_message: Callable[[str], None] | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> SelftrainResult:
     """Label budget, contrastive pretraining, round 0 and the self-training rounds of a
     ``role`` model (multi: every configured modality; text: the text alone).
 
     With ``resume``, finished rounds (and a finished contrastive phase) are kept and an
-    interrupted round continues from its last finished epoch.
+    interrupted round continues from its last finished epoch. ``on_event`` gets the
+    ``epoch`` events of the contrastive phase and of each round ("multi round 1"), a
+    ``round`` event per finished round (payload: its report) and a ``note`` per message.
     """
     cfg, st = session.cfg, session.cfg.selftrain
+    record = recorder(session, "selftrain", {"model": role}, "round 0")  # per-epoch metrics
+    on_event = record.keyed(on_event, f"{role} ")  # each round its own segment
     messages: list[str] = []
     thresholds = class_thresholds(session.corpus.label_names, st.thresholds, st.default_threshold)
 
     def say(message: str) -> None:
         messages.append(message)
-        if on_message:
-            on_message(message)
+        emit(on_event, "note", text=message)
 
     train = session.tensors("train")
     budget = label_budget(train.num_dialogues, st.labeled_fraction, cfg.seed)
@@ -152,7 +142,7 @@ def selftrain(
     everything = train.select(model.modalities)  # features only: no label is read from it
     model.set_input_stats(everything.features, everything.mask)
     contrastive = _contrastive_phase(
-        session, model, role, [labelled, pool.data], seed, sig, resume, on_epoch
+        session, model, role, [labelled, pool.data], seed, sig, resume, on_event
     )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -174,7 +164,7 @@ def selftrain(
             seed_everything(seed + 7919 * r)
             model.load_state_dict(start)
             report = _train_round(
-                session, model, role, r, data, active, seed + 7919 * r, sig, resume, on_epoch
+                session, model, role, r, data, active, seed + 7919 * r, sig, resume, on_event
             )
             report["pseudo_labelled_utterances"] = int(active.sum()) - labelled.num_utterances
             report["checkpoint"] = str(ckpt_path)
@@ -193,8 +183,7 @@ def selftrain(
             report["thresholds"] = dict(zip(session.corpus.label_names, thresholds.tolist()))
             done.append(report)
             atomic_write_json(state_path, state)
-            if on_round:
-                on_round(report)
+            emit(on_event, "round", payload=report)
         if not bool(pseudo[1].any()):
             say(
                 f"Round {r + 1}: no pool utterance passed its class threshold "
@@ -205,11 +194,11 @@ def selftrain(
     if len(done) < len(rounds):  # the last round, which labels no pool
         done.append(rounds[-1])
         atomic_write_json(state_path, state)
-        if on_round:
-            on_round(rounds[-1])
+        emit(on_event, "round", payload=rounds[-1])
     chosen = _select_round(rounds, st.select)
-    target = session.run.selftrained(role)
-    atomic_write_bytes(target, session.run.selftrain_round(role, chosen).read_bytes())
+    why = f"self-training round {chosen} (selftrain.select = {st.select})"
+    copy_checkpoint(session.run.selftrain_round(role, chosen), session.run.selftrained(role), why)
+    record.finish({role: session.run.selftrained(role)})
     session.run.save_config(cfg)
     if pool.data is not None and st.transductive:
         say(TRANSDUCTIVE_NOTE + ".")
@@ -224,7 +213,7 @@ def selftrain(
         contrastive=contrastive,
         rounds=rounds,
         selected_round=chosen,
-        checkpoint=target,
+        checkpoint=session.run.selftrained(role),
         messages=messages,
     )
 
@@ -250,7 +239,7 @@ def _contrastive_phase(
     seed: int,
     sig: str,
     resume: bool,
-    on_epoch: Callable[[str, EpochLog], None] | None,
+    on_event: OnEvent | None,
 ) -> dict[str, Any]:
     """NT-Xent pretraining of the encoders on labelled and pool dialogues; its weights are
     saved (``RUN/selftrain/.<role>.contrastive.pt``) so that a resumed run skips it."""
@@ -292,11 +281,12 @@ def _contrastive_phase(
                 f"The contrastive loss became non-finite at epoch {epoch + 1}; lower "
                 "selftrain.contrastive_lr or check the features."
             )
-        if on_epoch:
-            on_epoch(
-                f"{role} contrastive",
-                EpochLog(epoch + 1, st.contrastive_epochs, losses, {}, {}),
-            )
+        emit(
+            on_event,
+            "epoch",
+            task=f"{role} contrastive",
+            log=EpochLog(epoch + 1, st.contrastive_epochs, losses, {}, {}),
+        )
     summary = {"epochs": st.contrastive_epochs, "losses": losses}
     atomic_torch_save(
         {"signature": sig, "state_dict": model.state_dict(), "summary": summary}, path
@@ -340,7 +330,7 @@ def _train_round(
     seed: int,
     sig: str,
     resume: bool,
-    on_epoch: Callable[[str, EpochLog], None] | None,
+    on_event: OnEvent | None,
 ) -> dict[str, Any]:
     """Supervised training of round ``r`` on the ``active`` utterances of ``data``; the
     epoch is chosen on validation W-F1. Writes the round's checkpoint."""
@@ -357,21 +347,13 @@ def _train_round(
         state_path=session.run.selftrain_dir / f".{role}.round{r}.state.pt",
         resume=resume,
         signature=signature(sig, r, int(active.sum())),
-        on_epoch=(lambda log: on_epoch(key, log)) if on_epoch else None,
+        on_epoch=epoch_events(on_event, key),
         patience=st.patience,
         stop_floor=st.epochs // 2,
     )
     for epoch in trainer.epochs():
-        model.train()
-        sums, count = torch.zeros(len(TERMS), device=session.device), 0
-        for batch in step.batches(trainer.generator):
-            terms = step.loss(batch)
-            step.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            step.optimizer.step()
-            sums += torch.stack([terms[t] for t in TERMS]).detach()
-            count += 1
-        trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
+        terms = train_epoch(step, step.batches(epoch, trainer.generator), session.device)
+        trainer.end_epoch(epoch, terms)
     selected = trainer.selected()["model"]
     model.load_state_dict(selected.state_dict)
     labelled = int(active.sum())
@@ -401,9 +383,11 @@ def _train_round(
     }
 
 
-class SemiStep:
+class SemiStep(TrainingStep):
     """One supervised step of a round: L_cls on the soft vote + the heads' cross-entropy
     (``heads``) + L_reg, on the active (labelled or accepted) utterances only."""
+
+    terms = TERMS
 
     def __init__(
         self,
@@ -414,6 +398,7 @@ class SemiStep:
         num_classes: int,
     ):
         self.model = model
+        self.models = {"model": model}
         self.data = data.select(model.modalities)
         self.active = active
         self.cfg = cfg
@@ -424,7 +409,7 @@ class SemiStep:
         )
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
-    def batches(self, generator: torch.Generator):
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
         return self.data.batches(self.cfg.batch_size, generator)
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
