@@ -203,13 +203,19 @@ def predict(
         )
     from mrd_cli.cli.progress import make_progress
 
-    with make_progress() as bars:
+    bars = make_progress()  # shown from the first bar on: an early error stays one line
 
-        def stage_bar(description: str, total: int):
-            task = bars.add_task(description, total=total, info="")
-            return lambda n: bars.advance(task, n)
+    def stage_bar(description: str, total: int):
+        if not bars.tasks:
+            bars.start()
+        task = bars.add_task(description, total=total, info="")
+        return lambda n: bars.advance(task, n)
 
+    try:
         result = predict_recipe(session, path, source, batch_size, stage_bar)
+    finally:
+        if bars.tasks:
+            bars.stop()
     if out is not None:
         from mrd_cli.io import atomic_write_text
 

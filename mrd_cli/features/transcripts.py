@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrd_cli.errors import MRDError
@@ -37,6 +37,8 @@ class Transcripts:
 
     dialogues: dict[str, list[Utterance]]
     files: list[str]
+    # The folder of the CSV file each dialogue came from (relative audio paths start there).
+    folders: dict[str, Path] = field(default_factory=dict)
 
     def utterances(self) -> list[Utterance]:
         return [u for utts in self.dialogues.values() for u in utts]
@@ -76,6 +78,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
     label_index = _label_index(label_names)
     paths = csv_paths(inputs)
     dialogues: dict[str, list[Utterance]] = {}
+    folders: dict[str, Path] = {}
     seen: dict[tuple[str, int], str] = {}
     for path in paths:
         reader = csv.DictReader(io.StringIO(_decode(path, spec.encoding), newline=""))
@@ -132,6 +135,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
             def col(role: str, row: dict[str, str] = row, have: dict = have) -> str:
                 return row[have[role][0]].strip() if role in have else ""
 
+            folders[key] = path.parent
             dialogues.setdefault(key, []).append(
                 Utterance(
                     uid=raw_order,
@@ -151,4 +155,4 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
         raise MRDError(f"No utterances in {', '.join(str(p) for p in paths)}.")
     for utts in dialogues.values():
         utts.sort(key=lambda u: u.order)
-    return Transcripts(dialogues=dialogues, files=[str(p) for p in paths])
+    return Transcripts(dialogues=dialogues, files=[str(p) for p in paths], folders=folders)
