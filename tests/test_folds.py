@@ -69,12 +69,13 @@ def test_interrupted_partition_resumes_each_fold_model_from_its_last_epoch(tmp_p
     reference = cross_fitted_predictions(_session(tmp_path / "ref", patience), FOLDS)
 
     def interrupt_at(key: str, epoch: int):
-        def on_epoch(k: str, log) -> None:
-            seen.append((k, log.epoch))
-            if (k, log.epoch) == (key, epoch):
+        def on_event(event) -> None:
+            assert event.kind == "epoch"
+            seen.append((event.task, event.log.epoch))
+            if (event.task, event.log.epoch) == (key, epoch):
                 raise _Stop
 
-        return on_epoch
+        return on_event
 
     seen: list[tuple[str, int]] = []
     run = tmp_path / "run"
@@ -98,8 +99,8 @@ def test_a_state_of_other_settings_is_not_resumed(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(_Stop):
 
-        def stop(k: str, log) -> None:
-            if log.epoch == 2:
+        def stop(event) -> None:
+            if event.log.epoch == 2:
                 raise _Stop
 
         cross_fitted_predictions(_session(run), FOLDS, stop)
