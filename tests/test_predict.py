@@ -22,6 +22,7 @@ from mrd_cli.cli.app import app
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.session import Session
 from mrd_cli.core.training import predict as library_predict
+from mrd_cli.features.layouts import key_id
 
 runner = CliRunner()
 
@@ -150,7 +151,7 @@ def test_predict_on_csv_matches_evaluate_on_the_built_corpus(trained, role, tmp_
     names = session.corpus.label_names
     want = {}
     for row, did in enumerate(data.ids):
-        key = manifest["dialogues"][did]["dialogue"]
+        key = key_id(tuple(manifest["dialogues"][did]["dialogue"]))
         want[key] = [names[k] for k in y[row, : int(data.lengths[row])]]
     got: dict[str, list[str]] = {}
     for u in doc["utterances"]:

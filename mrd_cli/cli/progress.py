@@ -38,7 +38,8 @@ class EpochBars:
     """One bar per training task, and the CLI's one ``on_event`` (``core.events``): called
     with an event, it moves an ``epoch`` event's task bar (``update``), prints a ``step``,
     ``note`` or ``warning`` line and advances the ``cells`` bar (``add_cells``) on a
-    ``cell`` event. A command takes any kind itself with ``handle(kind, fn)``; kinds nobody
+    ``cell`` event, and counts an ``items`` event's task on a bar of its own. A command
+    takes any kind itself with ``handle(kind, fn)``; kinds nobody
     shows (``round``, ``trial`` and ``wait`` unless handled) are passed over."""
 
     def __init__(self, progress: Progress):
@@ -74,6 +75,10 @@ class EpochBars:
             console.print(f"  {escape(event.text)}", soft_wrap=True)
         elif event.kind == "warning":
             console.print(f"[yellow]Warning:[/] {escape(event.text)}", soft_wrap=True)
+        elif event.kind == "items":
+            if event.task not in self.tasks:
+                self.add(event.task, event.task, event.payload["total"])
+            self.progress.update(self.tasks[event.task], completed=event.payload["done"])
         elif event.kind == "cell" and "cells" in self.tasks:
             self.cells_done += 1
             cell = event.payload

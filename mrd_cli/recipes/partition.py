@@ -8,6 +8,7 @@ not see. Writes ``RUN/partition.json``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,9 +160,12 @@ def cross_fitted_predictions(
         preds[unit.role][rows, : pred.shape[1]] = torch.as_tensor(pred, device=rows.device)
         if not in_process:
             emit(on_event, "note", text=f"{unit.key}: done")
-    for unit in units:
-        if unit.state_path is not None:
-            Path(unit.state_path).unlink(missing_ok=True)
+    if in_process:  # every fold model's state, also those of other fold counts
+        folds_dir = session.run.root / "folds"  # where the units' training_state paths are
+        for state in folds_dir.glob(".*.fold*.state.pt"):
+            state.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # kept if something else is in it
+            folds_dir.rmdir()
     return preds
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrd_cli.core.events import OnEvent, items
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session
@@ -35,12 +36,8 @@ MADE_BY = {"distill": "mrd distill", "selftrain": "mrd selftrain", "pretrain": "
 # A stage-less run directory is searched in this order: the last step's model first.
 STAGE_ORDER = ("distill", "selftrain", "pretrain")
 
-# (description, total) -> advance(n); the CLI passes Rich bars.
+# (description, total) -> advance(n): ``core.events.items`` over the caller's on_event.
 Progress = Callable[[str, int], Callable[[int], None]]
-
-
-def _no_progress(_description: str, _total: int) -> Callable[[int], None]:
-    return lambda _n: None
 
 
 @dataclass
@@ -142,11 +139,12 @@ def predict(
     checkpoint: Path,
     source: CsvInput | FeatureInput,
     batch_size: int = EVAL_BATCH,
-    progress: Progress | None = None,
+    on_event: OnEvent | None = None,
 ) -> PredictResult:
     """Predict every utterance of ``source`` with ``checkpoint`` (made from ``session``'s
-    corpus: refused otherwise)."""
-    progress = progress or _no_progress
+    corpus: refused otherwise). ``on_event`` gets ``items`` events as texts are encoded,
+    audio files read and dialogues predicted."""
+    progress = items(on_event)
     stage = _stage_of(session.run, checkpoint)
     model, ckpt = session.load_model(checkpoint, MADE_BY[stage])
     spec = ckpt["model_spec"]
@@ -226,7 +224,7 @@ def _from_csv(
     progress: Progress,
 ) -> tuple[list[Dialogue], list[dict[str, Any]], dict[str, Any]]:
     from mrd_cli.features import require
-    from mrd_cli.features.layouts import SourceSpec
+    from mrd_cli.features.layouts import SourceSpec, key_id
     from mrd_cli.features.speakers import speaker_slot_of
     from mrd_cli.features.transcripts import UNLABELLED, read_transcripts
 
@@ -252,24 +250,24 @@ def _from_csv(
             f"The checkpoint reads {', '.join(missing)} features, which CSV transcripts do not "
             "give; pass the conversations as a feature file (--features DATASET.yaml)."
         )
-    # Every check on the input before the slow steps (as `mrd features`).
-    wavs = _audio_paths(manifest, source, transcripts) if "audio" in spec["input_dims"] else None
-    text = _encode_text(manifest, spec, source, [u.text for u in utterances], progress)
-    features: dict[str, np.ndarray] = {"text": text}
-    if wavs is not None:
-        features["audio"] = _extract_audio(manifest, spec, source, wavs, progress)
     names = list((manifest.get("speakers") or {}).get("names") or [])
     if len(names) != spec["num_speakers"]:
         raise MRDError(
             f"The checkpoint was built for {spec['num_speakers']} speaker slots, the corpus "
             f"manifest records {len(names)}. Rebuild the corpus or use its own checkpoint."
         )
+    # Every check on the input before the slow steps (as `mrd features`).
+    wavs = _audio_paths(manifest, source, transcripts) if "audio" in spec["input_dims"] else None
+    text = _encode_text(manifest, spec, source, [u.text for u in utterances], progress)
+    features: dict[str, np.ndarray] = {"text": text}
+    if wavs is not None:
+        features["audio"] = _extract_audio(manifest, spec, source, wavs, progress)
     dialogues, rows, start = [], [], 0
     for key, utts in transcripts.dialogues.items():
         n = len(utts)
         dialogues.append(
             Dialogue(
-                id=key,
+                id=key_id(key),
                 speakers=np.array([speaker_slot_of(u.speakers, names) for u in utts]),
                 labels=np.zeros(n, dtype=np.int64),  # never read: predictions ignore labels
                 features={m: x[start : start + n] for m, x in features.items()},
@@ -279,7 +277,7 @@ def _from_csv(
         for u in utts:
             rows.append(
                 {
-                    "dialogue": key,
+                    "dialogue": key_id(key),
                     "utterance": u.uid,
                     "speaker": ", ".join(u.speakers),
                     "text": u.text,
