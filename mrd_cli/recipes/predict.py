@@ -392,6 +392,7 @@ def _from_features(
 ) -> tuple[list[Dialogue], list[dict[str, Any]], dict[str, Any]]:
     from mrd_cli.config import load_config
     from mrd_cli.data.formats import load_corpus
+    from mrd_cli.features.layouts import key_id
 
     cfg, yaml_dir = load_config(source.dataset)
     corpus = load_corpus(cfg.dataset, source.data_dir, yaml_dir)
@@ -426,7 +427,8 @@ def _from_features(
     for split in splits:
         for d in corpus.split(split):
             dialogues.append(d)
-            key = (original.get(d.id) or {}).get("dialogue", d.id)
+            raw = (original.get(d.id) or {}).get("dialogue", d.id)  # the CSV's id values
+            key = key_id(tuple(raw)) if isinstance(raw, list) else str(raw)
             for i, (s, y) in enumerate(zip(d.speakers.tolist(), d.labels.tolist(), strict=True)):
                 rows.append(
                     {
