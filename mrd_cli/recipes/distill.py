@@ -10,7 +10,7 @@ with its pretrained weights as a candidate ("epoch 0", ``distill.keep_start``). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +23,15 @@ from mrd_cli.config import DistillConfig
 from mrd_cli.core.card import parent
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.curriculum import Curriculum
+from mrd_cli.core.decision import distill_decision
 from mrd_cli.core.device import seed_everything
-from mrd_cli.core.losses import l2_penalty, mrd_total_loss
+from mrd_cli.core.events import OnEvent, emit, epoch_events
+from mrd_cli.core.losses import control_teacher, l2_penalty, mrd_total_loss
 from mrd_cli.core.partition import partition_codes, read_partition
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
-    EpochLog,
     Trainer,
     TrainingStep,
     make_classification_loss,
@@ -57,6 +58,7 @@ class DistillResult(TrainedModels):
     # Per model, when a distillation epoch beat the pretrained weights on validation: how
     # sure the bootstrap was of the gain, and whether that sufficed (``Trainer.selected``).
     start_guard: dict[str, dict[str, Any]] = field(default_factory=dict)
+    start_confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -66,18 +68,30 @@ class DistillResult(TrainedModels):
             entry["kept_pretrained"] = entry["epoch"] == 0
             entry["start_val_weighted_f1"] = (self.start_val_wf1 or {}).get(role)
             entry["start_guard"] = self.start_guard.get(role)
+            # Whether distillation changed the model and why, in one line (core/decision.py).
+            sel = self.selected[role]
+            entry["decision"] = distill_decision(
+                {
+                    "epoch": sel.epoch,
+                    "val_metrics": sel.val_metrics,
+                    "history": sel.history,
+                    "start_val_weighted_f1": entry["start_val_weighted_f1"],
+                    "start_guard": entry["start_guard"],
+                    "config": {"distill": {"start_confidence": self.start_confidence}},
+                }
+            )
         return out
 
 
 def distill(
     session: Session,
     resume: bool = False,
-    on_epoch: Callable[[EpochLog], None] | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     out_dir: Path | None = None,
 ) -> DistillResult:
     """MRD on the pretrained pair; writes ``RUN/distill/multi.pt`` and ``text.pt``
-    (or into ``out_dir``)."""
+    (or into ``out_dir``). ``on_event`` gets an ``epoch`` event per epoch (task
+    "distill") and a ``warning`` for each skipped curriculum stage."""
     cfg = session.cfg
     name = cfg.dataset.name
     paths = {r: session.run.pretrained(r) for r in ROLES}
@@ -92,10 +106,11 @@ def distill(
         doc["totals"],
     )
     for stage in curriculum.skipped:
-        if on_warning:
-            on_warning(
-                f"The {stage} group of the partition is empty; its curriculum stage is skipped."
-            )
+        emit(
+            on_event,
+            "warning",
+            text=f"The {stage} group of the partition is empty; its curriculum stage is skipped.",
+        )
     seed_everything(cfg.seed)
     state_path = (out_dir or session.run.root / "distill") / ".pair.state.pt"
     # The partition's own hash: a state saved under another partition (other method or
@@ -138,7 +153,7 @@ def distill(
         state_path=state_path,
         resume=resume,
         signature=sig,
-        on_epoch=record.wrap(on_epoch),
+        on_epoch=record.wrap(epoch_events(on_event, "distill")),
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
         start_confidence=cfg.distill.start_confidence,
@@ -191,6 +206,7 @@ def distill(
         checkpoints=targets,
         start_val_wf1=start,
         start_guard=trainer.start_guard,
+        start_confidence=cfg.distill.start_confidence,
     )
 
 
@@ -246,6 +262,10 @@ class DistillStep(TrainingStep):
         self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
         self.params = list(multi.parameters()) + list(text.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        # Only the negative control (``teacher_control: permuted``) draws from it; seeded
+        # from the run's seed without drawing from the global random state.
+        self.control_rng = torch.Generator(device=train.mask.device)
+        self.control_rng.manual_seed(torch.initial_seed())
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[DistillBatch]:
         """Shuffled batches of the dialogues with an utterance active in ``epoch``."""
@@ -279,6 +299,13 @@ class DistillStep(TrainingStep):
             if self.matched:
                 frozen[role] = same_dropout_logits(self.frozen[role], b.batch)
             logits[role] = run_model(model, b.batch)
+        teachers = None
+        if cfg.teacher_control != "none":
+            mode, rng = cfg.teacher_control, self.control_rng
+            teachers = (
+                control_teacher(logits["text"], b.active, mode, rng),
+                control_teacher(logits["multi"], b.active, mode, rng),
+            )
         return mrd_total_loss(
             logits["multi"],
             logits["text"],
@@ -294,6 +321,7 @@ class DistillStep(TrainingStep):
             temperature=cfg.temperature,
             t2_scaling=cfg.t2_scaling,
             l_reg=l2_penalty(self.params, cfg.l2),
+            teachers=teachers,
         )
 
 
