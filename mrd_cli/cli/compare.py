@@ -7,35 +7,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    AddressOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    EpochsOpt,
-    ExecutorKind,
-    ExecutorOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    training_overrides,
+from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
+
+EpochsOpt = epochs_option("pretrain.epochs")
+
+
+@command(
+    "session", "training", "executor", keys={"seeds": "ablate.seeds", "epochs": "pretrain.epochs"}
 )
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_executor, open_session
-from mrd_cli.recipes.compare import compare as compare_recipe
-
-
-@handle_errors
 def compare(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     backbones: Annotated[
         str,
         typer.Option(
@@ -46,20 +28,9 @@ def compare(
     ] = "dialogue,foal,dual",
     seeds: Annotated[
         int | None,
-        typer.Option("--seeds", help="Number of seeds (default: config ablate.seeds, 5).", min=1),
+        typer.Option("--seeds", min=1, help=f"Number of seeds ({config_default('ablate.seeds')})."),
     ] = None,
     epochs: EpochsOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    executor: ExecutorOpt = ExecutorKind.local,
-    address: AddressOpt = None,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Compare M_multi's backbones: test W-F1 over seeds, against the default backbone.
 
@@ -75,19 +46,18 @@ def compare(
     by side, in worker processes or as Ray tasks; this command alone writes the run directory.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
-    overrides = training_overrides(
-        {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}},
-        threads,
-        no_early_stop,
-    )
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.session import open_executor, open_session
+    from mrd_cli.recipes.compare import compare as compare_recipe
+
+    session = open_session(opts)
     n = session.cfg.ablate.seeds
     err_console.print(
         f"Comparing backbones {', '.join(names)} on {session.corpus.name}, {n} seeds, "
         f"{session.cfg.pretrain.epochs} pretraining epochs each, device {session.device}."
     )
     total = n * len(names)
-    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+    with open_executor(opts, session) as runner, epoch_bars() as bars:
         bars.add("cells", "compare cells", total)
         done = {"n": 0}
 
@@ -104,7 +74,7 @@ def compare(
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = result.to_dict()
-    if json_out:
+    if opts.json_out:
         print_json(summary)
         return
     out_console().print(comparison_table(summary))

@@ -7,26 +7,9 @@ from typing import Annotated
 
 import typer
 
-from mrd_cli.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    EpochsOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    report_selected,
-    training_overrides,
-)
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_session
-from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
+from mrd_cli.cli.common import err_console, report_selected
+from mrd_cli.cli.distill import ResumeOpt
+from mrd_cli.cli.options import BackboneOpt, RunOptions, command, epochs_option
 
 
 class Modality(str, Enum):
@@ -35,52 +18,28 @@ class Modality(str, Enum):
     both = "both"
 
 
-BackboneOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--backbone",
-        help="M_multi's network: dialogue (mrd's dialogue network), foal (Foal-Net: audio + "
-        "visual; text too with model.foal.text, mrd's extension) or dual (DUAL: audio + "
-        "visual, text at its decoder; its differences run across a dialogue's utterances, "
-        "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
-        "paper or code defines them) or semi (MER2024-SEMI: per-modality heads and a fused "
-        "head, soft-voted; `mrd selftrain` trains it with few labels). M_text is always the "
-        "dialogue network. Default: config model.backbone.",
-    ),
-]
-
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch.")
-]
+EpochsOpt = epochs_option("pretrain.epochs")
 
 
-@handle_errors
+@command("session", "training", keys={"backbone": "model.backbone", "epochs": "pretrain.epochs"})
 def pretrain(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     modality: Annotated[
         Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
     ] = Modality.both,
     backbone: BackboneOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
     epochs: EpochsOpt = None,
     resume: ResumeOpt = False,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Pretrain M_multi and M_text; the epoch is chosen by validation W-F1.
 
     Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
     """
-    overrides = training_overrides(
-        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}}, threads, no_early_stop
-    )
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides)
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.session import open_session
+    from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
+
+    session = open_session(opts, quiet=False)
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
@@ -92,4 +51,4 @@ def pretrain(
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
         result = pretrain_recipe(session, roles, resume=resume, on_epoch=bars.update)
-    report_selected(result, json_out)
+    report_selected(result, opts.json_out)

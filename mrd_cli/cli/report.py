@@ -9,27 +9,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    DebugOpt,
-    JsonOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-)
+from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.cli.plot import RunArg, Split
-from mrd_cli.recipes.report import report as report_recipe
 
 
-@handle_errors
+@command()
 def report(
+    opts: RunOptions,
     run: RunArg,
     split: Annotated[
         Split,
         typer.Option("--split", help="Split whose metrics give the ambiguity and F1 tables."),
     ] = Split.test,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """The paper's tables of a run directory, in Markdown and LaTeX under RUN/report/.
 
@@ -40,8 +32,10 @@ def report(
     Reads the run directory only; writes RUN/report/<table>.md and .tex (booktabs), all
     tables in tables.md and tables.tex, and tables_standalone.tex, a document that compiles.
     """
+    from mrd_cli.recipes.report import report as report_recipe
+
     result = report_recipe(run, split.value).to_dict()
-    if json_out:
+    if opts.json_out:
         print_json(result)
         return
     out_console().print(tables_table(result))

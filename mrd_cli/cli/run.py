@@ -6,40 +6,17 @@ from typing import Annotated
 
 import typer
 
-from mrd_cli.cli.common import (
-    AddressOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    ExecutorKind,
-    ExecutorOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    training_overrides,
-)
-from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.pretrain import BackboneOpt
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.render import print_evaluation, timings_table
-from mrd_cli.cli.session import open_executor, open_session
-from mrd_cli.core.timing import StepTimer
-from mrd_cli.recipes.distill import distill
-from mrd_cli.recipes.evaluate import evaluate, metrics_path
-from mrd_cli.recipes.partition import ensure_partitioned
+from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.options import BackboneOpt, RunOptions, command
+
+NoConfusionOpt = Annotated[
+    bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
+]
 
 
-@handle_errors
+@command("session", "training", "executor", "plots", keys={"backbone": "model.backbone"})
 def run(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     force: Annotated[
         bool,
         typer.Option(
@@ -49,21 +26,7 @@ def run(
         ),
     ] = False,
     backbone: BackboneOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    no_confusion: Annotated[
-        bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
-    ] = False,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    executor: ExecutorOpt = ExecutorKind.local,
-    address: AddressOpt = None,
-    plots: PlotsOpt = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
+    no_confusion: NoConfusionOpt = False,
 ) -> None:
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
 
@@ -72,21 +35,25 @@ def run(
     partition's fold models of each role run as one unit (a worker process or a Ray task;
     the two roles side by side).
     """
-    check_plots_extra(plots)
+    from mrd_cli.cli.plot import check_plots_extra, draw_plots
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.render import print_evaluation, timings_table
+    from mrd_cli.cli.session import open_executor, open_session
+    from mrd_cli.core.timing import StepTimer
+    from mrd_cli.recipes.distill import distill
+    from mrd_cli.recipes.evaluate import evaluate, metrics_path
+    from mrd_cli.recipes.partition import ensure_partitioned
+
+    check_plots_extra(opts.plots)
     timer = StepTimer()
-    overrides = training_overrides(
-        {"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop
-    )
     with timer.step("load"):
-        session = open_session(
-            dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
-        )
+        session = open_session(opts)
     err_console.print(
         f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
         f"utterances, device {session.device}, run directory {session.run.root}"
     )
-    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+    with open_executor(opts, session) as runner, epoch_bars() as bars:
         ensure_partitioned(
             session,
             force=force,
@@ -107,9 +74,9 @@ def run(
         result = evaluate(session).to_dict()
     result["timings"] = timer.to_dict()
     path = metrics_path(session, "test")
-    if plots:
-        result["plots"] = draw_plots(session.run.root, json_out)
-    if json_out:
+    if opts.plots:
+        result["plots"] = draw_plots(session.run.root, opts.json_out)
+    if opts.json_out:
         print_json(result)
         return
     console = out_console()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from mrd_cli.core.device import resolve_device
 from mrd_cli.core.provenance import settings_differences
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.training import Selected
+from mrd_cli.core.version import code_version
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.tensors import SplitTensors, split_tensors
@@ -28,12 +29,20 @@ from mrd_cli.models.registry import backbone_modalities, build_backbone
 
 @dataclass
 class Session:
-    """Everything a step needs: the effective config, the data, where files go, the device."""
+    """Everything a step needs: the effective config, the data, where files go, the device.
+
+    ``writable``: whether results may be saved in the run directory (False when the CLI
+    found it read-only and the command only reads). ``tensor_cache``: the splits' device
+    tensors, built once (``tensors``) and shared by the sessions of one corpus and device
+    (``derive``, and the recipes' units that run in this process).
+    """
 
     cfg: Config
     corpus: Corpus
     run: RunDir
     device: torch.device
+    writable: bool = True
+    tensor_cache: dict[str, SplitTensors] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(
@@ -68,17 +77,20 @@ class Session:
 
     def tensors(self, split: str) -> SplitTensors:
         """A split on the device (cached: built once per session)."""
-        cache = self.__dict__.setdefault("_tensors", {})
-        if split not in cache:
-            cache[split] = split_tensors(self.corpus, split, self.device)
-        return cache[split]
+        if split not in self.tensor_cache:
+            self.tensor_cache[split] = split_tensors(self.corpus, split, self.device)
+        return self.tensor_cache[split]
 
     def derive(self, cfg: Config, run: RunDir) -> Session:
         """The same data and device with another config or run directory, sharing the
         device tensors already built (same corpus, so the same tensors)."""
-        other = Session(cfg=cfg, corpus=self.corpus, run=run, device=self.device)
-        other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
-        return other
+        return Session(
+            cfg=cfg,
+            corpus=self.corpus,
+            run=run,
+            device=self.device,
+            tensor_cache=self.tensor_cache,
+        )
 
     def build_model(self, role: str, backbone: str | None = None) -> Backbone:
         """A fresh model of ``role`` (multi or text) for this corpus and model config:
@@ -129,6 +141,7 @@ class Session:
             "stopping": selected.stopping,
             "history": selected.history,
             "config": self.cfg.to_dict(),
+            "code_version": code_version(),
             **extra,
         }
 

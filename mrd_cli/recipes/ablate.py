@@ -75,20 +75,32 @@ class AblationResult:
         }
 
 
+# What switching a component off sets (dotted config keys; `mrd distill --without` too).
+COMPONENT_OFF: dict[str, dict[str, Any]] = {
+    "mic": {"distill.alpha": 0.0, "distill.beta": 0.0},
+    "ilc": {"distill.gamma": 0.0, "distill.delta": 0.0},
+    "rcl": {"distill.curriculum": "none"},
+}
+
+
+def without_values(without: Iterable[str]) -> dict[str, Any]:
+    """The dotted config values that switch the components ``without`` off (``COMPONENT_OFF``)."""
+    values: dict[str, Any] = {}
+    for comp in without:
+        off = COMPONENT_OFF.get(comp.lower())
+        if off is None:
+            raise MRDError(f"Unknown component '{comp}' for --without; use mic, ilc or rcl.")
+        values.update(off)
+    return values
+
+
 def apply_without(cfg: Config, without: Iterable[str]) -> Config:
     """A copy of ``cfg`` with components switched off: mic -> alpha = beta = 0;
-    ilc -> gamma = delta = 0; rcl -> curriculum none."""
+    ilc -> gamma = delta = 0; rcl -> curriculum none (``COMPONENT_OFF``)."""
     cfg = copy.deepcopy(cfg)
-    for comp in without:
-        comp = comp.lower()
-        if comp == "mic":
-            cfg.distill.alpha = cfg.distill.beta = 0.0
-        elif comp == "ilc":
-            cfg.distill.gamma = cfg.distill.delta = 0.0
-        elif comp == "rcl":
-            cfg.distill.curriculum = "none"
-        else:
-            raise MRDError(f"Unknown component '{comp}' for --without; use mic, ilc or rcl.")
+    for dotted, value in without_values(without).items():
+        section, key = dotted.split(".")
+        setattr(getattr(cfg, section), key, value)
     return cfg
 
 
@@ -126,7 +138,7 @@ def train_cell(
         base = unpack(Path(tmp) / "base", bases[unit.base])
         session = Session(unit.cfg, corpus, base, resolve_device(unit.device))
         if tensors is not None:
-            session.__dict__["_tensors"] = tensors
+            session.tensor_cache = tensors
         out_dir = Path(tmp) / "cell"
         start = time.perf_counter()
         distill(session, on_epoch=on_epoch, out_dir=out_dir)
@@ -243,7 +255,7 @@ def ablate(
     # The cells left to train, each a unit of the executor (in this process, or Ray tasks
     # running side by side); this process alone writes what they return, as each finishes.
     if executor.in_process:
-        shared = session.__dict__.setdefault("_tensors", {})
+        shared = session.tensor_cache
         fn = functools.partial(
             train_cell,
             on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,

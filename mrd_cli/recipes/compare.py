@@ -133,7 +133,7 @@ def compare(
     # they return (the cell, its checkpoint and config), as each finishes.
     fn = (
         functools.partial(
-            train_cell, on_epoch=on_epoch, tensors=session.__dict__.setdefault("_tensors", {})
+            train_cell, on_epoch=on_epoch, tensors=session.tensor_cache
         )
         if executor.in_process
         else train_cell
@@ -195,7 +195,7 @@ def train_cell(
     with tempfile.TemporaryDirectory(prefix="mrd-compare-") as tmp:
         sub = Session(unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device))
         if tensors is not None:
-            sub.__dict__["_tensors"] = tensors
+            sub.tensor_cache = tensors
         result = run_cell(sub, on_epoch)
         return {
             "result": result,

@@ -123,7 +123,7 @@ def _cross_fitted_predictions(
             fold_predictions,
             on_epoch=on_epoch,
             on_fold=on_fold,
-            tensors=session.__dict__.setdefault("_tensors", {}),
+            tensors=session.tensor_cache,
         )
     else:
         fn = fold_predictions
@@ -163,7 +163,7 @@ def fold_predictions(
     set_threads(unit.cfg.threads)
     session = Session(unit.cfg, corpus, RunDir(Path(".")), resolve_device(unit.device))
     if tensors is not None:
-        session.__dict__["_tensors"] = tensors
+        session.tensor_cache = tensors
     role, folds = unit.role, unit.folds
     train, val = session.tensors("train"), session.tensors("val")
     assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
