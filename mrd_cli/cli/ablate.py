@@ -78,10 +78,8 @@ def ablate(
 
         def on_cell(name: str, seed: int, reused: bool) -> None:
             done["n"] += 1
-            bars.progress.update(
-                bars.tasks["cells"],
-                completed=done["n"],
-                info=f"{name}, seed {seed}" + (" (reused)" if reused else " (done)"),
+            bars.advance(
+                "cells", done["n"], f"{name}, seed {seed}" + (" (reused)" if reused else " (done)")
             )
 
         summary = ablate_recipe(
@@ -94,7 +92,7 @@ def ablate(
             timer=timer,
             executor=runner,
         )
-        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+        bars.advance("cells", total, "done")
     summary = summary.to_dict()
     if opts.plots:
         summary["plots"] = draw_plots(session.run.root, opts.json_out)

@@ -63,16 +63,14 @@ def compare(
 
         def on_cell(name: str, s: int, reused: bool) -> None:
             done["n"] += 1
-            bars.progress.update(
-                bars.tasks["cells"],
-                completed=done["n"],
-                info=f"{name}, seed {s}" + (" (reused)" if reused else " (done)"),
+            bars.advance(
+                "cells", done["n"], f"{name}, seed {s}" + (" (reused)" if reused else " (done)")
             )
 
         result = compare_recipe(
             session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner
         )
-        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+        bars.advance("cells", total, "done")
     summary = result.to_dict()
     if opts.json_out:
         print_json(summary)

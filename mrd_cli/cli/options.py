@@ -148,7 +148,7 @@ def epochs_option(key: str) -> Any:
     """``--epochs`` for the config key ``key`` (pretrain.epochs, distill.epochs, ...)."""
     return Annotated[
         int | None,
-        typer.Option("--epochs", min=1, help=f"Training epochs ({config_default(key)})."),
+        typer.Option("--epochs", help=f"Training epochs ({config_default(key)})."),
     ]
 
 

@@ -1,10 +1,20 @@
-"""Rich progress bars for epoch loops, showing the loss terms and validation W-F1."""
+"""Progress of epoch loops and of cells or trials, on stderr.
+
+On a terminal: Rich bars, one per task, with the epoch counter and the time left first and
+as many validation scores and loss terms after them as the width holds (whole terms are
+dropped, the last first, rather than cut). Elsewhere (a log file, a pipe): one plain line
+per epoch, in the order they happen, naming the step, the role and the fold in full
+(``partition fold 2/5 text: epoch 3/25 ...``).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,46 +25,124 @@ from rich.progress import (
 )
 
 from mrd_cli.cli.common import err_console
-from mrd_cli.core.training import EpochLog
+
+if TYPE_CHECKING:
+    from mrd_cli.core.training import EpochLog
+
+BAR_WIDTH = 10
+# What the columns before the details take besides the description: counter ("25/25"),
+# time left and elapsed ("0:00:12" each), the bar and the spaces between them.
+_FIXED = 7 + 8 + 8 + BAR_WIDTH + 5
 
 
-def make_progress() -> Progress:
+def make_progress(console: Console | None = None) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
         MofNCompleteColumn(),
-        TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        BarColumn(bar_width=BAR_WIDTH),
         TextColumn("{task.fields[info]}"),
-        console=err_console,
+        console=console or err_console,
         transient=False,
     )
 
 
-class EpochBars:
-    """One bar per training task; ``update(key, log)`` is the core's ``on_epoch`` callback."""
+def epoch_terms(log: EpochLog) -> list[str]:
+    """What an epoch reports, most important first: each model's validation W-F1 (and its
+    best so far), then the loss terms."""
+    val = [
+        f"val W-F1[{k}]={v:.2f} (best {log.best_wf1.get(k, v):.2f})" for k, v in log.val_wf1.items()
+    ]
+    return [*val, *(f"{k}={v:.3f}" for k, v in log.losses.items())]
 
-    def __init__(self, progress: Progress):
+
+def fit_terms(terms: list[str], width: int) -> str:
+    """As many whole ``terms`` as fit in ``width`` characters, in order."""
+    out = ""
+    for term in terms:
+        candidate = f"{out} {term}" if out else term
+        if len(candidate) > width:
+            break
+        out = candidate
+    return out
+
+
+class EpochBars:
+    """One bar (or, off a terminal, one line per report) per task. ``update(key, log)`` is
+    the recipes' ``on_epoch`` callback; ``advance`` reports cells or trials done."""
+
+    def __init__(self, progress: Progress | None, console: Console | None = None):
         self.progress = progress
+        self.console = console or (progress.console if progress else err_console)
         self.tasks: dict[str, int] = {}
+        self.descriptions: dict[str, str] = {}
+        self.totals: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+
+    @property
+    def plain(self) -> bool:
+        return self.progress is None
 
     def add(self, key: str, description: str, total: int) -> None:
-        self.tasks[key] = self.progress.add_task(description, total=total, info="")
+        self.descriptions[key] = description
+        self.totals[key] = total
+        self._started[key] = time.monotonic()
+        if self.progress is not None:
+            self.tasks[key] = self.progress.add_task(description, total=total, info="")
+        else:
+            self.tasks[key] = len(self.tasks)
+
+    def rename(self, key: str, description: str) -> None:
+        self.descriptions[key] = description
+        if self.progress is not None:
+            self.progress.update(self.tasks[key], description=description)
 
     def update(self, key: str, log: EpochLog) -> None:
         if key not in self.tasks:
-            self.add(key, key, log.epochs)
-        loss = " ".join(f"{k}={v:.3f}" for k, v in log.losses.items())
-        val = " ".join(
-            f"val W-F1[{k}]={v:.2f} (best {log.best_wf1.get(k, v):.2f})"
-            for k, v in log.val_wf1.items()
+            self.add(key, describe(key), log.epochs)
+        self.totals[key] = log.epochs
+        terms = epoch_terms(log)
+        if self.progress is None:
+            self._line(key, f"epoch {log.epoch}/{log.epochs}", terms)
+            return
+        desc = max((len(d) for d in self.descriptions.values()), default=0)
+        info = fit_terms(terms, self.console.width - desc - _FIXED)
+        self.progress.update(self.tasks[key], completed=log.epoch, total=log.epochs, info=info)
+
+    def advance(self, key: str, completed: int, info: str) -> None:
+        """``completed`` of the task's units (cells, trials) done; ``info`` says the last."""
+        if self.progress is None:
+            self._line(key, f"{completed}/{self.totals.get(key, '?')}", [info])
+            return
+        self.progress.update(self.tasks[key], completed=completed, info=info)
+
+    def _line(self, key: str, count: str, terms: list[str]) -> None:
+        elapsed = time.monotonic() - self._started.get(key, time.monotonic())
+        minutes, seconds = divmod(int(elapsed), 60)
+        details = ", ".join(t for t in terms if t)
+        self.console.print(
+            f"{self.descriptions[key]}: {count} ({minutes}:{seconds:02d} elapsed)"
+            + (f": {details}" if details else ""),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
-        self.progress.update(
-            self.tasks[key], completed=log.epoch, total=log.epochs, info=f"{loss} | {val}"
-        )
+
+
+def describe(key: str) -> str:
+    """The description of a task the recipes name only by ``key``, with its step: a
+    pretrained model (``multi``, ``text``) or a partition fold model (``fold 2/5 text``)."""
+    if key in ("multi", "text"):
+        return f"pretrain {key}"
+    return f"partition {key}" if key.startswith("fold ") else key
 
 
 @contextmanager
-def epoch_bars() -> Iterator[EpochBars]:
-    with make_progress() as progress:
-        yield EpochBars(progress)
+def epoch_bars(console: Console | None = None) -> Iterator[EpochBars]:
+    console = console or err_console
+    if not console.is_terminal:
+        yield EpochBars(None, console)
+        return
+    with make_progress(console) as progress:
+        yield EpochBars(progress, console)

@@ -121,7 +121,7 @@ def tune(
                 if key.startswith("trial "):
                     if "distill" not in bars.tasks:
                         bars.add("distill", key, log.epochs)
-                    bars.progress.update(bars.tasks["distill"], description=key)
+                    bars.rename("distill", key)
                     key = "distill"
                 bars.update(key, log)
 
@@ -130,17 +130,15 @@ def tune(
                     err_console.print(f"[yellow]Trial {row['number']} failed:[/] {row['error']}")
                 value = row["value"] if row["value"] is not None else row["best_intermediate"]
                 shown = "" if value is None else f" ({value:.2f})"
-                bars.progress.update(
-                    bars.tasks["trials"],
-                    completed=counts["finished"],
-                    info=f"trial {row['number']} {row['state']}{shown}",
+                bars.advance(
+                    "trials", counts["finished"], f"trial {row['number']} {row['state']}{shown}"
                 )
 
             def on_wait(counts: dict[str, int]) -> None:
-                bars.progress.update(
-                    bars.tasks["trials"],
-                    completed=counts["finished"],
-                    info=f"waiting for {counts['running']} trial(s) running elsewhere",
+                bars.advance(
+                    "trials",
+                    counts["finished"],
+                    f"waiting for {counts['running']} trial(s) running elsewhere",
                 )
 
             result = tune_recipe(
@@ -160,7 +158,7 @@ def tune(
                 on_wait=on_wait,
                 executor=runner,
             )
-            bars.progress.update(bars.tasks["trials"], completed=trials, info="done")
+            bars.advance("trials", trials, "done")
     except KeyboardInterrupt as exc:
         if opts.debug:
             raise

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mrd_cli.core import figures
-from mrd_cli.core.checkpoint import load_checkpoint
+from mrd_cli.core.checkpoint_meta import read_checkpoint_metadata
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.errors import MRDError
@@ -165,7 +165,7 @@ def training_curves(run: RunDir) -> Any:
         for role in ROLES:
             if not path_of(role).is_file():
                 continue
-            ckpt = load_checkpoint(path_of(role), f"mrd {stage}")
+            ckpt = read_checkpoint_metadata(path_of(role))
             history = ckpt.get("history")
             if not history:
                 old.append(f"{stage}/{role}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.core.partition import GROUPS
+from mrd_cli.core.groups import GROUPS
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.core.tables import PaperTable, latex_document, to_latex, to_markdown
