@@ -29,39 +29,46 @@ from mrd_cli.cli.common import err_console
 if TYPE_CHECKING:
     from mrd_cli.core.training import EpochLog
 
-BAR_WIDTH = 10
-# What the columns before the details take besides the description: counter ("25/25"),
-# time left and elapsed ("0:00:12" each), the bar and the spaces between them.
-_FIXED = 7 + 8 + 8 + BAR_WIDTH + 5
+BAR_WIDTH = 20
+# Below this width the bar and the elapsed time are left out: the counter and the time
+# left say as much, and the room goes to the scores.
+WIDE = 120
 
 
 def make_progress(console: Console | None = None) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
-        BarColumn(bar_width=BAR_WIDTH),
-        TextColumn("{task.fields[info]}"),
-        console=console or err_console,
-        transient=False,
-    )
+    console = console or err_console
+    columns: list = [TextColumn("[bold]{task.description}"), MofNCompleteColumn()]
+    columns.append(TimeRemainingColumn())
+    if console.width >= WIDE:
+        columns += [TimeElapsedColumn(), BarColumn(bar_width=BAR_WIDTH)]
+    columns.append(TextColumn("{task.fields[info]}"))
+    return Progress(*columns, console=console, transient=False)
+
+
+def _fixed_width(console: Console) -> int:
+    """What the columns before the details take besides the description: the counter
+    ("25/25", up to 7), the time left ("0:00:12"), on a wide console the elapsed time and
+    the bar, and one space between columns."""
+    fixed = 7 + 1 + 8 + 1
+    if console.width >= WIDE:
+        fixed += 8 + 1 + BAR_WIDTH + 1
+    return fixed
 
 
 def epoch_terms(log: EpochLog) -> list[str]:
     """What an epoch reports, most important first: each model's validation W-F1 (and its
     best so far), then the loss terms."""
     val = [
-        f"val W-F1[{k}]={v:.2f} (best {log.best_wf1.get(k, v):.2f})" for k, v in log.val_wf1.items()
+        f"val W-F1 {k}={v:.2f} (best {log.best_wf1.get(k, v):.2f})" for k, v in log.val_wf1.items()
     ]
     return [*val, *(f"{k}={v:.3f}" for k, v in log.losses.items())]
 
 
 def fit_terms(terms: list[str], width: int) -> str:
-    """As many whole ``terms`` as fit in ``width`` characters, in order."""
+    """As many whole ``terms`` as fit in ``width`` characters, in order, comma-separated."""
     out = ""
     for term in terms:
-        candidate = f"{out} {term}" if out else term
+        candidate = f"{out}, {term}" if out else term
         if len(candidate) > width:
             break
         out = candidate
@@ -107,7 +114,7 @@ class EpochBars:
             self._line(key, f"epoch {log.epoch}/{log.epochs}", terms)
             return
         desc = max((len(d) for d in self.descriptions.values()), default=0)
-        info = fit_terms(terms, self.console.width - desc - _FIXED)
+        info = fit_terms(terms, self.console.width - desc - 1 - _fixed_width(self.console))
         self.progress.update(self.tasks[key], completed=log.epoch, total=log.epochs, info=info)
 
     def advance(self, key: str, completed: int, info: str) -> None:

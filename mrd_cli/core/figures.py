@@ -164,8 +164,10 @@ def confusion_figure(matrix: list[list[int]], labels: list[str], title: str) -> 
 def training_figure(
     panels: list[dict[str, Any]],
     title: str,
+    role_labels: dict[str, str] | None = None,
 ) -> Any:
-    """Validation W-F1 per epoch, one panel per training stage.
+    """Validation W-F1 per epoch, one panel per training stage (the models named by
+    ``role_labels``, default ``ROLE_LABEL``).
 
     Each panel: ``title``, ``curves`` (role -> list of (epoch, W-F1)), ``selected`` (role ->
     the epoch chosen, marked with a star), and optionally ``stages`` (the curriculum's
@@ -197,7 +199,7 @@ def training_figure(
                 marker=style["marker"],
                 linestyle=style["linestyle"],
                 markersize=4,
-                label=ROLE_LABEL[role],
+                label=(role_labels or ROLE_LABEL)[role],
                 zorder=3,
             )
             handles.setdefault(role, line)
@@ -281,10 +283,16 @@ def partition_figure(counts: dict[str, dict[str, int]], labels: list[str], title
 
 
 @_with_rc
-def ablation_figure(rows: list[dict[str, Any]], title: str, note: str = "") -> Any:
+def ablation_figure(
+    rows: list[dict[str, Any]],
+    title: str,
+    note: str = "",
+    role_labels: dict[str, str] | None = None,
+) -> Any:
     """Bars of mean W-F1 per variant and model with ± std error bars, each seed's value as
     a dot, and the significance marks of each difference above its bar (``marks``);
-    ``note`` (what the marks mean) is printed under the plot."""
+    ``note`` (what the marks mean) is printed under the plot; the models are named by
+    ``role_labels`` (default ``ROLE_LABEL``)."""
     import numpy as np
 
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -313,7 +321,7 @@ def ablation_figure(rows: list[dict[str, Any]], title: str, note: str = "") -> A
                 hatch=style["hatch"],
                 edgecolor="black",
                 linewidth=0.6,
-                label=ROLE_LABEL[role] if i == 0 else None,
+                label=(role_labels or ROLE_LABEL)[role] if i == 0 else None,
                 zorder=2,
             )
             values = w.get("values") or [w["mean"]]

@@ -26,8 +26,8 @@ from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
-from mrd_cli.core.rundir import ROLES, RunDir, unpack
-from mrd_cli.core.session import Session, signature
+from mrd_cli.core.rundir import ROLES, RunDir, role_labels, unpack
+from mrd_cli.core.session import Session, role_modalities, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import predict
@@ -291,9 +291,7 @@ def ablate(
         summary = summarise(session, all_variants, seed_list, cells, base_metrics)
     atomic_write_json(session.run.ablation / "results.json", summary)
     atomic_write_text(session.run.ablation / "results.csv", to_csv(summary))
-    return AblationResult(
-        **summary, computed=computed, timings=timer.to_dict() if timer else None
-    )
+    return AblationResult(**summary, computed=computed, timings=timer.to_dict() if timer else None)
 
 
 def _read_cell(path, sig: str, labels: list[str]) -> dict[str, Any] | None:
@@ -391,7 +389,11 @@ def summarise(
 
     rows = []
     pretrained = {role: [base_metrics[s][role] for s in seeds] for role in ROLES}
-    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
+    # Row names; on a text-only corpus M_multi's rows say it is a second text model.
+    modalities = role_modalities(session.cfg, "multi")
+    names = role_labels({"multi": "multimodal", "text": "text model"}, modalities)
+    for role in ROLES:
+        label = f"Pretrained ({names[role]})"
         rows.append(
             {"name": label, "variant": "pretrained", "role": role, **stats_of(pretrained[role])}
         )
@@ -399,7 +401,9 @@ def summarise(
     for without in variants:
         for role in ROLES:
             per_seed = [cells[(without, s)][role] for s in seeds]
-            name = variant_name(without) + (" (text model)" if role == "text" else "")
+            name = variant_name(without) + (
+                f" ({names[role]})" if role == "text" or names["multi"] != "multimodal" else ""
+            )
             row = {
                 "name": name,
                 "variant": variant_name(without),
