@@ -9,7 +9,14 @@ from rich.table import Table
 
 from mrd_cli.cli.common import err_console, out_console, print_json
 from mrd_cli.cli.distill import WithoutOpt
-from mrd_cli.cli.options import BackboneOpt, RunOptions, command, config_default
+from mrd_cli.cli.options import (
+    BACKBONE_KEYS,
+    BackboneOpt,
+    RunOptions,
+    TextBackboneOpt,
+    command,
+    config_default,
+)
 
 
 @command(
@@ -17,7 +24,7 @@ from mrd_cli.cli.options import BackboneOpt, RunOptions, command, config_default
     "training",
     "executor",
     "plots",
-    keys={"seeds": "ablate.seeds", "repretrain": "ablate.repretrain", "backbone": "model.backbone"},
+    keys={"seeds": "ablate.seeds", "repretrain": "ablate.repretrain", **BACKBONE_KEYS},
 )
 def ablate(
     opts: RunOptions,
@@ -35,6 +42,7 @@ def ablate(
         ),
     ] = None,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
 ) -> None:
     """Ablation table: MRD vs MRD without MIC / ILC / RCL over several seeds.
 

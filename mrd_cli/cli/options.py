@@ -159,14 +159,23 @@ def backbone_option() -> Any:
         str | None,
         typer.Option(
             "--backbone",
-            help="M_multi's network: dialogue, foal (Foal-Net), dual (DUAL) or semi "
-            f"(MER2024-SEMI) ({config_default('model.backbone')}). M_text is always the "
-            "dialogue network. What each one is: docs/backbones.md.",
+            help="M_multi's network: dialogue, foal (Foal-Net), dual (DUAL), semi "
+            f"(MER2024-SEMI) or m3net (M3Net) ({config_default('model.backbone')}). M_text's "
+            "is --text-backbone. What each one is: docs/backbones.md.",
         ),
     ]
 
 
 BackboneOpt = backbone_option()
+TextBackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-backbone",
+        help="M_text's network, on the text alone: dialogue or m3net "
+        f"({config_default('model.text_backbone')}). See docs/backbones.md.",
+    ),
+]
+BACKBONE_KEYS = {"backbone": "model.backbone", "text_backbone": "model.text_backbone"}
 
 # ---------------------------------------------------------------------------------------
 # The groups of shared options and the config keys they stand for

@@ -9,7 +9,14 @@ import typer
 
 from mrd_cli.cli.common import err_console, report_selected
 from mrd_cli.cli.distill import ResumeOpt
-from mrd_cli.cli.options import BackboneOpt, RunOptions, command, epochs_option
+from mrd_cli.cli.options import (
+    BACKBONE_KEYS,
+    BackboneOpt,
+    RunOptions,
+    TextBackboneOpt,
+    command,
+    epochs_option,
+)
 
 
 class Modality(str, Enum):
@@ -21,13 +28,14 @@ class Modality(str, Enum):
 EpochsOpt = epochs_option("pretrain.epochs")
 
 
-@command("session", "training", keys={"backbone": "model.backbone", "epochs": "pretrain.epochs"})
+@command("session", "training", keys={**BACKBONE_KEYS, "epochs": "pretrain.epochs"})
 def pretrain(
     opts: RunOptions,
     modality: Annotated[
         Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
     ] = Modality.both,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     epochs: EpochsOpt = None,
     resume: ResumeOpt = False,
 ) -> None:
@@ -45,7 +53,8 @@ def pretrain(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
         f"({session.corpus.num_utterances('train')} train / {session.corpus.num_utterances('val')} "
         f"val utterances; val: {session.corpus.val_source}) on {session.device}, "
-        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}."
+        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}, M_text backbone "
+        f"{session.cfg.model.text_backbone}."
     )
     with epoch_bars() as bars:
         for role in roles:

@@ -7,14 +7,14 @@ from typing import Annotated
 import typer
 
 from mrd_cli.cli.common import err_console, out_console, print_json
-from mrd_cli.cli.options import BackboneOpt, RunOptions, command
+from mrd_cli.cli.options import BACKBONE_KEYS, BackboneOpt, RunOptions, TextBackboneOpt, command
 
 NoConfusionOpt = Annotated[
     bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
 ]
 
 
-@command("session", "training", "executor", "plots", keys={"backbone": "model.backbone"})
+@command("session", "training", "executor", "plots", keys=BACKBONE_KEYS)
 def run(
     opts: RunOptions,
     force: Annotated[
@@ -26,6 +26,7 @@ def run(
         ),
     ] = False,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     no_confusion: NoConfusionOpt = False,
 ) -> None:
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
