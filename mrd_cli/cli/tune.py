@@ -211,9 +211,11 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
     table.add_column("#", justify="right")
     table.add_column("state")
     table.add_column("val W-F1", justify="right")
-    table.add_column("epochs", justify="right")
+    table.add_column("epochs run", justify="right")
     for key in keys:
-        table.add_column(key.removeprefix("distill."), justify="right")
+        # A tuned key keeps its section when its short name would repeat a column's.
+        short = key.removeprefix("distill.")
+        table.add_column(key if short in ("epochs", "state") else short, justify="right")
     best = (summary["best"] or {}).get("number")
     for row in rows:
         value = row["value"]

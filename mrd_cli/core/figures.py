@@ -44,7 +44,8 @@ GROUP_LABEL = {
     "simple": "Simple (both right)",
 }
 # Background of the curriculum stages in the distillation panel (greys of distinct shade).
-STAGE_SHADE = {"difficult": "#C8C8C8", "general": "#E4E4E4", "simple": "#F7F7F7", "all": "#F0F0F0"}
+# "simple", the lightest, stays visibly grey on white paper and screens.
+STAGE_SHADE = {"difficult": "#A8A8A8", "general": "#C4C4C4", "simple": "#DEDEDE", "all": "#D2D2D2"}
 RC = {
     "font.size": 10,
     "axes.titlesize": 11,
@@ -356,12 +357,23 @@ def ablation_figure(
     ax.set_xticks(x, [v[:1].upper() + v[1:] for v in variants], rotation=15, ha="right")
     ax.set_ylabel("test W-F1 (%)" + ("  (axis starts above 0)" if bottom > 0 else ""))
     if note:  # as the figure's x label, which the constrained layout makes room for
-        fig.supxlabel(textwrap.fill(note, 115), fontsize=8, x=0.01, ha="left")
+        fig.supxlabel(wrap_to_figure(note, fig, 8), fontsize=8, x=0.01, ha="left")
     ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
     ax.set_axisbelow(True)
     fig.legend(loc="outside right upper", frameon=False)
-    ax.set_title(title)
+    # The title wrapped to the width the legend leaves the plot, so that it never runs
+    # under the legend: lay the figure out once to know that width.
+    fig.draw_without_rendering()
+    width_pt = ax.get_position().width * fig.get_figwidth() * 72
+    ax.set_title(textwrap.fill(title, max(20, int(0.95 * width_pt / (0.6 * 11)))))
     return fig
+
+
+def wrap_to_figure(text: str, fig: Any, fontsize: float) -> str:
+    """``text`` wrapped to lines that fit the figure's width at ``fontsize`` points (an
+    average character being taken as 0.6 em wide, with a margin)."""
+    width_pt = fig.get_figwidth() * 72
+    return textwrap.fill(text, max(20, int(0.9 * width_pt / (0.6 * fontsize))))
 
 
 @_with_rc
@@ -370,6 +382,8 @@ def tuning_figure(
 ) -> Any:
     """The study's history: each finished trial's value by trial number (pruned trials at
     their best reported value), the best value so far, and the pretrained model's value."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = new_figure(6.4, 4.4)
     ax = axes[0]
     done = sorted(
@@ -408,6 +422,7 @@ def tuning_figure(
             label="pretrained model",
         )
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_ylabel(f"validation W-F1 of {target} (%)")
     ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
     fig.legend(loc="outside lower center", ncols=2, frameon=False)
