@@ -22,6 +22,7 @@ from mrd_cli.cli.options import (
 @command(
     "session",
     "training",
+    "protocol_gap",
     "executor",
     "plots",
     keys={"seeds": "ablate.seeds", "repretrain": "ablate.repretrain", **BACKBONE_KEYS},
@@ -57,6 +58,7 @@ def ablate(
     """
     from mrd_cli.cli.plot import check_plots_extra, draw_plots
     from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.protocol_gap import print_gap
     from mrd_cli.cli.render import timings_table
     from mrd_cli.cli.session import open_executor, open_session
     from mrd_cli.core.timing import StepTimer
@@ -109,6 +111,7 @@ def ablate(
         return
     console = out_console()
     console.print(ablation_table(summary))
+    print_gap(console, None, summary)
     console.print(timings_table(summary["timings"], "mrd ablate: wall time per step"))
     err_console.print(f"Saved to {session.run.ablation / 'results.json'} and results.csv")
 

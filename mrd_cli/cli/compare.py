@@ -15,7 +15,11 @@ EpochsOpt = epochs_option("pretrain.epochs")
 
 
 @command(
-    "session", "training", "executor", keys={"seeds": "ablate.seeds", "epochs": "pretrain.epochs"}
+    "session",
+    "training",
+    "protocol_gap",
+    "executor",
+    keys={"seeds": "ablate.seeds", "epochs": "pretrain.epochs"},
 )
 def compare(
     opts: RunOptions,
@@ -59,6 +63,7 @@ def compare(
     if role not in ("multi", "text"):
         raise MRDError(f"--role must be multi or text, got '{role}'.")
     from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.protocol_gap import print_gap
     from mrd_cli.cli.session import open_executor, open_session
     from mrd_cli.recipes.compare import compare as compare_recipe
 
@@ -88,6 +93,7 @@ def compare(
         print_json(summary)
         return
     out_console().print(comparison_table(summary))
+    print_gap(out_console(), None, summary)
     for name, why in summary["not_run"].items():
         err_console.print(f"[yellow]Not run:[/] {name}: {why}")
     err_console.print(f"Saved to {session.run.root / 'compare' / 'results.json'}")

@@ -48,6 +48,7 @@ EpochsOpt = epochs_option("distill.epochs")
 @command(
     "session",
     "training",
+    "protocol_gap",
     keys={"epochs": "distill.epochs", "curriculum": "distill.curriculum", "without": _switched_off},
 )
 def distill(

@@ -136,6 +136,17 @@ PlotsOpt = Annotated[
         "needs the plots extra (matplotlib).",
     ),
 ]
+ProtocolGapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--protocol-gap",
+        help="DIAGNOSTIC: also score every model on the test split after each training "
+        "epoch, kept apart from everything that selects, and report beside each honest "
+        "figure (epoch chosen on validation) what keeping the best TEST epoch, as the public "
+        "M3Net/CMERC/MRD scripts do, would have reported. Checkpoints and honest figures are "
+        "the same with or without it. See docs/protocol-gap.md.",
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout only.")
 ]
@@ -195,6 +206,7 @@ class RunOptions:
     executor: ExecutorKind = ExecutorKind.local
     address: str | None = None
     plots: bool = False
+    protocol_gap: bool = False
     json_out: bool = False
     debug: bool = False
     values: dict[str, Any] = field(default_factory=dict)
@@ -217,6 +229,7 @@ _SHARED: dict[str, tuple[Any, Any]] = {
     "executor": (ExecutorOpt, ExecutorKind.local),
     "address": (AddressOpt, None),
     "plots": (PlotsOpt, False),
+    "protocol_gap": (ProtocolGapOpt, False),
     "overrides": (OverridesArg, None),
     "json_out": (JsonOpt, False),
     "debug": (DebugOpt, False),
@@ -229,6 +242,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "training": ("seed", "threads", "no_early_stop"),
     "executor": ("executor", "address"),
     "plots": ("plots",),
+    "protocol_gap": ("protocol_gap",),
 }
 # Shared options that set config keys: dotted key, or a function of the value -> values.
 _SHARED_KEYS: dict[str, str | Callable[[Any], dict[str, Any]]] = {

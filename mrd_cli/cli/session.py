@@ -62,6 +62,7 @@ def open_session(
         config_overrides(opts),
         loading=None if quiet else err_console.status,
     )
+    session.protocol_gap = opts.protocol_gap
     set_threads(session.cfg.threads)
     for message in session.corpus.warnings():
         err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)

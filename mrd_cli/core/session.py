@@ -41,6 +41,9 @@ class Session:
     corpus: Corpus
     run: RunDir
     device: torch.device
+    # Score every model on the test split after each training epoch, as a diagnostic kept
+    # apart from everything that selects (``core/protocol_gap.py``); not part of the config.
+    protocol_gap: bool = False
     writable: bool = True
     tensor_cache: dict[str, SplitTensors] = field(default_factory=dict, repr=False, compare=False)
 
@@ -89,6 +92,7 @@ class Session:
             corpus=self.corpus,
             run=run,
             device=self.device,
+            protocol_gap=self.protocol_gap,
             tensor_cache=self.tensor_cache,
         )
 

@@ -17,12 +17,14 @@ from mrd_cli.errors import MRDError
 from mrd_cli.features.layouts import Conversations
 
 OTHERS = "<others>"
+# A sane bound on the vectors' width (MELD's is 9; every utterance stores one such vector).
+MAX_SLOTS = 1024
 
 
 def speaker_slots(conv: Conversations, slots: int) -> list[str]:
     """Names of the slots in order; the last one is ``OTHERS``."""
-    if slots < 2:
-        raise MRDError(f"--speaker-slots must be at least 2, got {slots}.")
+    if not 2 <= slots <= MAX_SLOTS:
+        raise MRDError(f"--speaker-slots must be in [2, {MAX_SLOTS}], got {slots}.")
     counts: Counter[str] = Counter()
     for did in conv.splits["train"]:
         for u in conv.dialogues[did]:

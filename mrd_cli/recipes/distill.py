@@ -38,7 +38,7 @@ from mrd_cli.core.training import (
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.io import file_sha256
 from mrd_cli.models.dialogue import Backbone, DialogueModel, run_model
-from mrd_cli.recipes.pretrain import TrainedModels
+from mrd_cli.recipes.pretrain import TrainedModels, test_watch, write_watch
 
 # The logged loss terms: classification (cls_*), mutual distillation (kd_*, Eq. 3-4),
 # refactoring (ref_*, Eq. 6-7) and L2 (reg), for the multimodal (_m) and text (_t) model.
@@ -117,6 +117,7 @@ def distill(
         curriculum,
         session.corpus.num_classes,
     )
+    watch = test_watch(session)  # the protocol-gap diagnostic (None when off)
     trainer = Trainer(
         models=models,
         optimizer=step.optimizer,
@@ -134,6 +135,7 @@ def distill(
         # Early stopping only within the last curriculum stage: no stage is cut short.
         patience=cfg.distill.patience,
         stop_floor=curriculum.last_stage_start,
+        after_epoch=watch,
     )
     for epoch in trainer.epochs():
         # L_total (Eq. 15, mrd_total_loss), one optimizer step of both models per batch.
@@ -161,6 +163,8 @@ def distill(
                 start_guard=trainer.start_guard.get(role),
             ),
         )
+        if watch is not None:
+            write_watch(watch, role, targets[role], selected[role])
     state_path.unlink(missing_ok=True)
     if out_dir is None:
         session.run.save_config(cfg)

@@ -1,0 +1,24 @@
+"""The table of the `--protocol-gap` diagnostic (what a test-selected protocol would report,
+``core/protocol_gap.py``) under the honest results; the option is in ``options.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any) -> None:
+    """The diagnostic's table, when any model carries it."""
+    from mrd_cli.core.protocol_gap import gap_table
+
+    table = gap_table(metrics, *summaries)
+    if table is None:
+        return
+    rich = Table(title=table.caption, title_justify="left", style="yellow")
+    for col, align in zip(table.columns, table.align):
+        rich.add_column(col, justify={"l": "left", "r": "right", "c": "center"}[align])
+    for row in table.rows:
+        rich.add_row(*row)
+    console.print(rich)
