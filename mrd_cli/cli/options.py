@@ -113,11 +113,10 @@ ExecutorOpt = Annotated[
     ExecutorKind,
     typer.Option(
         "--executor",
-        help="Where the independent units (cells, a role's fold models) run: local (one after "
-        "another in this process), processes (side by side in worker processes on this "
-        "machine, one per executor.cpus_per_task cores) or ray (Ray tasks side by side, each "
-        "asking for executor.cpus_per_task / gpus_per_task of the config; needs the ray "
-        "extra). The results are the same whichever runs them.",
+        help="Where the independent units (cells, fold models) run: local (one after another "
+        "here), processes (worker processes on this machine, executor.cpus_per_task cores "
+        "each) or ray (Ray tasks; the ray extra). Same results either way; see "
+        "docs/executors.md.",
     ),
 ]
 AddressOpt = Annotated[
