@@ -22,6 +22,7 @@ from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.features import features
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.plot import plot
+from mrd_cli.cli.predict import predict
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.report import report
 from mrd_cli.cli.run import run
@@ -96,6 +97,7 @@ app.command("pretrain", cls=Command)(pretrain)
 app.command("partition", cls=Command)(partition)
 app.command("distill", cls=Command)(distill)
 app.command("evaluate", cls=Command)(evaluate)
+app.command("predict", cls=Command)(predict)
 app.command("ablate", cls=Command)(ablate)
 app.command("compare", cls=Command)(compare)
 app.command("tune", cls=Command)(tune)

@@ -11,6 +11,7 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -184,7 +185,12 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
     """Say which epoch was chosen for each trained model, for people or as JSON."""
     stage = result.stage
     if json_out:
-        print_json(result.to_dict())
+        from mrd_cli.core.card import card_path, read_card_fields
+
+        doc = result.to_dict()
+        for entry in doc[stage].values():  # each model's card (``core/card.py``)
+            entry["card"] = read_card_fields(card_path(Path(entry["checkpoint"])))
+        print_json(doc)
         return
     summary = result.to_dict()[stage]
     for role, s in summary.items():

@@ -47,6 +47,7 @@ EpochsOpt = epochs_option("distill.epochs")
 
 @command(
     "session",
+    "log",
     "training",
     "protocol_gap",
     keys={"epochs": "distill.epochs", "curriculum": "distill.curriculum", "without": _switched_off},

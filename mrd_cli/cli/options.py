@@ -135,6 +135,23 @@ PlotsOpt = Annotated[
         "needs the plots extra (matplotlib).",
     ),
 ]
+
+
+class LoggerKind(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+LogOpt = Annotated[
+    list[LoggerKind] | None,
+    typer.Option(
+        "--log",
+        help="Also log every epoch to TensorBoard (RUN/tensorboard/) or MLflow (a SQLite store "
+        "RUN/mlflow.db, or config tracking.mlflow_uri); repeatable; sets tracking.loggers. "
+        "Per-epoch metrics go to RUN/<step>/<role>.metrics.jsonl in any case. Needs the "
+        "tensorboard / mlflow extra.",
+    ),
+]
 ProtocolGapOpt = Annotated[
     bool,
     typer.Option(
@@ -215,6 +232,11 @@ def _no_early_stop(on: bool) -> dict[str, Any]:
     return {"pretrain.patience": 0, "distill.patience": 0} if on else {}
 
 
+def _loggers(log: list[LoggerKind]) -> dict[str, Any]:
+    """``--log`` (none given: the config's loggers)."""
+    return {"tracking.loggers": sorted({x.value for x in log})} if log else {}
+
+
 # name -> (its type, its default)
 _SHARED: dict[str, tuple[Any, Any]] = {
     "dataset": (DatasetOpt, "synthetic"),
@@ -229,6 +251,7 @@ _SHARED: dict[str, tuple[Any, Any]] = {
     "address": (AddressOpt, None),
     "plots": (PlotsOpt, False),
     "protocol_gap": (ProtocolGapOpt, False),
+    "log": (LogOpt, None),
     "overrides": (OverridesArg, None),
     "json_out": (JsonOpt, False),
     "debug": (DebugOpt, False),
@@ -242,12 +265,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "executor": ("executor", "address"),
     "plots": ("plots",),
     "protocol_gap": ("protocol_gap",),
+    "log": ("log",),
+    # Where the data and the run are, without KEY=VALUE (`mrd predict`'s arguments are files).
+    "paths": ("dataset", "config", "data_dir", "run_dir", "device"),
 }
 # Shared options that set config keys: dotted key, or a function of the value -> values.
 _SHARED_KEYS: dict[str, str | Callable[[Any], dict[str, Any]]] = {
     "seed": "seed",
     "threads": "threads",
     "no_early_stop": _no_early_stop,
+    "log": _loggers,
 }
 _OPTIONS_FIELDS = set(RunOptions.__dataclass_fields__) - {"values"}
 

@@ -28,7 +28,13 @@ class Modality(str, Enum):
 EpochsOpt = epochs_option("pretrain.epochs")
 
 
-@command("session", "training", "protocol_gap", keys={**BACKBONE_KEYS, "epochs": "pretrain.epochs"})
+@command(
+    "session",
+    "log",
+    "training",
+    "protocol_gap",
+    keys={**BACKBONE_KEYS, "epochs": "pretrain.epochs"},
+)
 def pretrain(
     opts: RunOptions,
     modality: Annotated[

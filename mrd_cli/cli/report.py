@@ -12,6 +12,7 @@ from rich.table import Table
 from mrd_cli.cli.common import err_console, out_console, print_json
 from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.cli.plot import RunArg, Split
+from mrd_cli.errors import MRDError
 
 
 @command()
@@ -22,6 +23,15 @@ def report(
         Split,
         typer.Option("--split", help="Split whose metrics give the ambiguity and F1 tables."),
     ] = Split.test,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Also write RUN/report/report.html: one self-contained page (tables, the "
+            "figures inlined, needing the plots extra; the model cards) that opens without a "
+            "server.",
+        ),
+    ] = False,
 ) -> None:
     """The paper's tables of a run directory, in Markdown and LaTeX under RUN/report/.
 
@@ -34,12 +44,30 @@ def report(
     """
     from mrd_cli.recipes.report import report as report_recipe
 
-    result = report_recipe(run, split.value).to_dict()
+    if html:
+        from mrd_cli.recipes.html_report import html_report
+
+        page = html_report(run, split.value)
+        try:
+            result = report_recipe(run, split.value).to_dict()
+        except MRDError:  # no paper table yet: the page (cards, figures) is still written
+            result = {
+                "run_dir": str(run),
+                "split": split.value,
+                "tables": {},
+                "skipped": {},
+                "combined": {},
+            }
+        result["html"] = str(page)
+    else:
+        result = report_recipe(run, split.value).to_dict()
     if opts.json_out:
         print_json(result)
         return
     out_console().print(tables_table(result))
     err_console.print(f"Saved to {escape(str(Path(run) / 'report'))}")
+    if result.get("html"):
+        err_console.print(f"HTML report: {escape(result['html'])}")
 
 
 def tables_table(result: dict[str, Any]) -> Table:

@@ -14,7 +14,7 @@ NoConfusionOpt = Annotated[
 ]
 
 
-@command("session", "training", "protocol_gap", "executor", "plots", keys=BACKBONE_KEYS)
+@command("session", "log", "training", "protocol_gap", "executor", "plots", keys=BACKBONE_KEYS)
 def run(
     opts: RunOptions,
     force: Annotated[

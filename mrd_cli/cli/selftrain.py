@@ -27,6 +27,7 @@ def _transductive(on: bool) -> dict[str, Any]:
 
 @command(
     "session",
+    "log",
     "seed",
     "threads",
     keys={

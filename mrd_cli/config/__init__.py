@@ -44,6 +44,7 @@ from mrd_cli.config.sections import (
     PretrainConfig,
     SelftrainConfig,
     SemiConfig,
+    TrackingConfig,
 )
 from mrd_cli.errors import MRDError
 
@@ -62,6 +63,7 @@ __all__ = [
     "PartitionConfig",
     "PretrainConfig",
     "SelftrainConfig",
+    "TrackingConfig",
     "SemiConfig",
     "builtin_config_path",
     "describe_type",

@@ -390,6 +390,18 @@ class SelftrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Loggers of the training epochs besides RUN/<step>/<role>.metrics.jsonl (always
+    written): TensorBoard event files, MLflow runs (``core/tracking.py``)."""
+
+    loggers: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list)
+    # MLflow tracking URI; "" = a SQLite store in the run directory (RUN/mlflow.db).
+    mlflow_uri: str = ""
+    # MLflow experiment name; "" = mrd-<dataset name>.
+    mlflow_experiment: str = ""
+
+
+@dataclass
 class Config:
     """The effective configuration of one run; saved as ``RUN/config.yaml``."""
 
@@ -401,6 +413,7 @@ class Config:
     ablate: AblateConfig = field(default_factory=AblateConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     selftrain: SelftrainConfig = field(default_factory=SelftrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = setting(0, SEED_RANGE)
     # torch's intra-op CPU threads for training commands (torch.set_num_threads); 0 = torch's
     # default, one per core. 1 by default: the GRU's small operations gain only 10-15% from

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrd_cli.config import Config
-from mrd_cli.core.version import code_version
+from mrd_cli.core.version import git_commit, mrd_version
 from mrd_cli.io import atomic_write_text
 
 ROLES = ("multi", "text")
@@ -122,8 +122,7 @@ class RunDir:
     def save_config(self, cfg: Config) -> None:
         """``RUN/config.yaml``: the effective config, headed by a comment naming the code
         that wrote it (a comment, so the file still works as a ``--config``)."""
-        made = code_version()
-        header = f"# written by mrd {made['mrd_version']}, git commit {made['git_commit']}\n"
+        header = f"# written by mrd {mrd_version()}, git commit {git_commit()}\n"
         atomic_write_text(self.config, header + cfg.to_yaml())
 
     def distill_inputs(self) -> dict[str, bytes]:

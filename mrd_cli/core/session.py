@@ -18,7 +18,7 @@ from mrd_cli.core.device import resolve_device
 from mrd_cli.core.provenance import settings_differences
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.training import Selected
-from mrd_cli.core.version import code_version
+from mrd_cli.core.version import git_commit, mrd_version
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.tensors import SplitTensors, split_tensors
@@ -145,7 +145,17 @@ class Session:
             "stopping": selected.stopping,
             "history": selected.history,
             "config": self.cfg.to_dict(),
-            "code_version": code_version(),
+            # For the model card (``core/card.py``): what the data was and who made the file.
+            "val_source": self.corpus.val_source,
+            "split_sizes": {
+                s: {
+                    "dialogues": len(self.corpus.splits[s]),
+                    "utterances": self.corpus.num_utterances(s),
+                }
+                for s in ("train", "val", "test")
+            },
+            "mrd_version": mrd_version(),
+            "git_commit": git_commit(),
             **extra,
         }
 

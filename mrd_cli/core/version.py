@@ -1,7 +1,8 @@
 """Which mrd made a file: the package version and, in a git checkout, the commit.
 
-Recorded in every checkpoint (``code_version``) and at the top of ``RUN/config.yaml``, so that a
-result can be traced to the code that produced it.
+Recorded in every checkpoint (``mrd_version``, ``git_commit``; its model card shows them)
+and at the top of ``RUN/config.yaml``, so that a result can be traced to the code that
+produced it; ``mrd --version`` prints both.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from pathlib import Path
 __version__ = "0.1.0"  # keep equal to pyproject.toml's version (a test checks)
 
 
-@functools.cache
+def mrd_version() -> str:
+    return __version__
+
+
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the checkout this package runs from, with ``-dirty`` when tracked files
-    differ from it; ``unknown`` outside a git checkout or without git (never an error)."""
+    """The commit of the checkout this code runs from, ``+dirty`` when tracked files differ
+    from it; ``unknown`` outside a git checkout (an installed wheel) or without git (never
+    an error)."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return "unknown"
     try:
-        commit = subprocess.run(
+        head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
@@ -37,11 +43,6 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    if not commit:
+    if not head:
         return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
-def code_version() -> dict[str, str]:
-    """``{"mrd_version": ..., "git_commit": ...}`` of the running code."""
-    return {"mrd_version": __version__, "git_commit": git_commit()}
+    return head + ("+dirty" if dirty else "")

@@ -136,16 +136,21 @@ class EncodeStats:
     seconds_encoding: float = 0.0
 
 
+# Sane bounds of the encoder's sizes (encoders read at most a few thousand tokens).
+MAX_TOKENS = 100_000
+MAX_BATCH = 65_536
+
+
 class TextEncoder:
     """A local Hugging Face encoder that returns [n, LAYERS, d] pooled features."""
 
     def __init__(
         self, model: str = DEFAULT_MODEL, max_tokens: int = 256, batch_size: int = 64
     ) -> None:
-        if max_tokens < 2:
-            raise MRDError(f"--max-tokens must be at least 2, got {max_tokens}.")
-        if batch_size < 1:
-            raise MRDError(f"--batch-size must be at least 1, got {batch_size}.")
+        if not 2 <= max_tokens <= MAX_TOKENS:
+            raise MRDError(f"--max-tokens must be in [2, {MAX_TOKENS}], got {max_tokens}.")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise MRDError(f"--batch-size must be in [1, {MAX_BATCH}], got {batch_size}.")
         self.name = model or DEFAULT_MODEL
         self.model_dir = resolve_model(model)
         self.model_hash = model_files_hash(self.model_dir)

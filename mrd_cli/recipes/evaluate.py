@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mrd_cli.core.card import write_card
 from mrd_cli.core.metrics import ambiguity_table, classification_report
 from mrd_cli.core.protocol_gap import read_diagnostic
 from mrd_cli.core.protocol_gap import summary as gap_summary
@@ -144,6 +145,9 @@ def evaluate(
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             result.saved_to = None  # a read-only run directory: the tables are still shown
+        if result.saved_to and split == "test":  # the model cards get their test scores
+            for name, path in checkpoints.items():
+                write_card(path, loaded[name], test_metrics=models[name])
     return result
 
 

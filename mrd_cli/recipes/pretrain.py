@@ -24,6 +24,7 @@ from mrd_cli.core.losses import l2_penalty
 from mrd_cli.core.protocol_gap import TestWatch
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, role_seed, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
     EpochLog,
     Selected,
@@ -94,6 +95,7 @@ def pretrain(
                 history=finished.get("history"),
             )
             continue
+        record = recorder(session, "pretrain", {"model": role})  # RUN/pretrain/<role>.metrics...
         watch = test_watch(session)
         model, selected[role] = train_role(
             session,
@@ -103,7 +105,7 @@ def pretrain(
             session.cfg.seed,
             state_path=state_path,
             resume=resume,
-            on_epoch=(lambda log, r=role: on_epoch(r, log)) if on_epoch else None,
+            on_epoch=record.wrap((lambda log, r=role: on_epoch(r, log)) if on_epoch else None),
             watch=watch,
         )
         save_checkpoint(
@@ -114,6 +116,7 @@ def pretrain(
         )
         if watch is not None:
             write_watch(watch, "model", session.run.pretrained(role), selected[role])
+        record.finish({role: session.run.pretrained(role)})
         state_path.unlink(missing_ok=True)
     session.run.save_config(session.cfg)
     return PretrainResult(
