@@ -83,26 +83,11 @@ def ablate(
     )
     total = a.seeds * (len(variants) + 1)
     with open_executor(opts, session) as runner, epoch_bars() as bars:
-        bars.add("cells", "ablation cells", total)
-        done = {"n": 0}
-
-        def on_cell(name: str, seed: int, reused: bool) -> None:
-            done["n"] += 1
-            bars.advance(
-                "cells", done["n"], f"{name}, seed {seed}" + (" (reused)" if reused else " (done)")
-            )
-
+        bars.add_cells("ablation cells", total)
         summary = ablate_recipe(
-            session,
-            variants,
-            a.seeds,
-            on_cell=on_cell,
-            on_epoch=bars.update,
-            on_step=lambda step: err_console.print(f"  {step}"),
-            timer=timer,
-            executor=runner,
+            session, variants, a.seeds, on_event=bars, timer=timer, executor=runner
         )
-        bars.advance("cells", total, "done")
+        bars.finish_cells()
     summary = summary.to_dict()
     if opts.plots:
         summary["plots"] = draw_plots(session.run.root, opts.json_out)

@@ -75,19 +75,9 @@ def compare(
     )
     total = n * len(names)
     with open_executor(opts, session) as runner, epoch_bars() as bars:
-        bars.add("cells", "compare cells", total)
-        done = {"n": 0}
-
-        def on_cell(name: str, s: int, reused: bool) -> None:
-            done["n"] += 1
-            bars.advance(
-                "cells", done["n"], f"{name}, seed {s}" + (" (reused)" if reused else " (done)")
-            )
-
-        result = compare_recipe(
-            session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner, role=role
-        )
-        bars.advance("cells", total, "done")
+        bars.add_cells("compare cells", total)
+        result = compare_recipe(session, names, n, on_event=bars, executor=runner, role=role)
+        bars.finish_cells()
     summary = result.to_dict()
     if opts.json_out:
         print_json(summary)

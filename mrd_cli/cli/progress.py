@@ -1,4 +1,5 @@
-"""Progress of epoch loops and of cells or trials, on stderr.
+"""Progress of epoch loops and of cells or trials, on stderr: the CLI's display of every
+recipe's events (``EpochBars`` is the ``on_event`` they get, ``core/events.py``).
 
 On a terminal: Rich bars, one per task, with the epoch counter and the time left first and
 as many validation scores and loss terms after them as the width holds (whole terms are
@@ -10,11 +11,12 @@ per epoch, in the order they happen, naming the step, the role and the fold in f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,6 +29,7 @@ from rich.progress import (
 from mrd_cli.cli.common import err_console
 
 if TYPE_CHECKING:
+    from mrd_cli.core.events import Event
     from mrd_cli.core.training import EpochLog
 
 BAR_WIDTH = 20
@@ -76,8 +79,12 @@ def fit_terms(terms: list[str], width: int) -> str:
 
 
 class EpochBars:
-    """One bar (or, off a terminal, one line per report) per task. ``update(key, log)`` is
-    the recipes' ``on_epoch`` callback; ``advance`` reports cells or trials done."""
+    """One bar (or, off a terminal, one line per report) per task, and the CLI's one
+    ``on_event`` (``core.events``): called with an event, it moves an ``epoch`` event's task
+    (``update``), prints a ``step``, ``note`` or ``warning`` line and advances the ``cells``
+    task (``add_cells``) on a ``cell`` event. A command takes any kind itself with
+    ``handle(kind, fn)``; kinds nobody shows (``round``, ``trial`` and ``wait`` unless
+    handled) are passed over. ``advance`` reports cells or trials done."""
 
     def __init__(self, progress: Progress | None, console: Console | None = None):
         self.progress = progress
@@ -86,6 +93,41 @@ class EpochBars:
         self.descriptions: dict[str, str] = {}
         self.totals: dict[str, int] = {}
         self._started: dict[str, float] = {}
+        self.handlers: dict[str, Callable[[Event], None]] = {}
+        self.cells_done = 0
+
+    def add_cells(self, description: str, total: int) -> None:
+        """A task of ``total`` cells that each ``cell`` event advances."""
+        self.add("cells", description, total)
+
+    def finish_cells(self) -> None:
+        self.advance("cells", self.totals["cells"], "done")
+
+    def handle(self, kind: str, fn: Callable[[Event], None]) -> None:
+        """Let ``fn`` take the events of ``kind`` instead of the default display."""
+        self.handlers[kind] = fn
+
+    def __call__(self, event: Event) -> None:
+        console = self.console
+        if event.kind in self.handlers:
+            self.handlers[event.kind](event)
+        elif event.kind == "epoch" and event.log is not None:
+            self.update(event.task, event.log)
+        elif event.kind == "step":
+            console.print(f"[bold]step:[/] {escape(event.text)}", soft_wrap=True)
+        elif event.kind == "note":
+            console.print(f"  {escape(event.text)}", soft_wrap=True)
+        elif event.kind == "warning":
+            console.print(f"[yellow]Warning:[/] {escape(event.text)}", soft_wrap=True)
+        elif event.kind == "cell" and "cells" in self.tasks:
+            self.cells_done += 1
+            cell = event.payload
+            self.advance(
+                "cells",
+                self.cells_done,
+                f"{cell['name']}, seed {cell['seed']}"
+                + (" (reused)" if cell["reused"] else " (done)"),
+            )
 
     @property
     def plain(self) -> bool:

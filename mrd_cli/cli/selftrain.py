@@ -7,7 +7,6 @@ from enum import Enum
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import err_console, out_console, print_json
@@ -116,8 +115,7 @@ def selftrain(
             session,
             role.value,
             resume=resume,
-            on_epoch=bars.update,
-            on_message=lambda m: err_console.print(f"[yellow]{escape(m)}[/]", soft_wrap=True),
+            on_event=bars,
         )
     if opts.json_out:
         print_json(result.to_dict())

@@ -13,7 +13,7 @@ from mrd_cli.cli.common import Terminated, err_console, out_console, print_json
 from mrd_cli.cli.options import RunOptions, command
 
 if TYPE_CHECKING:
-    from mrd_cli.core.training import EpochLog
+    from mrd_cli.core.events import Event
 
 
 class Target(str, Enum):
@@ -117,15 +117,17 @@ def tune(
         with open_executor(opts, session) as runner, epoch_bars() as bars:
             bars.add("trials", "trials", trials)
 
-            def on_epoch(key: str, log: EpochLog) -> None:
+            def on_epoch(event: Event) -> None:
+                key = event.task
                 if key.startswith("trial "):
                     if "distill" not in bars.tasks:
-                        bars.add("distill", key, log.epochs)
+                        bars.add("distill", key, event.log.epochs)
                     bars.rename("distill", key)
                     key = "distill"
-                bars.update(key, log)
+                bars.update(key, event.log)
 
-            def on_trial(row: dict[str, Any], counts: dict[str, int]) -> None:
+            def on_trial(event: Event) -> None:
+                row, counts = event.payload["row"], event.payload["counts"]
                 if row["state"] == "fail" and row["error"]:
                     err_console.print(f"[yellow]Trial {row['number']} failed:[/] {row['error']}")
                 value = row["value"] if row["value"] is not None else row["best_intermediate"]
@@ -134,13 +136,17 @@ def tune(
                     "trials", counts["finished"], f"trial {row['number']} {row['state']}{shown}"
                 )
 
-            def on_wait(counts: dict[str, int]) -> None:
+            def on_wait(event: Event) -> None:
+                counts = event.payload["counts"]
                 bars.advance(
                     "trials",
                     counts["finished"],
                     f"waiting for {counts['running']} trial(s) running elsewhere",
                 )
 
+            bars.handle("epoch", on_epoch)
+            bars.handle("trial", on_trial)
+            bars.handle("wait", on_wait)
             result = tune_recipe(
                 session,
                 trials=trials,
@@ -152,10 +158,7 @@ def tune(
                 prune=prune,
                 prune_startup=prune_startup,
                 prune_warmup=prune_warmup,
-                on_epoch=on_epoch,
-                on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
-                on_trial=on_trial,
-                on_wait=on_wait,
+                on_event=bars,
                 executor=runner,
             )
             bars.advance("trials", trials, "done")
