@@ -11,12 +11,13 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 
 from mrd_cli.cli.progress import EpochBars
-from mrd_cli.core.events import KINDS, Event, emit
+from mrd_cli.core.events import KINDS, Event, emit, items
 from mrd_cli.core.training import EpochLog
 from mrd_cli.recipes.ablate import ablate
 from mrd_cli.recipes.compare import compare
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import cross_fitted_predictions, ensure_partitioned, partition
+from mrd_cli.recipes.predict import predict
 from mrd_cli.recipes.pretrain import pretrain
 from mrd_cli.recipes.selftrain import selftrain
 from mrd_cli.recipes.tune import tune
@@ -31,6 +32,7 @@ RECIPES = [
     compare,
     selftrain,
     tune,
+    predict,
 ]
 
 
@@ -50,6 +52,10 @@ def test_an_event_of_an_unknown_kind_is_refused():
     emit(None, "step", text="nobody listens")
     assert got == [Event("step", text="pretrain")]
     assert set(KINDS) >= {"epoch", "step", "note", "warning", "cell", "trial", "wait", "round"}
+    counted: list[Event] = []
+    items(counted.append)("Predicting", 3)(2)
+    assert [e.payload for e in counted] == [{"done": 0, "total": 3}, {"done": 2, "total": 3}]
+    assert {e.kind for e in counted} == {"items"} and counted[0].task == "Predicting"
 
 
 def _display() -> tuple[EpochBars, io.StringIO]:
@@ -76,6 +82,11 @@ def test_the_cli_display_shows_each_kind_of_event():
     assert cells.completed == 2 and cells.fields["info"] == "MRD w/o ILC, seed 0 (done)"
     bars.finish_cells()
     assert cells.completed == 3 and cells.fields["info"] == "done"
+    advance = items(bars)("Encoding text", 10)
+    advance(4)
+    advance(3)
+    encoded = bars.progress.tasks[bars.tasks["Encoding text"]]
+    assert (encoded.completed, encoded.total) == (7, 10)
     bars(Event("round", payload={"round": 0}))  # shown by nobody here: passed over
     text = out.getvalue()
     assert "step: partition (reused)" in text

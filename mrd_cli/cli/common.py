@@ -144,6 +144,12 @@ def resume_advice(command: str) -> str:
         return f"To continue, rerun `{command}` as it was: finished steps are reused and {folds}."
     if command == "mrd compare":
         return f"To continue, rerun `{command}` as it was: finished cells are reused."
+    if command == "mrd features":
+        return (
+            "No feature file was replaced (they are written aside, then renamed all at "
+            f"once). Rerun the same `{command}` command: the utterances already encoded are in "
+            "the embedding cache and are not encoded again."
+        )
     return f"Rerun `{command}` to start it again."
 
 

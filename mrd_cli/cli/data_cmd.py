@@ -77,7 +77,15 @@ def synth_cmd(
 
     if not 0 <= seed < 2**32:
         raise MRDError(f"--seed must be in [0, 2**32), got {seed}.")
+    from mrd_cli.core import lock as run_lock
+
     p = PRESETS[preset.value]
+    if out.exists() and not out.is_dir():
+        raise MRDError(f"--out {out} is a file, not a directory. Pass a directory (created).")
+    # --out is locked like a run directory while the files are written (released by
+    # handle_errors); the check of existing files runs under the lock.
+    if not run_lock.acquire(out, "mrd data synth", what="output directory", option="--out"):
+        raise MRDError(f"The output directory {out} cannot be written. Pass another --out.")
     existing = [out / name for name in FILE_NAMES[p.layout] if (out / name).exists()]
     if existing and not force:
         raise MRDError(
@@ -163,9 +171,12 @@ def _placeholders(corpus: Corpus) -> dict[str, str]:
     if not corpus.extra.get("features_file"):
         return {}
     path = Path(corpus.extra["features_file"]).parent / "features_manifest.json"
+    from mrd_cli.io import MAX_JSON_BYTES, read_limited
+
     try:
-        return dict(json.loads(path.read_text()).get("placeholders") or {})
-    except (OSError, ValueError, AttributeError):
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "features manifest"))
+        return dict(doc.get("placeholders") or {})
+    except (MRDError, OSError, ValueError, AttributeError, TypeError):
         return {}
 
 

@@ -51,10 +51,12 @@ def plot(
     Reads the run directory only (nothing is trained). Needs matplotlib, the optional
     plots extra (see the README).
     """
+    from mrd_cli.cli.session import lock_run_dir
     from mrd_cli.core.figures import FORMATS
     from mrd_cli.recipes.plot import plot as plot_recipe
 
     chosen = tuple(f.value for f in formats) if formats else FORMATS
+    lock_run_dir(run, "mrd plot")  # it writes RUN/plots/: not while another command writes
     result = plot_recipe(run, split.value, chosen).to_dict()
     if opts.json_out:
         print_json(result)
@@ -85,8 +87,10 @@ def check_plots_extra(plots: bool) -> None:
 def draw_plots(run: Path, json_out: bool) -> dict[str, Any]:
     """``mrd plot RUN`` at the end of another command: what was drawn (its JSON), and a
     line on stderr for people."""
+    from mrd_cli.cli.session import lock_run_dir
     from mrd_cli.recipes.plot import plot as plot_recipe
 
+    lock_run_dir(run, "mrd plot")  # held already by the command drawing them: counted
     result = plot_recipe(run).to_dict()
     if not json_out:
         err_console.print(

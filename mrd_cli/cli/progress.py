@@ -119,6 +119,14 @@ class EpochBars:
             console.print(f"  {escape(event.text)}", soft_wrap=True)
         elif event.kind == "warning":
             console.print(f"[yellow]Warning:[/] {escape(event.text)}", soft_wrap=True)
+        elif event.kind == "items":
+            if event.task not in self.tasks:
+                self.add(event.task, event.task, event.payload["total"])
+            done, total = event.payload["done"], event.payload["total"]
+            if self.progress is not None:
+                self.progress.update(self.tasks[event.task], completed=done)
+            elif done >= total:  # off a terminal: one line when the task is complete
+                self._line(event.task, f"{done}/{total}", [])
         elif event.kind == "cell" and "cells" in self.tasks:
             self.cells_done += 1
             cell = event.payload

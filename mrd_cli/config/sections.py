@@ -27,6 +27,7 @@ from mrd_cli.config.schema import (
     setting,
     where,
 )
+from mrd_cli.labels import label_names_problem
 
 BUILTIN_DATASETS = ("iemocap", "meld", "synthetic")
 # The curriculum stages (partition groups at the curriculum's level), by name.
@@ -67,8 +68,10 @@ class DatasetConfig:
     label_names: list[str] = setting(
         [],
         where(
-            lambda n: len(set(n)) == len(n) and all(s.strip() for s in n),
-            "must be distinct, non-empty class names",
+            lambda n: all(isinstance(s, str) for s in n) and label_names_problem(n) is None,
+            "must be distinct, non-empty class names without invisible characters (two "
+            "spellings that differ only in case, surrounding white space or Unicode form are "
+            "one class)",
         ),
         length(0, MAX_CLASSES, f"may name at most {MAX_CLASSES} classes"),
     )

@@ -15,6 +15,7 @@ function all receive the same objects, whichever recipe runs. An event says what
 | ``trial`` | a tuning trial this process ran finished | ``payload``: row, counts |
 | ``wait`` | a tuning worker waits for other workers' trials | ``payload``: counts |
 | ``round`` | a self-training round finished | ``payload``: the round's report |
+| ``items`` | a count of items (texts encoded, audio files, dialogues predicted) moved | ``task`` ("Encoding text"), ``payload``: done, total |
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mrd_cli.core.training import EpochLog
 
-KINDS = ("epoch", "step", "note", "warning", "cell", "trial", "wait", "round")
+KINDS = ("epoch", "step", "note", "warning", "cell", "trial", "wait", "round", "items")
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,22 @@ def epoch_events(
     if on_event is None:
         return None
     return lambda log: on_event(Event("epoch", task=task, log=log, payload=payload))
+
+
+def items(on_event: OnEvent | None) -> Callable[[str, int], Callable[[int], None]]:
+    """Item counters over ``on_event``: ``items(on_event)(task, total)`` reports ``total``
+    items of ``task`` to come (an ``items`` event with done 0) and returns ``advance(n)``,
+    which reports ``n`` more done."""
+
+    def start(task: str, total: int) -> Callable[[int], None]:
+        done = 0
+        emit(on_event, "items", task=task, payload={"done": done, "total": total})
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            emit(on_event, "items", task=task, payload={"done": done, "total": total})
+
+        return advance
+
+    return start

@@ -55,6 +55,7 @@ import numpy as np
 
 from mrd_cli.data.layouts import IEMOCAP_LABELS, MELD_LABELS, write_iemocap, write_meld
 from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_text
 
 __all__ = [
     "PRESETS",
@@ -456,11 +457,12 @@ def write_generated(
     writer = write_iemocap if layout == "iemocap" else write_meld
     paths = writer(Path(out_dir), features, roberta)
     note = Path(out_dir) / "SYNTHETIC_DATA.txt"
-    note.write_text(
+    atomic_write_text(
+        note,
         f"Synthetic data written by `mrd data synth --preset {preset} --seed {seed}` in the\n"
         f"{layout} community layout. It is NOT the real corpus: results on it say nothing about\n"
         "real emotion recognition. The generative process is documented in\n"
-        "mrd_cli/data/synthetic.py.\n"
+        "mrd_cli/data/synthetic.py.\n",
     )
     return [*paths, note]
 
