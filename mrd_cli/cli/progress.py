@@ -82,7 +82,7 @@ class EpochBars:
     """One bar (or, off a terminal, one line per report) per task, and the CLI's one
     ``on_event`` (``core.events``): called with an event, it moves an ``epoch`` event's task
     (``update``), prints a ``step``, ``note`` or ``warning`` line and advances the ``cells``
-    task (``add_cells``) on a ``cell`` event. A command takes any kind itself with
+    task (``add_cells``) on a ``cell`` event, and counts an ``items`` event's task. A command takes any kind itself with
     ``handle(kind, fn)``; kinds nobody shows (``round``, ``trial`` and ``wait`` unless
     handled) are passed over. ``advance`` reports cells or trials done."""
 
