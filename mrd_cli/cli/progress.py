@@ -58,12 +58,15 @@ def _fixed_width(console: Console) -> int:
     return fixed
 
 
-def epoch_terms(log: EpochLog) -> list[str]:
-    """What an epoch reports, most important first: each model's validation W-F1 (and its
-    best so far), then the loss terms."""
-    val = [
-        f"val W-F1 {k}={v:.2f} (best {log.best_wf1.get(k, v):.2f})" for k, v in log.val_wf1.items()
-    ]
+def epoch_terms(log: EpochLog, so_far: Callable[[str, float], str] | None = None) -> list[str]:
+    """What an epoch reports, most important first: each model's validation W-F1 (and,
+    from ``so_far(model, value)``, the best so far), then the loss terms."""
+
+    def best(name: str, value: float) -> str:
+        return f"best {log.best_wf1.get(name, value):.2f}"
+
+    so_far = so_far or best
+    val = [f"val W-F1 {k}={v:.2f} ({so_far(k, v)})" for k, v in log.val_wf1.items()]
     return [*val, *(f"{k}={v:.3f}" for k, v in log.losses.items())]
 
 
@@ -95,6 +98,17 @@ class EpochBars:
         self._started: dict[str, float] = {}
         self.handlers: dict[str, Callable[[Event], None]] = {}
         self.cells_done = 0
+        # Per (task, model): the top validation W-F1 of a trained epoch seen so far.
+        self.top: dict[tuple[str, str], float] = {}
+
+    def _so_far(self, task: str, log: EpochLog, name: str, value: float) -> str:
+        """The best validation W-F1 so far; with a start candidate (distillation), the
+        start's and the top trained epoch's apart, since the start guard decides only at
+        the end which is kept (the final message says which and why)."""
+        top = self.top[task, name] = max(self.top.get((task, name), value), value)
+        if name not in log.start_wf1:
+            return f"best {log.best_wf1.get(name, value):.2f}"
+        return f"start {log.start_wf1[name]:.2f}, top epoch {top:.2f}"
 
     def add_cells(self, description: str, total: int) -> None:
         """A task of ``total`` cells that each ``cell`` event advances."""
@@ -159,7 +173,7 @@ class EpochBars:
         if key not in self.tasks:
             self.add(key, describe(key), log.epochs)
         self.totals[key] = log.epochs
-        terms = epoch_terms(log)
+        terms = epoch_terms(log, lambda name, value: self._so_far(key, log, name, value))
         if self.progress is None:
             self._line(key, f"epoch {log.epoch}/{log.epochs}", terms)
             return

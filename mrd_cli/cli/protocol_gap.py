@@ -22,3 +22,16 @@ def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any)
     for row in table.rows:
         rich.add_row(*row)
     console.print(rich)
+
+
+def warn_missing_gap(result: dict[str, Any]) -> None:
+    """Say which evaluated models carry no diagnostic (trained before, without the option:
+    a reused pretrained pair, say) and how to get it."""
+    from mrd_cli.cli.common import err_console
+
+    missing = [n for n, r in result["models"].items() if "test_selected_diagnostic" not in r]
+    if missing:
+        err_console.print(
+            f"[yellow]Warning:[/] no protocol-gap diagnostic for {', '.join(missing)}: trained "
+            "earlier without --protocol-gap (reused). Pass --force to train them again with it."
+        )

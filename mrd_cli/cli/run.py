@@ -68,6 +68,10 @@ def run(
             distill(session, on_event=bars)
     with timer.step("evaluate"):
         result = evaluate(session).to_dict()
+    if opts.protocol_gap:
+        from mrd_cli.cli.protocol_gap import warn_missing_gap
+
+        warn_missing_gap(result)
     result["timings"] = timer.to_dict()
     path = metrics_path(session, "test")
     if opts.plots:
