@@ -55,7 +55,7 @@ def test_off_a_terminal_each_epoch_is_one_plain_line_naming_step_role_and_fold()
     ]
     # Whole, not cut, whatever the console's width: every loss term and score is there.
     assert lines[3].startswith("distill: epoch 1/12 (")
-    assert "val W-F1 multi=41.00 (best 42.00), val W-F1 text=42.00" in lines[3]
+    assert "val W-F1[multi]=41.00 (best 42.00), val W-F1[text]=42.00" in lines[3]
     assert all(f"{k}={v:.3f}" in lines[3] for k, v in LOSSES.items())
     assert lines[4].endswith(": MRD, seed 0 (done)")
 
@@ -81,7 +81,7 @@ def test_at_80_columns_the_counter_and_time_left_come_first_and_no_term_is_cut()
         # The epoch counter and the time left right after the description.
         assert re.search(r"(multi|text)\s+3/25\s+(\d+:\d\d:\d\d|-:--:--)\s", line), line
         # Terms are whole: the first score with its best, each loss with three decimals.
-        assert re.search(r"val W-F1 multi=\d+\.\d\d \(best \d+\.\d\d\)", line), line
+        assert re.search(r"val W-F1\[multi\]=\d+\.\d\d \(best \d+\.\d\d\)", line), line
         for _, value in re.findall(r"(\w+)=(\S*)", line):
             assert re.fullmatch(r"\d+\.\d{2,3}", value), line
         assert line.count("(") == line.count(")")

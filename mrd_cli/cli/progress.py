@@ -66,7 +66,7 @@ def epoch_terms(log: EpochLog, so_far: Callable[[str, float], str] | None = None
         return f"best {log.best_wf1.get(name, value):.2f}"
 
     so_far = so_far or best
-    val = [f"val W-F1 {k}={v:.2f} ({so_far(k, v)})" for k, v in log.val_wf1.items()]
+    val = [f"val W-F1[{k}]={v:.2f} ({so_far(k, v)})" for k, v in log.val_wf1.items()]
     return [*val, *(f"{k}={v:.3f}" for k, v in log.losses.items())]
 
 
@@ -179,6 +179,7 @@ class EpochBars:
             return
         desc = max((len(d) for d in self.descriptions.values()), default=0)
         info = fit_terms(terms, self.console.width - desc - 1 - _fixed_width(self.console))
+        info = escape(info)  # "[multi]" is text, not Rich markup
         self.progress.update(self.tasks[key], completed=log.epoch, total=log.epochs, info=info)
 
     def advance(self, key: str, completed: int, info: str) -> None:
