@@ -281,22 +281,10 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
         return
     summary = result.to_dict()[stage]
     for role, s in summary.items():
-        guard = s.get("start_guard") or {}
-        if s.get("kept_pretrained") and guard.get("kept_start"):
-            err_console.print(
-                f"[yellow]=[/] {stage} {role}: epoch {guard['best_epoch']} beat the pretrained "
-                f"weights on validation ({guard['best_val_weighted_f1']:.2f} vs "
-                f"{guard['start_val_weighted_f1']:.2f}) in only {100 * guard['p_gain']:.0f}% "
-                f"of bootstrap resamples (needs {100 * guard['required']:.0f}%); kept the "
-                f"pretrained weights (epoch 0) -> {s['checkpoint']}"
-            )
-            continue
-        if s.get("kept_pretrained"):
-            err_console.print(
-                f"[yellow]=[/] {stage} {role}: no distillation epoch beat the pretrained "
-                f"weights on validation (val W-F1 {s['val_weighted_f1']:.2f}); kept them "
-                f"(epoch 0) -> {s['checkpoint']}"
-            )
+        decision = s.get("decision")
+        if decision is not None:  # distillation: changed or kept, and why
+            mark = "[green]✓[/]" if decision["changed"] else "[yellow]=[/]"
+            err_console.print(f"{mark} {stage} {role}: {decision['reason']} -> {s['checkpoint']}")
             continue
         gain = ""
         if s.get("start_val_weighted_f1") is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrd_cli.errors import MRDError
@@ -39,6 +39,8 @@ class Transcripts:
 
     dialogues: dict[DialogueKey, list[Utterance]]  # key: tuple of the id columns' values
     files: list[str]
+    # The folder of the CSV file each dialogue came from (relative audio paths start there).
+    folders: dict[DialogueKey, Path] = field(default_factory=dict)
 
     def utterances(self) -> list[Utterance]:
         return [u for utts in self.dialogues.values() for u in utts]
@@ -78,6 +80,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
     label_index = LabelIndex(label_names, "the checkpoint's label_names")
     paths = csv_paths(inputs)
     dialogues: dict[DialogueKey, list[Utterance]] = {}
+    folders: dict[DialogueKey, Path] = {}
     seen: dict[tuple[DialogueKey, int], str] = {}
     for path in paths:
         reader = csv.DictReader(io.StringIO(_decode(path, spec.encoding), newline=""))
@@ -135,6 +138,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
             def col(role: str, row: dict[str, str] = row, have: dict = have) -> str:
                 return row[have[role][0]].strip() if role in have else ""
 
+            folders[key] = path.parent
             dialogues.setdefault(key, []).append(
                 Utterance(
                     uid=raw_order,
@@ -154,4 +158,4 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
         raise MRDError(f"No utterances in {', '.join(str(p) for p in paths)}.")
     for utts in dialogues.values():
         utts.sort(key=lambda u: u.order)
-    return Transcripts(dialogues=dialogues, files=[str(p) for p in paths])
+    return Transcripts(dialogues=dialogues, files=[str(p) for p in paths], folders=folders)
