@@ -226,7 +226,7 @@ class PretrainConfig:
     """Supervised pretraining of M_multi and M_text; the epoch is chosen on validation W-F1."""
 
     # 60, not 40: on EmoryNLP (the real corpus without a tuned config) validation W-F1 was
-    # still rising at epoch 40 in 6 of 6 curves (3 seeds x 2 roles), and levels off by about
+    # still rising at epoch 40 in 5 of 6 curves (3 seeds x 2 roles) and levels off by about
     # epoch 50 (docs/guarantees.md, "The generic defaults converge"); early stopping
     # (patience) ends a converged run sooner.
     epochs: int = setting(60, at_least(1, MAX_EPOCHS))
