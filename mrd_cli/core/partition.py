@@ -17,14 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrd_cli.core.groups import GROUP_CODE, GROUPS
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
 from mrd_cli.io import file_sha256
-
-GROUPS = ("mcti", "mitc", "general", "simple")
-GROUP_CODE = {g: i for i, g in enumerate(GROUPS)}
-# Curriculum-level groups: both difficult subgroups form one stage.
-STAGE_GROUPS = {"difficult": ("mcti", "mitc"), "general": ("general",), "simple": ("simple",)}
 
 
 def partition_by_agreement(

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.stats import mean_std
 from mrd_cli.core.tables import PaperTable
-from mrd_cli.core.training import predict
-from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.io import atomic_write_json, file_sha256
+
+if TYPE_CHECKING:  # torch and scikit-learn only where models are scored: `mrd report` reads
+    from mrd_cli.data.tensors import SplitTensors
 
 DIAGNOSTIC = "test-selected protocol (diagnostic, epoch chosen on TEST; not a result)"
 FORMAT = "mrd-test-by-epoch-1"
@@ -42,6 +42,9 @@ class TestWatch:
     def __call__(self, epoch: int, models: dict[str, Any]) -> None:
         """Score every model after 0-based ``epoch``: eval mode, no dropout, no random draw;
         the models' training mode is restored (``training.batch_logits``)."""
+        from mrd_cli.core.metrics import classification_report
+        from mrd_cli.core.training import predict
+
         for name, model in models.items():
             pred = predict(model, self.test)[self.test.mask].cpu().numpy()
             wf1 = classification_report(self.y_true, pred, self.label_names)["weighted_f1"]

@@ -147,9 +147,7 @@ def compare(
     # The cells left to train, each a unit of the executor; this process alone writes what
     # they return (the cell, its checkpoint and config), as each finishes.
     fn = (
-        functools.partial(
-            train_cell, on_event=on_event, tensors=session.__dict__.setdefault("_tensors", {})
-        )
+        functools.partial(train_cell, on_event=on_event, tensors=session.tensor_cache)
         if executor.in_process
         else train_cell
     )
@@ -169,9 +167,7 @@ def compare(
         )
         cells[(unit.backbone, unit.seed)] = out["result"]
         computed.append((unit.backbone, unit.seed))
-        emit(
-            on_event, "cell", payload={"name": unit.backbone, "seed": unit.seed, "reused": False}
-        )
+        emit(on_event, "cell", payload={"name": unit.backbone, "seed": unit.seed, "reused": False})
     order = [(name, seed) for name in runnable for seed in seed_list]
     computed.sort(key=order.index)  # the study's order, whichever finished first
     summary = summarise(session, runnable, seed_list, cells, reference, not_run, role)
@@ -231,7 +227,7 @@ def train_cell(
             unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device), unit.protocol_gap
         )
         if tensors is not None:
-            sub.__dict__["_tensors"] = tensors
+            sub.tensor_cache = tensors
         result = run_cell(sub, on_event, unit.role)
         return {
             "result": result,
