@@ -80,6 +80,16 @@ def test_bad_cache_entries_are_dropped_with_a_warning(tmp_path, cache):
     _write_cache(mine, {texts[0]: np.zeros((4, 384), np.float32)}, "f" * 64)
     again = EmbeddingCache(other_dir, model_hash, 256, 384)
     assert again.rows == {} and "another encoder" in again.dropped[0]
+    # A file of an earlier mrd (no recorded hash) is used, entry by entry checked.
+    mine.path.unlink()
+    np.savez(
+        mine.path,
+        keys=np.array([mine.key(t) for t in texts[:2]], dtype="S64"),
+        values=np.stack([np.ones((4, 384), np.float32)] * 2),
+    )
+    legacy = EmbeddingCache(other_dir, model_hash, 256, 384)
+    assert not legacy.dropped and len(legacy.rows) == 2
+    assert legacy.get(texts[0]) is not None
 
 
 # --------------------------------------------------------------------------------------

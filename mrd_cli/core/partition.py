@@ -20,7 +20,7 @@ import torch
 from mrd_cli.core.groups import GROUP_CODE, GROUPS
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
-from mrd_cli.io import file_sha256
+from mrd_cli.io import MAX_JSON_BYTES, file_sha256, read_limited
 
 
 def partition_by_agreement(
@@ -112,7 +112,7 @@ def read_partition(
     if not path.is_file():
         raise MRDError(f"No partition at {path}. Run `mrd partition --dataset {dataset}` first.")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "partition file"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MRDError(
             f"{path} is corrupt. Run `mrd partition --dataset {dataset}` again."

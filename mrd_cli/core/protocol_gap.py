@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from mrd_cli.core.stats import mean_std
 from mrd_cli.core.tables import PaperTable
-from mrd_cli.io import atomic_write_json, file_sha256
+from mrd_cli.errors import MRDError
+from mrd_cli.io import MAX_JSON_BYTES, atomic_write_json, file_sha256, read_limited
 
 if TYPE_CHECKING:  # torch and scikit-learn only where models are scored: `mrd report` reads
     from mrd_cli.data.tensors import SplitTensors
@@ -83,8 +84,8 @@ def read_diagnostic(checkpoint: Path) -> dict[str, Any] | None:
     these very bytes (a checkpoint trained again leaves its old scores stale: ignored)."""
     path = diagnostic_path(checkpoint)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "protocol-gap file"))
+    except (MRDError, OSError, ValueError):  # absent, damaged or not a regular file: none
         return None
     ok = (
         isinstance(doc, dict)

@@ -35,7 +35,14 @@ from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import predict
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
+from mrd_cli.io import (
+    MAX_JSON_BYTES,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    read_limited,
+)
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
 
@@ -300,7 +307,7 @@ def _read_cell(path, sig: str, labels: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        cell = json.loads(path.read_text())
+        cell = json.loads(read_limited(path, MAX_JSON_BYTES, "ablation cell"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     # A cell file is a cache: one that is damaged (or edited) is recomputed, not trusted.

@@ -36,7 +36,7 @@ from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import EpochLog, predict
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_write_bytes, atomic_write_json
+from mrd_cli.io import MAX_JSON_BYTES, atomic_write_bytes, atomic_write_json, read_limited
 from mrd_cli.models.registry import DEFAULT_BACKBONE, backbone_modalities, check_backbone
 from mrd_cli.recipes.pretrain import pretrain
 
@@ -269,7 +269,7 @@ def _read_cell(path: Path, sig: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        cell = json.loads(path.read_text())
+        cell = json.loads(read_limited(path, MAX_JSON_BYTES, "comparison cell"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return cell if cell.get("signature") == sig else None
