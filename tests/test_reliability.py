@@ -322,7 +322,11 @@ def test_run_keeps_pretrained_checkpoints_made_with_other_settings(
 
 
 def _live_pid() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Alive until killed (it waits for an end of input that never comes), however long the
+    # commands take on a busy machine: a timed sleep could end mid-test.
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
 
 
 def test_locked_run_directory_is_refused_naming_the_holder(
@@ -718,7 +722,10 @@ def test_second_process_is_refused_and_sigterm_stops_the_first_cleanly(
     tmp_path: Path, tiny_config: Path
 ) -> None:
     run = tmp_path / "run"
-    cfg = _yaml(tmp_path / "long.yaml", yaml.safe_dump({**TINY, "pretrain": {"epochs": 500}}))
+    # Far more epochs than any machine trains during the test, early stopping off: the
+    # first command still runs when the second is refused and when SIGTERM reaches it.
+    long = {**TINY, "pretrain": {"epochs": 5000, "patience": 0}}
+    cfg = _yaml(tmp_path / "long.yaml", yaml.safe_dump(long))
     first = _spawn(
         "pretrain", "--config", str(cfg), "--run-dir", str(run), "--device", "cpu", cwd=tmp_path
     )

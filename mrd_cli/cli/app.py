@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
-from mrd_cli.cli.common import Terminated, click_exceptions, command_name
+from mrd_cli.cli.common import click_exceptions, command_name, on_sigterm
 from mrd_cli.cli.compare import compare
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
@@ -82,10 +82,6 @@ app.add_typer(data_cmd.app, name="data")
 app.command("features")(features)
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, on_sigterm)
     app()

@@ -22,13 +22,13 @@ from mrd_cli.cli.common import (
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
-    Terminated,
     ThreadsOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
     training_overrides,
+    was_terminated,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.progress import epoch_bars
@@ -201,12 +201,13 @@ def tune(
     except KeyboardInterrupt as exc:
         if debug:
             raise
-        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        terminated = was_terminated(exc)
+        what = "Terminated" if terminated else "Interrupted"
         err_console.print(
             f"[yellow]{what}.[/] Finished trials are kept in the study; the interrupted "
             "trial is queued again. Rerun the same command to continue."
         )
-        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+        raise typer.Exit(143 if terminated else 130) from None
     summary = result.to_dict()
     if plots:
         summary["plots"] = draw_plots(session.run.root, json_out)
