@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from mrd_cli.cli.common import (
     ConfigOpt,
@@ -21,6 +20,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.render import print_evaluation
@@ -81,7 +81,7 @@ def evaluate(
         budget = report.get("selftrain") or {}
         if budget.get("transductive"):
             err_console.print(
-                f"[yellow]Warning:[/] {escape(name)} is TRANSDUCTIVE: `mrd selftrain "
+                f"[yellow]Warning:[/] {shown(name)} is TRANSDUCTIVE: `mrd selftrain "
                 "--transductive` trained it on pseudo-labels of the test features, so its "
                 "test scores are not comparable with inductive ones.",
                 highlight=False,
@@ -89,13 +89,13 @@ def evaluate(
             )
         elif budget:
             err_console.print(
-                f"{escape(name)}: `mrd selftrain` model, labels of "
+                f"{shown(name)}: `mrd selftrain` model, labels of "
                 f"{100 * budget.get('labeled_fraction', 1.0):.0f}% of the training dialogues.",
                 highlight=False,
             )
     for problem in result["provenance"]["problems"]:
         err_console.print(
-            f"[yellow]Warning:[/] {escape(problem)}; Δ columns left out. Rerun the steps "
+            f"[yellow]Warning:[/] {shown(problem)}; Δ columns left out. Rerun the steps "
             "after it (`mrd run` redoes what is out of date).",
             highlight=False,
             soft_wrap=True,

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import (
@@ -18,6 +17,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
 )
 from mrd_cli.core.figures import FORMATS, require_matplotlib
 from mrd_cli.recipes.plot import plot as plot_recipe
@@ -74,7 +74,7 @@ def plot(
         print_json(result)
         return
     out_console().print(plots_table(result))
-    err_console.print(f"Saved to {escape(str(Path(run) / 'plots'))}")
+    err_console.print(f"Saved to {shown(str(Path(run) / 'plots'))}")
 
 
 def plots_table(result: dict[str, Any]) -> Table:
@@ -84,7 +84,7 @@ def plots_table(result: dict[str, Any]) -> Table:
     for name, files in result["figures"].items():
         table.add_row(name, ", ".join(Path(f).name for f in files))
     for name, why in result["skipped"].items():
-        table.add_row(name, f"[dim]skipped: {escape(why)}[/]")
+        table.add_row(name, f"[dim]skipped: {shown(why)}[/]")
     return table
 
 
@@ -100,6 +100,6 @@ def draw_plots(run: Path, json_out: bool) -> dict[str, Any]:
     result = plot_recipe(run).to_dict()
     if not json_out:
         err_console.print(
-            f"Figures ({len(result['figures'])}) saved to {escape(str(Path(run) / 'plots'))}"
+            f"Figures ({len(result['figures'])}) saved to {shown(str(Path(run) / 'plots'))}"
         )
     return result

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import (
@@ -16,6 +15,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
 )
 from mrd_cli.cli.plot import RunArg, Split
 from mrd_cli.recipes.report import report as report_recipe
@@ -45,7 +45,7 @@ def report(
         print_json(result)
         return
     out_console().print(tables_table(result))
-    err_console.print(f"Saved to {escape(str(Path(run) / 'report'))}")
+    err_console.print(f"Saved to {shown(str(Path(run) / 'report'))}")
 
 
 def tables_table(result: dict[str, Any]) -> Table:
@@ -55,7 +55,7 @@ def tables_table(result: dict[str, Any]) -> Table:
     for name, files in result["tables"].items():
         table.add_row(name, ", ".join(Path(f).name for f in files.values()))
     for name, why in result["skipped"].items():
-        table.add_row(name, f"[dim]skipped: {escape(why)}[/]")
+        table.add_row(name, f"[dim]skipped: {shown(why)}[/]")
     combined = ", ".join(Path(f).name for f in result["combined"].values())
     table.caption = f"All tables: {combined}"
     return table

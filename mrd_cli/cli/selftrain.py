@@ -7,7 +7,6 @@ from enum import Enum
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import (
@@ -25,6 +24,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
@@ -134,7 +134,7 @@ def selftrain(
             role.value,
             resume=resume,
             on_epoch=bars.update,
-            on_message=lambda m: err_console.print(f"[yellow]{escape(m)}[/]", soft_wrap=True),
+            on_message=lambda m: err_console.print(f"[yellow]{shown(m)}[/]", soft_wrap=True),
         )
     if json_out:
         print_json(result.to_dict())
