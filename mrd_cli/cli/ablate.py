@@ -25,6 +25,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
     training_overrides,
 )
 from mrd_cli.cli.distill import WithoutOpt
@@ -94,7 +95,7 @@ def ablate(
     variants = [(c,) for c in comps]
     a = session.cfg.ablate
     err_console.print(
-        f"Ablation on {session.corpus.name}: MRD and without {', '.join(c.upper() for c in comps)}, "
+        f"Ablation on {shown(session.corpus.name)}: MRD and without {', '.join(c.upper() for c in comps)}, "
         f"{a.seeds} seeds; "
         + (
             "each seed pretrains and partitions anew."
@@ -121,7 +122,7 @@ def ablate(
             a.seeds,
             on_cell=on_cell,
             on_epoch=bars.update,
-            on_step=lambda step: err_console.print(f"  {step}"),
+            on_step=lambda step: err_console.print(f"  {shown(step)}"),
             timer=timer,
             executor=runner,
         )
@@ -135,14 +136,14 @@ def ablate(
     console = out_console()
     console.print(ablation_table(summary))
     console.print(timings_table(summary["timings"], "mrd ablate: wall time per step"))
-    err_console.print(f"Saved to {session.run.ablation / 'results.json'} and results.csv")
+    err_console.print(f"Saved to {shown(session.run.ablation / 'results.json')} and results.csv")
 
 
 def ablation_table(summary: dict[str, Any]) -> Table:
     labels = summary["labels"]
     n = len(summary["seeds"])
     table = Table(
-        title=f"Ablation on {summary['dataset']} (test split, percent, mean ± std over {n} seeds; "
+        title=f"Ablation on {shown(summary['dataset'])} (test split, percent, mean ± std over {n} seeds; "
         f"{'re-pretrained per seed' if summary['repretrain'] else 'one pretrained pair'}; "
         + (
             "pretrained weights kept where no distillation epoch beat them on validation"
@@ -154,7 +155,7 @@ def ablation_table(summary: dict[str, Any]) -> Table:
     )
     table.add_column("model")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("W-F1", justify="right")
     table.add_column("Δ W-F1 (vs)", justify="right")
     table.add_column("p (paired t)", justify="right")
@@ -182,5 +183,5 @@ def ablation_table(summary: dict[str, Any]) -> Table:
         style = (
             "bold" if row["name"] == "MRD" else ("dim" if row["variant"] == "pretrained" else None)
         )
-        table.add_row(row["name"], *cells, style=style)
+        table.add_row(shown(row["name"]), *cells, style=style)
     return table

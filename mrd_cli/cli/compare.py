@@ -26,6 +26,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
@@ -83,7 +84,7 @@ def compare(
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     n = session.cfg.ablate.seeds
     err_console.print(
-        f"Comparing backbones {', '.join(names)} on {session.corpus.name}, {n} seeds, "
+        f"Comparing backbones {shown(', '.join(names))} on {shown(session.corpus.name)}, {n} seeds, "
         f"{session.cfg.pretrain.epochs} pretraining epochs each, device {session.device}."
     )
     total = n * len(names)
@@ -109,21 +110,21 @@ def compare(
         return
     out_console().print(comparison_table(summary))
     for name, why in summary["not_run"].items():
-        err_console.print(f"[yellow]Not run:[/] {name}: {why}")
-    err_console.print(f"Saved to {session.run.root / 'compare' / 'results.json'}")
+        err_console.print(f"[yellow]Not run:[/] {shown(name)}: {shown(why)}")
+    err_console.print(f"Saved to {shown(session.run.root / 'compare' / 'results.json')}")
 
 
 def comparison_table(summary: dict[str, Any]) -> Table:
     n = len(summary["seeds"])
     table = Table(
-        title=f"Backbones of M_multi on {summary['dataset']} (test W-F1, percent, mean ± std over "
+        title=f"Backbones of M_multi on {shown(summary['dataset'])} (test W-F1, percent, mean ± std over "
         f"{n} seeds; epochs chosen on validation; majority class "
         f"{summary['majority_weighted_f1']:.2f})",
         title_justify="left",
     )
     table.add_column("backbone")
     table.add_column("W-F1", justify="right")
-    table.add_column(f"Δ vs {summary['reference']}", justify="right")
+    table.add_column(f"Δ vs {shown(summary['reference'])}", justify="right")
     table.add_column("p (paired t)", justify="right")
     table.add_column("bootstrap 95% CI (p)", justify="right")
     table.add_column("loss terms, first -> last epoch")
@@ -146,7 +147,9 @@ def comparison_table(summary: dict[str, Any]) -> Table:
                 f"{k} {first[k]:.3g}->{last[k]:.3g}" for k in first if k not in ("total", "reg")
             )
         )
-        table.add_row(row["backbone"], *cells)
+        table.add_row(shown(row["backbone"]), *cells)
     for name in summary["not_run"]:
-        table.add_row(name, "not run", "", "", "", "needs audio and visual features", style="dim")
+        table.add_row(
+            shown(name), "not run", "", "", "", "needs audio and visual features", style="dim"
+        )
     return table

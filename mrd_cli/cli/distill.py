@@ -22,6 +22,7 @@ from mrd_cli.cli.common import (
     err_console,
     handle_errors,
     report_selected,
+    shown,
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
@@ -90,7 +91,7 @@ def distill(
     session.cfg = apply_without(session.cfg, [c.value for c in without or []])
     d = session.cfg.distill
     err_console.print(
-        f"Distilling on {session.corpus.name} ({session.device}): alpha={d.alpha} beta={d.beta} "
+        f"Distilling on {shown(session.corpus.name)} ({session.device}): alpha={d.alpha} beta={d.beta} "
         f"gamma={d.gamma} delta={d.delta} T={d.temperature} curriculum={d.curriculum}."
     )
     with epoch_bars() as bars:
@@ -99,6 +100,6 @@ def distill(
             session,
             resume=resume,
             on_epoch=lambda log: bars.update("distill", log),
-            on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
+            on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {shown(msg)}"),
         )
     report_selected(result, json_out)

@@ -21,6 +21,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
 )
 from mrd_cli.errors import MRDError
 
@@ -298,16 +299,16 @@ def _features(**kw: Any) -> None:
 
 def _summary(paths: list[Path], m: dict[str, Any]) -> None:
     console = out_console()
-    table = Table(title=f"Features of '{m['name']}' ({m['csv_layout']} CSVs -> MELD layout)")
+    table = Table(title=f"Features of '{shown(m['name'])}' ({m['csv_layout']} CSVs -> MELD layout)")
     for col in ("split", "dialogues", "utterances"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split, c in m["counts"].items():
-        table.add_row(split, str(c["dialogues"]), str(c["utterances"]))
+        table.add_row(shown(split), str(c["dialogues"]), str(c["utterances"]))
     console.print(table)
     t = m["text"]
     s = m["seconds"]
     console.print(
-        f"Text: {t['model']} ({t['dim']}-d x 4 layers); {t['unique_texts']} distinct "
+        f"Text: {shown(t['model'])} ({t['dim']}-d x 4 layers); {t['unique_texts']} distinct "
         f"utterances, {t['from_cache']} from the cache, {t['encoded']} encoded in "
         f"{s['text']:.1f} s (model load {s['text_model_load']:.1f} s).",
         highlight=False,
@@ -328,18 +329,18 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
             soft_wrap=True,
         )
     for modality, why in m["placeholders"].items():
-        console.print(f"[yellow]{modality}: placeholder[/] ({why}).", soft_wrap=True)
+        console.print(f"[yellow]{shown(modality)}: placeholder[/] ({shown(why)}).", soft_wrap=True)
     console.print(
-        f"Speakers: {m['speakers']['slots']} one-hot slots: {', '.join(m['speakers']['names'])}.",
+        f"Speakers: {m['speakers']['slots']} one-hot slots: {shown(', '.join(m['speakers']['names']))}.",
         highlight=False,
         soft_wrap=True,
     )
     for p in paths:
-        console.print(f"[green]✓[/] {p}", highlight=False, soft_wrap=True)
+        console.print(f"[green]✓[/] {shown(p)}", highlight=False, soft_wrap=True)
     yaml_path = next(p for p in paths if p.suffix == ".yaml")
     console.print(
-        f"Total {s['total']:.1f} s. Next: mrd data inspect --dataset {yaml_path}; "
-        f"mrd run --dataset {yaml_path}",
+        f"Total {s['total']:.1f} s. Next: mrd data inspect --dataset {shown(yaml_path)}; "
+        f"mrd run --dataset {shown(yaml_path)}",
         highlight=False,
         soft_wrap=True,
     )

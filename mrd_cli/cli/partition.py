@@ -26,6 +26,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
@@ -100,7 +101,7 @@ def partition(
             session,
             checkpoints=paths,
             on_epoch=bars.update,
-            on_fold=None if runner.in_process else (lambda m: err_console.print(f"  {m}")),
+            on_fold=None if runner.in_process else (lambda m: err_console.print(f"  {shown(m)}")),
             executor=runner,
         )
     doc = result.document
@@ -108,7 +109,7 @@ def partition(
         print_json(result.to_dict())
         return
     out_console().print(partition_table(doc, session.corpus.label_names))
-    err_console.print(f"Saved to {session.run.partition}")
+    err_console.print(f"Saved to {shown(session.run.partition)}")
 
 
 def partition_table(doc: dict, labels: list[str]) -> Table:
@@ -118,7 +119,7 @@ def partition_table(doc: dict, labels: list[str]) -> Table:
     table.add_column("group")
     table.add_column("text / multi")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("total", justify="right")
     table.add_column("share", justify="right")
     described = {

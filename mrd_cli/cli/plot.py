@@ -78,13 +78,13 @@ def plot(
 
 
 def plots_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Figures of {result['run_dir']}", title_justify="left")
+    table = Table(title=f"Figures of {shown(result['run_dir'])}", title_justify="left")
     table.add_column("figure")
     table.add_column("files")
     for name, files in result["figures"].items():
-        table.add_row(name, ", ".join(Path(f).name for f in files))
+        table.add_row(shown(name), shown(", ".join(Path(f).name for f in files)))
     for name, why in result["skipped"].items():
-        table.add_row(name, f"[dim]skipped: {shown(why)}[/]")
+        table.add_row(shown(name), f"[dim]skipped: {shown(why)}[/]")
     return table
 
 

@@ -49,13 +49,13 @@ def report(
 
 
 def tables_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Tables of {result['run_dir']}", title_justify="left")
+    table = Table(title=f"Tables of {shown(result['run_dir'])}", title_justify="left")
     table.add_column("table")
     table.add_column("files")
     for name, files in result["tables"].items():
-        table.add_row(name, ", ".join(Path(f).name for f in files.values()))
+        table.add_row(shown(name), shown(", ".join(Path(f).name for f in files.values())))
     for name, why in result["skipped"].items():
-        table.add_row(name, f"[dim]skipped: {shown(why)}[/]")
+        table.add_row(shown(name), f"[dim]skipped: {shown(why)}[/]")
     combined = ", ".join(Path(f).name for f in result["combined"].values())
-    table.caption = f"All tables: {combined}"
+    table.caption = f"All tables: {shown(combined)}"
     return table

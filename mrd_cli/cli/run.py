@@ -24,6 +24,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
     training_overrides,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
@@ -82,16 +83,16 @@ def run(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
         )
     err_console.print(
-        f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
+        f"[bold]mrd run[/] on {shown(session.corpus.name)}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
-        f"utterances, device {session.device}, run directory {session.run.root}"
+        f"utterances, device {session.device}, run directory {shown(session.run.root)}"
     )
     with open_executor(executor, address, session) as runner, epoch_bars() as bars:
         ensure_partitioned(
             session,
             force=force,
             on_epoch=bars.update,
-            on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+            on_step=lambda s: err_console.print(f"[bold]step:[/] {shown(s)}"),
             timer=timer,
             executor=runner,
         )
@@ -101,7 +102,7 @@ def run(
             distill(
                 session,
                 on_epoch=lambda log: bars.update("distill", log),
-                on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {msg}"),
+                on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {shown(msg)}"),
             )
     with timer.step("evaluate"):
         result = evaluate(session).to_dict()
@@ -115,4 +116,4 @@ def run(
     console = out_console()
     print_evaluation(console, result, confusion=not no_confusion)
     console.print(timings_table(result["timings"], "mrd run: wall time per step"))
-    err_console.print(f"Saved to {path}")
+    err_console.print(f"Saved to {shown(path)}")

@@ -122,7 +122,7 @@ def selftrain(
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     st = session.cfg.selftrain
     err_console.print(
-        f"Self-training {role.value} on [bold]{session.corpus.name}[/] with the labels of "
+        f"Self-training {role.value} on [bold]{shown(session.corpus.name)}[/] with the labels of "
         f"{100 * st.labeled_fraction:.0f}% of the training dialogues, {st.rounds} round(s), "
         f"on {session.device}, seed {session.cfg.seed}."
     )
@@ -142,7 +142,7 @@ def selftrain(
     out_console().print(rounds_table(result.to_dict(), session.corpus.label_names))
     err_console.print(
         f"[green]✓[/] selftrain {role.value}: round {result.selected_round} "
-        f"(selftrain.select: {st.select}) -> {result.checkpoint}"
+        f"(selftrain.select: {st.select}) -> {shown(result.checkpoint)}"
     )
 
 
@@ -158,7 +158,7 @@ def rounds_table(result: dict[str, Any], labels: list[str]) -> Table:
     for col in ("round", "supervised utt.", "epoch", "val W-F1", "accepted"):
         table.add_column(col, justify="right")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("diag. acc. %", justify="right")
     for r in result["rounds"]:
         acc = r.get("accepted") or {}

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.cli.common import command_name, err_console, get_current_context
+from mrd_cli.cli.common import command_name, err_console, get_current_context, shown
 from mrd_cli.core import lock as run_lock
 from mrd_cli.core.device import set_threads
 from mrd_cli.core.executor import Executor, make_executor
@@ -49,7 +49,7 @@ def open_session(
     )
     set_threads(session.cfg.threads)
     for message in session.corpus.warnings():
-        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]Warning:[/] {shown(message)}", highlight=False, soft_wrap=True)
     if not lock:
         return session
     writable = run_lock.acquire(session.run.root, command_name(get_current_context(silent=True)))
@@ -69,7 +69,7 @@ def open_executor(kind: Any, address: str | None, session: Session) -> Iterator[
     name = getattr(kind, "value", kind)
     if name == "ray":
         where = address or "a Ray runtime on this machine"
-        err_console.print(f"Executor: Ray ({where}).")
+        err_console.print(f"Executor: Ray ({shown(where)}).")
     executor = make_executor(name, session.cfg.executor, address)
     if name == "processes":
         err_console.print(f"Executor: up to {executor.slots()} worker processes on this machine.")

@@ -27,6 +27,7 @@ from mrd_cli.cli.common import (
     handle_errors,
     out_console,
     print_json,
+    shown,
     training_overrides,
     was_terminated,
 )
@@ -144,9 +145,9 @@ def tune(
         lock=False,
     )
     err_console.print(
-        f"[bold]mrd tune[/] on {session.corpus.name}: {trials} trials x {seeds} seed(s), "
+        f"[bold]mrd tune[/] on {shown(session.corpus.name)}: {trials} trials x {seeds} seed(s), "
         f"target {target.value} (validation W-F1), device {session.device}, "
-        f"run directory {session.run.root}"
+        f"run directory {shown(session.run.root)}"
     )
     # Ctrl-C and SIGTERM (a scheduler preempting the job; ``cli/app.py`` raises it as
     # ``Terminated``) end the running trial the same way: failed and queued again at once.
@@ -164,13 +165,15 @@ def tune(
 
             def on_trial(row: dict[str, Any], counts: dict[str, int]) -> None:
                 if row["state"] == "fail" and row["error"]:
-                    err_console.print(f"[yellow]Trial {row['number']} failed:[/] {row['error']}")
+                    err_console.print(
+                        f"[yellow]Trial {row['number']} failed:[/] {shown(row['error'])}"
+                    )
                 value = row["value"] if row["value"] is not None else row["best_intermediate"]
-                shown = "" if value is None else f" ({value:.2f})"
+                score = "" if value is None else f" ({value:.2f})"
                 bars.progress.update(
                     bars.tasks["trials"],
                     completed=counts["finished"],
-                    info=f"trial {row['number']} {row['state']}{shown}",
+                    info=f"trial {row['number']} {row['state']}{score}",
                 )
 
             def on_wait(counts: dict[str, int]) -> None:
@@ -192,7 +195,7 @@ def tune(
                 prune_startup=prune_startup,
                 prune_warmup=prune_warmup,
                 on_epoch=on_epoch,
-                on_step=lambda s: err_console.print(f"[bold]step:[/] {s}"),
+                on_step=lambda s: err_console.print(f"[bold]step:[/] {shown(s)}"),
                 on_trial=on_trial,
                 on_wait=on_wait,
                 executor=runner,
@@ -219,8 +222,8 @@ def tune(
     console.print(importance_table(summary))
     if result.best_config:
         err_console.print(
-            f"Best config (trial {summary['best']['number']}) -> {result.best_config}\n"
-            f"Score it once on test: mrd distill --config {result.best_config} ... "
+            f"Best config (trial {summary['best']['number']}) -> {shown(result.best_config)}\n"
+            f"Score it once on test: mrd distill --config {shown(result.best_config)} ... "
             "then mrd evaluate."
         )
 
@@ -238,7 +241,7 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
         keys += [k for k in row["params"] if k not in keys]
     c = summary["counts"]
     table = Table(
-        title=f"Study '{summary['study']}' on {summary['dataset']}: top {len(rows)} of "
+        title=f"Study '{shown(summary['study'])}' on {shown(summary['dataset'])}: top {len(rows)} of "
         f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed trials "
         f"(validation W-F1 of {summary['target']}, mean over seeds {summary['seeds']})",
         title_justify="left",
@@ -253,11 +256,11 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
     table.add_column("val W-F1", justify="right")
     table.add_column("epochs", justify="right")
     for key in keys:
-        table.add_column(key.removeprefix("distill."), justify="right")
+        table.add_column(shown(key.removeprefix("distill.")), justify="right")
     best = (summary["best"] or {}).get("number")
     for row in rows:
         value = row["value"]
-        shown = (
+        score = (
             f"{value:.2f}"
             if value is not None
             else (
@@ -268,9 +271,9 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
         table.add_row(
             str(row["number"]),
             row["state"],
-            shown,
+            score,
             epochs,
-            *[_fmt(row["params"].get(k, "")) for k in keys],
+            *[shown(_fmt(row["params"].get(k, ""))) for k in keys],
             style="bold" if row["number"] == best else None,
         )
     return table
@@ -281,10 +284,10 @@ def importance_table(summary: dict[str, Any]) -> Table:
     table.add_column("parameter")
     table.add_column("importance", justify="right")
     if summary["importances"] is None:
-        table.add_row(f"n/a: {summary['importance_note']}", "")
+        table.add_row(f"n/a: {shown(summary['importance_note'])}", "")
         return table
     for key, value in summary["importances"].items():
-        table.add_row(key, f"{value:.3f}")
+        table.add_row(shown(key), f"{value:.3f}")
     if summary["importance_note"]:
-        table.caption = f"Note: {summary['importance_note']}"
+        table.caption = f"Note: {shown(summary['importance_note'])}"
     return table

@@ -65,6 +65,7 @@ from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
+from mrd_cli.safetext import mask_credentials
 
 if TYPE_CHECKING:  # optuna is an optional extra, imported only when a study runs
     import optuna
@@ -331,13 +332,9 @@ def default_study_name(session: Session, target: str) -> str:
 
 
 def masked(url: str) -> str:
-    """A storage URL without its password (safe to print and to write into results)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+    """A storage URL without its password (safe to print and to write into results),
+    whether it parses or not (``safetext.mask_credentials``)."""
+    return mask_credentials(url)
 
 
 def target_value(values: dict[str, float], target: str) -> float:
@@ -398,6 +395,9 @@ def tune(
     # The run-directory lock (core/lock.py) is held only while the pair is prepared: the
     # trials write nothing but their own directories, and check the pair before each run.
     with _file_lock(session.run.root / "tune" / ".prepare.lock"):
+        # An unusable storage (a URL that does not parse, a missing driver, a server that
+        # cannot be reached) is an error now, before pretraining and the partition run.
+        _storage(optuna, url, heartbeat_interval, grace_period)
         if not own_pairs:
             if not run_lock.acquire(session.run.root, "mrd tune"):
                 raise MRDError(
@@ -723,6 +723,33 @@ def _pretrained_value(session: Session, target: str) -> float:
     return target_value(wf1, target)
 
 
+def _storage(
+    optuna: Any, url: str, heartbeat_interval: int, grace_period: int | None
+) -> optuna.storages.RDBStorage:
+    """The study storage at ``url``, or a user error whose message masks its password."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=3
+                ),
+            )
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        # The library's message may quote the URL, password included: masked too.
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise MRDError(
+            f"Cannot open the study storage {masked(url)}: {type(exc).__name__}: "
+            f"{mask_credentials(first)}. Check --storage (an SQLAlchemy URL such as "
+            "sqlite:///path/study.db or postgresql://user:password@host/db)."
+        ) from None
+
+
 def _open_study(
     optuna: Any,
     url: str,
@@ -735,24 +762,7 @@ def _open_study(
     heartbeat_interval: int,
     grace_period: int | None,
 ) -> optuna.Study:
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            store = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3
-                ),
-            )
-    except Exception as exc:  # bad URL, missing driver, unreachable server
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise MRDError(
-            f"Cannot open the study storage {masked(url)}: {type(exc).__name__}: {first}"
-        ) from None
+    store = _storage(optuna, url, heartbeat_interval, grace_period)
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=prune_startup, n_warmup_steps=prune_warmup)
         if prune
