@@ -60,6 +60,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def check_output_folder(out: Path) -> None:
+    """Refuse, before anything is read or encoded, an ``--out`` that is a file or lies
+    under one (found only when writing, it would cost the whole encoding)."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "is" if folder == out else f"lies under {folder}, which is"
+                raise MRDError(
+                    f"--out {out} {where} a file, not a folder. Pass a folder (it is "
+                    "created if missing)."
+                )
+            break
+
+
 def _noop(_n: int) -> None:
     return None
 
@@ -75,6 +89,7 @@ def build_features(
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise MRDError(f"Dataset name {name!r} cannot be used as a file name; pass --name.")
     out = Path(opts.out)
+    check_output_folder(out)
     check_outputs(out, name, opts.force)
 
     conv = read_conversations(opts.source, name)

@@ -142,10 +142,12 @@ class TextEncoder:
     def __init__(
         self, model: str = DEFAULT_MODEL, max_tokens: int = 256, batch_size: int = 64
     ) -> None:
-        if max_tokens < 2:
-            raise MRDError(f"--max-tokens must be at least 2, got {max_tokens}.")
-        if batch_size < 1:
-            raise MRDError(f"--batch-size must be at least 1, got {batch_size}.")
+        # Upper bounds: beyond them a batch only runs out of memory (or past the
+        # encoder's positions) after the slow steps started.
+        if not 2 <= max_tokens <= 4096:
+            raise MRDError(f"--max-tokens must be between 2 and 4096, got {max_tokens}.")
+        if not 1 <= batch_size <= 4096:
+            raise MRDError(f"--batch-size must be between 1 and 4096, got {batch_size}.")
         self.name = model or DEFAULT_MODEL
         self.model_dir = resolve_model(model)
         self.model_hash = model_files_hash(self.model_dir)

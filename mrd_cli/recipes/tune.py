@@ -316,6 +316,11 @@ class _Surplus(Exception):
     """A trial started after the study already had its trials (two processes raced)."""
 
 
+# Bounds of the CLI-only sizes (beyond them a study never ends or a seed list fills memory).
+MAX_TRIALS = 100_000
+MAX_SEEDS = 1_000
+
+
 def default_storage(session: Session) -> str:
     return f"sqlite:///{(session.run.root / 'tune' / 'study.db').resolve()}"
 
@@ -378,8 +383,11 @@ def tune(
     optuna = require_optuna()
     if target not in TARGETS:
         raise MRDError(f"Unknown target '{target}'; use one of {', '.join(TARGETS)}.")
-    if trials < 1 or seeds < 1:
-        raise MRDError("--trials and --seeds must be >= 1.")
+    if not (1 <= trials <= MAX_TRIALS and 1 <= seeds <= MAX_SEEDS):
+        raise MRDError(
+            f"--trials must be between 1 and {MAX_TRIALS} and --seeds between 1 and "
+            f"{MAX_SEEDS} (got {trials} and {seeds})."
+        )
     cfg = session.cfg
     if not isinstance(space, dict):
         space = load_space(space, cfg)
