@@ -2,7 +2,7 @@
 
 A shorter fold-model schedule would be the plainest way to make the partition (most of
 ``mrd run``'s time) cheaper. This trains each role's fold models (``recipes.partition``'s
-``fold_predictions``, stacked as in ``mrd partition``) with ``pretrain.epochs`` set to each
+``cross_fitted_predictions``, as in ``mrd partition``) with ``pretrain.epochs`` set to each
 of ``--epochs`` (the first is the reference, normally the dataset's default), for each seed,
 and reports per schedule: the fold models' out-of-fold accuracy, the share of training
 utterances in each group, and the share of utterances whose group equals the reference
@@ -20,18 +20,20 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mrd_cli.core.device import set_threads
 from mrd_cli.core.partition import GROUPS, partition_by_agreement
+from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session
-from mrd_cli.recipes.partition import FoldUnit, fold_predictions
+from mrd_cli.recipes.partition import cross_fitted_predictions
 
 ROLES = ("multi", "text")
 
@@ -73,12 +75,11 @@ def main(
             cfg = copy.deepcopy(session.cfg)
             cfg.pretrain.epochs = n
             start = time.perf_counter()
-            preds = {
-                r: np.asarray(
-                    fold_predictions(FoldUnit(cfg, r, cfg.partition.folds, "cpu"), session.corpus)
-                )[real]
-                for r in ROLES
-            }
+            with tempfile.TemporaryDirectory(prefix="mrd-fold-schedule-") as tmp:
+                # The fold models' resumable states go to a scratch run directory.
+                sub = session.derive(cfg, RunDir(Path(tmp)))
+                oof = cross_fitted_predictions(sub, cfg.partition.folds)
+            preds = {r: oof[r].cpu().numpy()[real] for r in ROLES}
             seconds = time.perf_counter() - start
             codes[seed, n] = partition_by_agreement(y, preds["multi"], preds["text"])
             row = {

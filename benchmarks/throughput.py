@@ -8,8 +8,9 @@ compute alone (training updates and validation forward passes on batches built b
 the floor that data handling is compared with), and evaluation on the test split. Every
 time is the median of ``--repeats`` repetitions after one warm-up. The steps are the
 recipes' own (``recipes.pretrain.ClassifierStep``, ``recipes.distill.DistillStep``: their
-batches, loss, backward and optimizer step); an epoch here is those steps over an epoch's
-batches followed by validation, as in the recipes' loops.
+batches, loss, backward and optimizer step), run by the recipes' own loop
+(``core.training.train_epoch``); an epoch here is that loop over an epoch's batches followed
+by validation, as in the recipes.
 
     python benchmarks/throughput.py                    # IEMOCAP size, default device
     python benchmarks/throughput.py --preset meld --json
@@ -45,7 +46,14 @@ from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import resolve_device, seed_everything
 from mrd_cli.core.partition import GROUP_CODE, group_counts, partition_by_agreement
 from mrd_cli.core.session import build_model
-from mrd_cli.core.training import EVAL_BATCH, batch_logits, evaluate, predict
+from mrd_cli.core.training import (
+    EVAL_BATCH,
+    TrainingStep,
+    batch_logits,
+    evaluate,
+    predict,
+    train_epoch,
+)
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.synthetic import write_synthetic
 from mrd_cli.data.tensors import SplitTensors, split_tensors
@@ -55,19 +63,16 @@ from mrd_cli.models.registry import BACKBONES
 from mrd_cli.recipes.distill import DistillStep
 from mrd_cli.recipes.pretrain import ClassifierStep
 
-Step = ClassifierStep | DistillStep
+
+def train_steps(step: TrainingStep, batches, device: torch.device) -> torch.Tensor:
+    """The recipes' own inner loop (``core.training.train_epoch``) over ``batches``; the
+    epoch's mean loss terms, stacked (on ``device``)."""
+    return torch.stack(list(train_epoch(step, batches, device).values()))
 
 
-def train_steps(step: Step, batches) -> torch.Tensor:
-    """The recipes' inner loop: one optimizer step per batch; the loss terms' sums."""
-    for model in step.models.values():
-        model.train()
-    return torch.stack([step.update(b) for b in batches]).sum(0)
-
-
-def run_epoch(step: Step, epoch: int, generator, val: SplitTensors, labels: list[str]):
-    """One epoch as the recipes run it: the steps, one read of the losses, validation."""
-    losses = train_steps(step, step.batches(epoch, generator)).cpu()
+def run_epoch(step: TrainingStep, epoch: int, generator, val: SplitTensors, labels: list[str]):
+    """One epoch as the recipes run it: the loop, one read of the losses, validation."""
+    losses = train_steps(step, step.batches(epoch, generator), val.labels.device).cpu()
     return losses, {name: evaluate(m, val, labels) for name, m in step.models.items()}
 
 
@@ -235,7 +240,7 @@ def measure(
         }
 
         def compute(train_batches=train_batches, val_batches=val_batches) -> None:
-            losses = train_steps(step, train_batches)
+            losses = train_steps(step, train_batches, device)
             for role, model in models.items():
                 batch_logits(model, val_batches[role], val.labels.shape)
             losses.cpu()

@@ -112,13 +112,37 @@ class SemiConfig:
 
 
 @dataclass
+class M3NetConfig:
+    """M3Net (``model.backbone: m3net`` or ``model.text_backbone: m3net``). Defaults: the
+    published IEMOCAP command line; the MELD one is dropout 0.4, num_K 3, hidden 1024,
+    text_linear false (configs/meld.yaml sets it). docs/backbones.md lists every departure."""
+
+    hidden: int = 512  # width of the per-modality encoders (the published D_g)
+    graph_hidden: int = 512  # width of the graph nodes (the published graph_h)
+    num_L: int = 3  # hypergraph convolutions
+    num_K: int = 4  # high/low-frequency graph convolutions
+    dropout: float = 0.5  # between the text GRU's layers and before the classifier
+    # Map the text features to ``hidden`` before the GRU (false: the published MELD run,
+    # which feeds the 1024-d RoBERTa vector straight in; needs text width == hidden).
+    text_linear: bool = True
+    # Learned hyperedge and node weights indexed by position in the batch, as published;
+    # false: all weights 1, so a dialogue's prediction does not depend on its batch.
+    position_weights: bool = True
+    # Positions are counted within groups of this many dialogues (the published batch size).
+    position_group: int = 16
+
+
+@dataclass
 class ModelConfig:
-    """The networks: M_text is always the dialogue network; M_multi's is ``backbone``."""
+    """The networks: M_multi's is ``backbone``, M_text's ``text_backbone``."""
 
     # M_multi's network: "dialogue" (mrd's speaker-aware dialogue network), "foal"
-    # (Foal-Net, audio + visual), "dual" (DUAL, audio + visual, text at its decoder) or
-    # "semi" (MER2024-SEMI's per-modality heads with soft voting; what `mrd selftrain` trains).
-    backbone: Literal["dialogue", "foal", "dual", "semi"] = "dialogue"
+    # (Foal-Net, audio + visual), "dual" (DUAL, audio + visual, text at its decoder),
+    # "semi" (MER2024-SEMI's per-modality heads with soft voting; what `mrd selftrain` trains)
+    # or "m3net" (M3Net, CVPR 2023: multimodal hypergraph + frequency graph filtering).
+    backbone: Literal["dialogue", "foal", "dual", "semi", "m3net"] = "dialogue"
+    # M_text's network (on the text modality alone): "dialogue" or "m3net".
+    text_backbone: Literal["dialogue", "m3net"] = "dialogue"
     hidden: int = 128
     encoder: Literal["gru", "transformer"] = "gru"
     layers: int = 1
@@ -127,6 +151,7 @@ class ModelConfig:
     foal: FoalConfig = field(default_factory=FoalConfig)
     dual: DualConfig = field(default_factory=DualConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+    m3net: M3NetConfig = field(default_factory=M3NetConfig)
 
 
 @dataclass
@@ -155,10 +180,6 @@ class PartitionConfig:
     # of the pretrained checkpoints on the data they were trained on.
     method: Literal["cross_fit", "in_sample"] = "cross_fit"
     folds: int = 5
-    # Train the folds' models of a role together, as one batched computation (one-layer GRU
-    # models; each equals its model trained alone up to floating-point rounding). False:
-    # one after another.
-    stacked: bool = True
 
 
 @dataclass
@@ -400,7 +421,7 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
 
 
 # The sections of ``model`` that belong to one backbone each.
-BACKBONE_SECTIONS = ("foal", "dual", "semi")
+BACKBONE_SECTIONS = ("foal", "dual", "semi", "m3net")
 
 
 def model_in_use(model: Any) -> Any:
@@ -410,8 +431,8 @@ def model_in_use(model: Any) -> Any:
     that is not such a dict is returned as it is."""
     if not isinstance(model, dict):
         return model
-    used = model.get("backbone")
-    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k == used}
+    used = (model.get("backbone"), model.get("text_backbone", "dialogue"))
+    return {k: v for k, v in model.items() if k not in BACKBONE_SECTIONS or k in used}
 
 
 def validate(cfg: Config) -> Config:
@@ -479,7 +500,8 @@ def validate(cfg: Config) -> Config:
     need(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(cfg.model.foal.layers >= 1, "model.foal.layers", "must be >= 1")
     need(
-        cfg.model.backbone in ("dialogue", "semi") or cfg.model.hidden % cfg.model.heads == 0,
+        cfg.model.backbone in ("dialogue", "semi", "m3net")
+        or cfg.model.hidden % cfg.model.heads == 0,
         "model.hidden",
         f"must be a multiple of model.heads ({cfg.model.heads}) for backbone "
         f"'{cfg.model.backbone}' (its attention splits hidden across heads)",
@@ -498,7 +520,20 @@ def validate(cfg: Config) -> Config:
     need(not unknown, "dataset.modalities", "may contain only 'text', 'audio', 'visual'")
     need("text" in cfg.dataset.modalities, "dataset.modalities", "must contain 'text'")
     _validate_semi(cfg, need)
+    _validate_m3net(cfg, need)
     return cfg
+
+
+def _validate_m3net(cfg: Config, need: Any) -> None:
+    """The ``model.m3net`` section."""
+    m3 = cfg.model.m3net
+    for key in ("hidden", "graph_hidden"):
+        need(2 <= getattr(m3, key) <= 1_000_000, f"model.m3net.{key}", "must be in [2, 1000000]")
+    need(m3.hidden % 2 == 0, "model.m3net.hidden", "must be even (a bidirectional GRU's width)")
+    for key in ("num_L", "num_K"):
+        need(0 <= getattr(m3, key) <= 1000, f"model.m3net.{key}", "must be in [0, 1000]")
+    need(0 <= m3.dropout < 1, "model.m3net.dropout", "must be in [0, 1)")
+    need(1 <= m3.position_group <= 1_000_000, "model.m3net.position_group", "must be >= 1")
 
 
 def _validate_semi(cfg: Config, need: Any) -> None:

@@ -172,3 +172,39 @@ def test_fold_schedule_benchmark_compares_partitions_on_the_synthetic_corpus(tmp
         assert (row["same_group_as_reference"] == 100.0) == (row["epochs"] == 2)
     assert set(result["seed_agreement"]) == {"2", "1"}
     assert not list(tmp_path.iterdir())  # a benchmark writes no run directory
+
+
+def test_benchmark_epoch_is_the_recipes_epoch(tmp_path):
+    # The benchmark times the recipes' own loop: its pretraining epoch gives exactly the
+    # mean loss terms that `train_role` logs for its first epoch, from the same seeds.
+    import torch
+
+    from mrd_cli import Session
+    from mrd_cli.config import Config
+    from mrd_cli.core.device import seed_everything
+    from mrd_cli.core.rundir import RunDir
+    from mrd_cli.core.session import role_seed
+    from mrd_cli.recipes.pretrain import ClassifierStep, train_role
+
+    try:
+        from conftest import make_toy_corpus
+    except ImportError:  # run as a script
+        from tests.conftest import make_toy_corpus
+
+    bench = _load_benchmark_module()
+    cfg = Config()
+    cfg.model.hidden = 16
+    cfg.pretrain.epochs = 1
+    cfg.pretrain.batch_size = 4
+    session = Session(cfg, make_toy_corpus(), RunDir(tmp_path), torch.device("cpu"))
+    train, val = session.tensors("train"), session.tensors("val")
+    logs = []
+    train_role(session, "multi", train, val, cfg.seed, on_epoch=logs.append)
+    seed = role_seed(cfg, "multi", cfg.seed)
+    seed_everything(seed)
+    model = session.build_model("multi")
+    torch.manual_seed(seed)
+    step = ClassifierStep(model, train, cfg.pretrain, session.corpus.num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    losses, _ = bench.run_epoch(step, 0, generator, val, session.corpus.label_names)
+    assert dict(zip(step.terms, losses.tolist())) == logs[0].losses

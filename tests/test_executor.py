@@ -345,7 +345,7 @@ def _worker(root: Path, number: int) -> str:
 
 
 @pytest.mark.slow
-def test_run_with_processes_says_when_each_roles_fold_models_end(tmp_path):
+def test_run_with_processes_says_when_each_fold_model_ends(tmp_path):
     # Epoch bars cannot come from other processes: the command says what runs where and
     # when each unit ends, instead of going quiet for the whole partition.
     config = tmp_path / "tiny.yaml"
@@ -361,5 +361,6 @@ def test_run_with_processes_says_when_each_roles_fold_models_end(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fold models of multi and text" in done.stderr
     for role in ("multi", "text"):
-        assert f"{role}: 2 fold models done" in done.stderr
+        for k in (1, 2):
+            assert f"fold {k}/2 {role}: done" in done.stderr
     assert (tmp_path / "run" / "partition.json").is_file()

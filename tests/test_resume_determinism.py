@@ -350,3 +350,36 @@ def test_write_replaces_the_file_whole(tmp_path: Path) -> None:
     atomic_write_json(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+def test_interrupted_cross_fitted_partition_says_how_to_continue_and_resumes(
+    reference: Path, fast_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C after the second fold model's first epoch: the message names `mrd partition`;
+    # rerun as it was, the finished fold model is not trained again, the interrupted one
+    # goes on after its last finished epoch, and the partition equals an uninterrupted one.
+    run = tmp_path / "run"
+    shutil.copytree(reference / "pretrain", run / "pretrain")
+    with monkeypatch.context() as m:
+        _Interrupt(m, "fold 2/2 multi", epoch=1)
+        res = _cli("partition", fast_config, run, "--cross-fit", "2")
+    assert res.exit_code == 130, res.output
+    assert "rerun `mrd partition` as it was" in res.stderr and "Traceback" not in res.output
+    assert sorted(p.name for p in (run / "folds").iterdir()) == [
+        ".multi.fold1.state.pt",
+        ".multi.fold2.state.pt",
+    ]
+    with monkeypatch.context() as m:
+        seen = _Interrupt(m)
+        _ok(_cli("partition", fast_config, run, "--cross-fit", "2"))
+    assert seen.seen.count("fold 1/2 multi") == 0
+    assert seen.seen.count("fold 2/2 multi") == EPOCHS - 1
+    assert seen.seen.count("fold 1/2 text") == EPOCHS
+    again = tmp_path / "again"
+    shutil.copytree(reference / "pretrain", again / "pretrain")
+    _ok(_cli("partition", fast_config, again, "--cross-fit", "2"))
+    resumed, fresh = (json.loads((r / "partition.json").read_text()) for r in (run, again))
+    for doc in (resumed, fresh):
+        doc["provenance"].pop("checkpoints")  # their paths name the run directory
+    assert resumed == fresh
+    assert not list(run.rglob("*.state.pt"))

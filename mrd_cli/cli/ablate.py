@@ -30,7 +30,7 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.distill import WithoutOpt
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.pretrain import BackboneOpt
+from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import timings_table
 from mrd_cli.cli.session import open_executor, open_session
@@ -55,6 +55,7 @@ def ablate(
         ),
     ] = None,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -81,7 +82,7 @@ def ablate(
     """
     overrides = {
         "seed": seed,
-        "model": {"backbone": backbone},
+        "model": {"backbone": backbone, "text_backbone": text_backbone},
         "ablate": {"seeds": seeds, "repretrain": repretrain},
     }
     check_plots_extra(plots)

@@ -179,15 +179,28 @@ def handle_errors(func: F) -> F:
                 raise
             terminated = was_terminated(exc)
             what = "Terminated" if terminated else "Interrupted"
+            command = command_name(get_current_context(silent=True))
             err_console.print(
-                f"[yellow]{what}.[/] Finished files were kept. To continue where it "
-                "stopped, rerun `mrd pretrain` / `mrd distill` / `mrd selftrain` with --resume; "
-                "`mrd run` and "
-                "`mrd ablate` reuse finished steps when rerun as they were."
+                f"[yellow]{what}.[/] Finished files were kept. {resume_advice(command)}",
+                soft_wrap=True,
             )
             raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def resume_advice(command: str) -> str:
+    """How to continue an interrupted ``command`` (``mrd <subcommand>``)."""
+    if command in ("mrd pretrain", "mrd distill", "mrd selftrain"):
+        return f"To continue where it stopped, rerun `{command}` with --resume."
+    folds = "the partition's fold models resume from their last finished epoch (local executor)"
+    if command == "mrd partition":
+        return f"To continue, rerun `{command}` as it was: {folds}."
+    if command in ("mrd run", "mrd ablate"):
+        return f"To continue, rerun `{command}` as it was: finished steps are reused and {folds}."
+    if command == "mrd compare":
+        return f"To continue, rerun `{command}` as it was: finished cells are reused."
+    return f"Rerun `{command}` to start it again."
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,4 +1,4 @@
-"""`mrd compare`: M_multi's backbones (dialogue, Foal-Net, DUAL) on the same data over seeds."""
+"""`mrd compare`: M_multi's (or M_text's) backbones on the same data over seeds."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from mrd_cli.cli.common import (
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_executor, open_session
+from mrd_cli.errors import MRDError
 from mrd_cli.recipes.compare import compare as compare_recipe
 
 
@@ -41,10 +42,19 @@ def compare(
         str,
         typer.Option(
             "--backbones",
-            help="Comma-separated backbones for M_multi: dialogue, foal (Foal-Net), dual (DUAL; "
-            "its losses and sizes are mrd's own choices, as no paper or code defines them).",
+            help="Comma-separated backbones: dialogue, foal (Foal-Net), dual (DUAL; its losses "
+            "and sizes are mrd's own choices, as no paper or code defines them), semi, m3net "
+            "(M3Net). With --role text: dialogue and m3net.",
         ),
     ] = "dialogue,foal,dual",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="Whose backbone varies: multi (M_multi, model.backbone) or text (M_text on the "
+            "text alone, model.text_backbone).",
+        ),
+    ] = "multi",
     seeds: Annotated[
         int | None,
         typer.Option("--seeds", help="Number of seeds (default: config ablate.seeds, 5).", min=1),
@@ -62,7 +72,7 @@ def compare(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare M_multi's backbones: test W-F1 over seeds, against the default backbone.
+    """Compare M_multi's (or, with --role text, M_text's) backbones: test W-F1 over seeds.
 
     Pretrains the multimodal model with each backbone and seed (same data, loss, schedule;
     each epoch chosen on validation W-F1), scores it on the test split, and prints W-F1 as
@@ -76,6 +86,8 @@ def compare(
     by side, in worker processes or as Ray tasks; this command alone writes the run directory.
     """
     names = [b.strip() for b in backbones.split(",") if b.strip()]
+    if role not in ("multi", "text"):
+        raise MRDError(f"--role must be multi or text, got '{role}'.")
     overrides = training_overrides(
         {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}},
         threads,
@@ -101,7 +113,7 @@ def compare(
             )
 
         result = compare_recipe(
-            session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner
+            session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner, role=role
         )
         bars.progress.update(bars.tasks["cells"], completed=total, info="done")
     summary = result.to_dict()
@@ -117,7 +129,8 @@ def compare(
 def comparison_table(summary: dict[str, Any]) -> Table:
     n = len(summary["seeds"])
     table = Table(
-        title=f"Backbones of M_multi on {shown(summary['dataset'])} (test W-F1, percent, mean ± std over "
+        title=f"Backbones of M_{shown(summary.get('role', 'multi'))} on "
+        f"{shown(summary['dataset'])} (test W-F1, percent, mean ± std over "
         f"{n} seeds; epochs chosen on validation; majority class "
         f"{summary['majority_weighted_f1']:.2f})",
         title_justify="left",

@@ -44,8 +44,19 @@ BackboneOpt = Annotated[
         "visual, text at its decoder; its differences run across a dialogue's utterances, "
         "turns rather than frames, and its losses and sizes are mrd's own choices, as no "
         "paper or code defines them) or semi (MER2024-SEMI: per-modality heads and a fused "
-        "head, soft-voted; `mrd selftrain` trains it with few labels). M_text is always the "
-        "dialogue network. Default: config model.backbone.",
+        "head, soft-voted; `mrd selftrain` trains it with few labels) or m3net (M3Net: "
+        "multimodal hypergraph and high/low-frequency graph filtering; its departures from the "
+        "published code are in docs/backbones.md and each run's JSON). M_text's network is "
+        "--text-backbone. Default: config model.backbone.",
+    ),
+]
+
+TextBackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-backbone",
+        help="M_text's network, on the text alone: dialogue (mrd's dialogue network) or m3net "
+        "(M3Net with one node per utterance). Default: config model.text_backbone.",
     ),
 ]
 
@@ -61,6 +72,7 @@ def pretrain(
         Modality, typer.Option("--modality", help="Which model to train: multi, text or both.")
     ] = Modality.both,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -78,7 +90,13 @@ def pretrain(
     Writes RUN/pretrain/multi.pt and RUN/pretrain/text.pt.
     """
     overrides = training_overrides(
-        {"seed": seed, "model": {"backbone": backbone}, "pretrain": {"epochs": epochs}}, threads, no_early_stop
+        {
+            "seed": seed,
+            "model": {"backbone": backbone, "text_backbone": text_backbone},
+            "pretrain": {"epochs": epochs},
+        },
+        threads,
+        no_early_stop,
     )
     session = open_session(dataset, config, data_dir, run_dir, device, overrides)
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
@@ -86,7 +104,8 @@ def pretrain(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "
         f"({session.corpus.num_utterances('train')} train / {session.corpus.num_utterances('val')} "
         f"val utterances; val: {session.corpus.val_source}) on {session.device}, "
-        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}."
+        f"seed {session.cfg.seed}, M_multi backbone {session.cfg.model.backbone}, M_text backbone "
+        f"{session.cfg.model.text_backbone}."
     )
     with epoch_bars() as bars:
         for role in roles:

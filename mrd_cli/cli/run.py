@@ -28,7 +28,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.pretrain import BackboneOpt
+from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.render import print_evaluation, timings_table
 from mrd_cli.cli.session import open_executor, open_session
@@ -50,6 +50,7 @@ def run(
         ),
     ] = False,
     backbone: BackboneOpt = None,
+    text_backbone: TextBackboneOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
@@ -76,7 +77,9 @@ def run(
     check_plots_extra(plots)
     timer = StepTimer()
     overrides = training_overrides(
-        {"seed": seed, "model": {"backbone": backbone}}, threads, no_early_stop
+        {"seed": seed, "model": {"backbone": backbone, "text_backbone": text_backbone}},
+        threads,
+        no_early_stop,
     )
     with timer.step("load"):
         session = open_session(

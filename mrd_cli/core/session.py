@@ -82,7 +82,7 @@ class Session:
 
     def build_model(self, role: str, backbone: str | None = None) -> Backbone:
         """A fresh model of ``role`` (multi or text) for this corpus and model config:
-        M_multi's network is ``model.backbone``, M_text's the dialogue network, unless
+        M_multi's network is ``model.backbone``, M_text's ``model.text_backbone``, unless
         ``backbone`` names another (`mrd selftrain` builds ``semi`` for either role)."""
         cfg = self.cfg
         if backbone is None:
@@ -158,9 +158,9 @@ def role_modalities(cfg: Config, role: str) -> list[str]:
 
 
 def role_backbone(cfg: Config, role: str) -> tuple[str, dict[str, Any]]:
-    """The backbone of ``role`` and its settings: ``model.backbone`` for M_multi (with its
-    section, ``model.foal`` or ``model.dual``), the dialogue network for M_text."""
-    name = cfg.model.backbone if role == "multi" else "dialogue"
+    """The backbone of ``role`` and its settings: ``model.backbone`` for M_multi,
+    ``model.text_backbone`` for M_text, each with its section (``model.foal``, ...)."""
+    name = cfg.model.backbone if role == "multi" else cfg.model.text_backbone
     section = getattr(cfg.model, name, None)
     return name, (asdict(section) if section is not None else {})
 

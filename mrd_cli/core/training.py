@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss
 from mrd_cli.core.metrics import classification_report
@@ -121,6 +121,49 @@ def make_classification_loss(
 def mean_terms(names: tuple[str, ...], sums: Tensor, count: int) -> dict[str, Tensor]:
     """An epoch's mean of each loss term from their stacked sums over ``count`` batches."""
     return dict(zip(names, sums / max(count, 1)))
+
+
+class TrainingStep:
+    """A recipe's training step (``recipes.pretrain.ClassifierStep``,
+    ``recipes.distill.DistillStep``, ``recipes.selftrain.SemiStep``): the models it trains,
+    their optimizer, the names of the logged loss terms (``terms``, ``"total"`` first), the
+    batches of an epoch and the loss terms of a batch. ``update`` is the one optimizer step
+    every loop takes."""
+
+    models: dict[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+    terms: tuple[str, ...]
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
+        """The shuffled batches of 0-based ``epoch`` (the shuffle drawn from ``generator``)."""
+        raise NotImplementedError
+
+    def loss(self, batch: Any) -> dict[str, Tensor]:
+        """Every loss term of ``batch`` by name; ``"total"`` is the one minimised."""
+        raise NotImplementedError
+
+    def update(self, batch: Any) -> Tensor:
+        """One optimizer step on ``batch``; its loss terms stacked in the order of ``terms``."""
+        terms = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        return torch.stack([terms[t] for t in self.terms]).detach()
+
+
+def train_epoch(
+    step: TrainingStep, batches: Iterable[Any], device: torch.device
+) -> dict[str, Tensor]:
+    """The recipes' inner loop: the models in training mode, ``step.update`` on each of an
+    epoch's ``batches``, and the epoch's mean of each loss term (device tensors, read by
+    ``Trainer.end_epoch``). ``benchmarks/throughput.py`` times this very loop."""
+    for model in step.models.values():
+        model.train()
+    sums, count = torch.zeros(len(step.terms), device=device), 0
+    for batch in batches:
+        sums += step.update(batch)
+        count += 1
+    return mean_terms(step.terms, sums, count)
 
 
 def patience_exhausted(
@@ -415,6 +458,18 @@ class Trainer:
                 f"{' '.join(str(exc).split())[:200]}); delete it or run without --resume to "
                 "start over."
             ) from None
+
+
+def state_matches(state_path: Path, signature: str) -> bool:
+    """Whether ``state_path`` holds a readable training state saved under ``signature``
+    (one that resuming would accept); False for a missing, unreadable or foreign file."""
+    if not state_path.is_file():
+        return False
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        return isinstance(state, dict) and state.get("signature") == signature
+    except Exception:  # any unreadable file: corrupt, truncated, foreign
+        return False
 
 
 def _cpu_rng_states(generator: torch.Generator) -> dict[str, Any]:

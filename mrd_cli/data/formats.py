@@ -9,7 +9,6 @@ back under the community file names.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,14 @@ import numpy as np
 
 from mrd_cli.config import DatasetConfig
 from mrd_cli.data.corpus import Corpus, Dialogue
+from mrd_cli.data.fields import (
+    ARRAY_BUDGET,
+    feature_matrix,
+    field_entry,
+    label_indices,
+    speaker_codes,
+    speaker_indices,
+)
 from mrd_cli.data.layouts import (
     DEFAULT_LABELS,
     FILE_NAMES,
@@ -33,7 +40,7 @@ from mrd_cli.data.layouts import (
     write_iemocap,
     write_meld,
 )
-from mrd_cli.data.safe_pickle import expansion_budget, human_size, safe_load
+from mrd_cli.data.safe_pickle import expansion_budget, safe_load
 from mrd_cli.data.synthetic import PRESETS, generate
 from mrd_cli.errors import MRDError
 
@@ -82,143 +89,6 @@ def average_roberta_layers(layers: list[np.ndarray]) -> np.ndarray:
         var = stack.var(axis=-1, keepdims=True)
         normed = (stack - mean) / np.sqrt(var + _LN_EPS)
         return normed.mean(axis=0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------
-# Checking and converting the pieces of a tuple
-
-
-def _entry(fields: dict[str, Any], name: str, did: str, split: str, layout: TupleLayout) -> Any:
-    try:
-        return fields[name][did]
-    except KeyError:
-        raise MRDError(
-            f"Dialogue '{did}' of the {split} split is missing from '{name}' in {layout.file}; "
-            "the file is incomplete or its dicts and id lists come from different versions. "
-            "Use a complete copy of the file."
-        ) from None
-
-
-# Bytes the features read from files may still take when lists become arrays: a pickle can
-# list one row a million times (its memo), which costs nothing in the file and everything in
-# memory. None: no budget (tuples built in memory).
-_ARRAY_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
-    "_ARRAY_BUDGET", default=None
-)
-
-
-def _charge_list(value: Any, did: str, modality: str, source: str) -> None:
-    """Refuse a list of rows whose array would exceed what is left of the load's budget."""
-    budget = _ARRAY_BUDGET.get()
-    if budget is None or not isinstance(value, (list, tuple)):
-        return
-    first = value[0] if len(value) else None
-    width = len(first) if hasattr(first, "__len__") else 1
-    need = len(value) * max(width, 1) * 4
-    budget[0] -= need
-    if budget[0] < 0:
-        raise MRDError(
-            f"Dialogue '{did}': the {modality} features ({source}) would expand to "
-            f"{human_size(need)}, beyond what the feature files' size allows; the file is "
-            "corrupt or crafted (rows repeated by reference). Nothing was allocated. Use the "
-            "feature files as distributed."
-        )
-
-
-def _matrix(value: Any, did: str, modality: str, source: str) -> np.ndarray:
-    """One dialogue's features as float32 ``[n, d]`` (lists of lists, of arrays, or 2-D)."""
-    _charge_list(value, did, modality, source)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            x = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise MRDError(
-            f"Dialogue '{did}': the {modality} features ({source}) cannot be read as a numeric "
-            f"[utterances, dim] array ({exc})."
-        ) from None
-    if x.ndim != 2:
-        raise MRDError(
-            f"Dialogue '{did}': the {modality} features ({source}) have shape {x.shape}, "
-            "expected [utterances, dim]."
-        )
-    return x
-
-
-def _labels(value: Any, did: str, source: str) -> np.ndarray:
-    """One dialogue's labels as int64 (integral floats are accepted; some files store them)."""
-    try:
-        x = np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise MRDError(
-            f"Dialogue '{did}': the labels ({source}) are not readable ({exc})."
-        ) from None
-    integral = x.dtype.kind in "iu" or (
-        x.dtype.kind == "f"
-        and bool(np.isfinite(x).all())
-        and bool((x == np.round(x)).all())
-        # Beyond this the cast to int64 is undefined; no class index is that large anyway.
-        and bool((np.abs(x) < 2**31).all())
-    )
-    if x.ndim != 1 or not integral:
-        raise MRDError(
-            f"Dialogue '{did}': the labels ({source}) must be one integer class index per "
-            f"utterance, got {x.dtype} values of shape {x.shape}."
-        )
-    return x.astype(np.int64)
-
-
-def _speaker_codes(value: Any, did: str, source: str) -> tuple[str, Any]:
-    """Classify one dialogue's speakers: ("symbol", [symbols]) or ("vector", (idx, width)).
-
-    IEMOCAP names speakers with symbols ('M', 'F'); MELD with one-hot vectors.
-    """
-    if isinstance(value, np.ndarray):
-        if value.ndim == 2 and value.dtype.kind in "biuf":
-            return "vector", (value.argmax(axis=1).astype(np.int64), value.shape[1])
-        if value.ndim == 1:
-            value = value.tolist()
-    if not isinstance(value, (list, tuple)):
-        raise MRDError(
-            f"Dialogue '{did}': the speakers ({source}) must be a list with one entry per "
-            f"utterance, got a {type(value).__name__}."
-        )
-    if all(_is_symbol(s) for s in value):
-        return "symbol", list(value)
-    try:
-        vec = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError):
-        vec = np.zeros(0)
-    if vec.ndim != 2 or vec.shape[1] == 0 or not np.isfinite(vec).all():
-        raise MRDError(
-            f"Dialogue '{did}': the speakers ({source}) must be one symbol (e.g. 'M') or one "
-            "one-hot vector per utterance."
-        )
-    return "vector", (vec.argmax(axis=1).astype(np.int64), vec.shape[1])
-
-
-def _is_symbol(s: Any) -> bool:
-    return isinstance(s, (str, bytes, int, np.integer))
-
-
-def _speaker_indices(raw: dict[str, tuple[str, Any]]) -> tuple[dict[str, np.ndarray], int, str]:
-    """Map every dialogue's speakers to 0..S-1: symbols by their sorted set, vectors by argmax."""
-    kinds = {kind for kind, _ in raw.values()}
-    if len(kinds) > 1:
-        raise MRDError(
-            "Some dialogues give speakers as symbols and others as one-hot vectors; the file "
-            "mixes two formats."
-        )
-    if kinds == {"vector"}:
-        width = max(w for _, (_, w) in raw.values())
-        return {did: idx for did, (_, (idx, _w)) in raw.items()}, width, f"one-hot ({width})"
-    symbols = sorted(
-        {s for _, syms in raw.values() for s in syms}, key=lambda s: (type(s).__name__, str(s))
-    )
-    index = {s: i for i, s in enumerate(symbols)}
-    out = {
-        did: np.array([index[s] for s in syms], dtype=np.int64) for did, (_, syms) in raw.items()
-    }
-    return out, max(len(symbols), 1), ", ".join(str(s) for s in symbols)
 
 
 # --------------------------------------------------------------------------------------
@@ -293,12 +163,12 @@ def _build_corpus(
     pending: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for split, ids in splits.items():
         for did in ids:
-            labels = _labels(
-                _entry(feats, "videoLabels", did, split, feat_layout), did, "videoLabels"
+            labels = label_indices(
+                field_entry(feats, "videoLabels", did, split, feat_layout), did, "videoLabels"
             )
             if rob is not None and rob_layout is not None:
-                other = _labels(
-                    _entry(rob, rob_label_field, did, split, rob_layout), did, rob_label_field
+                other = label_indices(
+                    field_entry(rob, rob_label_field, did, split, rob_layout), did, rob_label_field
                 )
                 if other.shape != labels.shape or (other != labels).any():
                     raise MRDError(
@@ -306,15 +176,15 @@ def _build_corpus(
                         f"{rob_layout.file} disagree; the two files come from different "
                         "sources or versions. Use files released together."
                     )
-            raw_speakers[did] = _speaker_codes(
-                _entry(feats, "videoSpeakers", did, split, feat_layout), did, "videoSpeakers"
+            raw_speakers[did] = speaker_codes(
+                field_entry(feats, "videoSpeakers", did, split, feat_layout), did, "videoSpeakers"
             )
             features: dict[str, np.ndarray] = {}
             for m in wanted:
                 if m == "text" and use_roberta:
                     assert rob is not None and rob_layout is not None
                     layers = [
-                        _matrix(_entry(rob, f, did, split, rob_layout), did, "text", f)
+                        feature_matrix(field_entry(rob, f, did, split, rob_layout), did, "text", f)
                         for f in ROBERTA_LAYERS
                     ]
                     if len({x.shape for x in layers}) != 1:
@@ -326,12 +196,12 @@ def _build_corpus(
                     features[m] = average_roberta_layers(layers)
                 else:
                     field = source_of[m]
-                    features[m] = _matrix(
-                        _entry(feats, field, did, split, feat_layout), did, m, field
+                    features[m] = feature_matrix(
+                        field_entry(feats, field, did, split, feat_layout), did, m, field
                     )
             pending[did] = (labels, features)
 
-    speakers, num_speakers, speaker_desc = _speaker_indices(raw_speakers)
+    speakers, num_speakers, speaker_desc = speaker_indices(raw_speakers)
     dialogues = {
         did: Dialogue(id=did, speakers=speakers[did], labels=labels, features=features)
         for did, (labels, features) in pending.items()
@@ -497,11 +367,11 @@ def load_corpus(
         roberta = safe_load(roberta_path, _ENCODING) if read_roberta else None
         read = [features_path, roberta_path] if read_roberta else [features_path]
         size = sum(p.stat().st_size for p in read)
-        token = _ARRAY_BUDGET.set([expansion_budget(size)])
+        token = ARRAY_BUDGET.set([expansion_budget(size)])
         try:
             corpus = _PARSERS[cfg.layout](features, roberta, cfg, cfg.name)
         finally:
-            _ARRAY_BUDGET.reset(token)
+            ARRAY_BUDGET.reset(token)
         corpus.extra["features_file"] = str(features_path)
         if read_roberta:
             corpus.extra["roberta_file"] = str(roberta_path)

@@ -10,7 +10,7 @@ out, and the gradient of the recurrent weights is one batched matrix product ove
 instead of one per step.
 
 Every sequence starts at step 0 and its padding, if any, comes after its last real step
-(a backward direction is fed its real steps reversed, see ``models.stacked``); outputs at
+(a backward direction is fed its real steps reversed, see ``bidirectional_gru``); outputs at
 padded steps are left as computed and must not be used, and no gradient may reach them
 (callers gather the real steps). Then no masking is needed: a padded step never feeds a
 real one.

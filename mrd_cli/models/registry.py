@@ -1,7 +1,7 @@
 """The backbone registry: which network a ``ModelSpec`` builds, and what each one needs.
 
-``model.backbone`` picks M_multi's network; M_text is always the dialogue network. A
-checkpoint stores its spec, whose ``backbone`` names the class that rebuilds it.
+``model.backbone`` picks M_multi's network, ``model.text_backbone`` M_text's (dialogue or
+m3net). A checkpoint stores its spec, whose ``backbone`` names the class that rebuilds it.
 
 | name | network | modalities it reads |
 |---|---|---|
@@ -9,6 +9,7 @@ checkpoint stores its spec, whose ``backbone`` names the class that rebuilds it.
 | ``foal`` | ``foal.FoalNet`` | audio + visual; + text with ``text`` (mrd's extension) |
 | ``dual`` | ``dual.DualModel`` (every loss and size is mrd's choice) | audio + visual + text |
 | ``semi`` | ``semi.SemiModel`` (MER2024-SEMI's heads and soft voting) | all configured |
+| ``m3net`` | ``m3net.M3Net`` (M3Net's hypergraph and frequency filtering) | all configured |
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mrd_cli.errors import MRDError
 from mrd_cli.models.dialogue import Backbone, DialogueModel, ModelSpec
 from mrd_cli.models.dual import DualModel
 from mrd_cli.models.foal import FoalNet
+from mrd_cli.models.m3net import M3Net
 from mrd_cli.models.semi import SemiModel
 
 BACKBONES: dict[str, type[Backbone]] = {
@@ -24,6 +26,7 @@ BACKBONES: dict[str, type[Backbone]] = {
     "foal": FoalNet,
     "dual": DualModel,
     "semi": SemiModel,
+    "m3net": M3Net,
 }
 DEFAULT_BACKBONE = "dialogue"
 
@@ -41,7 +44,7 @@ def backbone_modalities(name: str, options: dict, available: list[str]) -> list[
     text-only corpus such as EmoryNLP) they refuse with an MRDError instead of running.
     """
     check_backbone(name)
-    if name in ("dialogue", "semi"):
+    if name in ("dialogue", "semi", "m3net"):
         return list(available)
     needed = ["audio", "visual"]
     if name == "dual" or options.get("text", False):
@@ -55,6 +58,12 @@ def backbone_modalities(name: str, options: dict, available: list[str]) -> list[
             "Use --backbone dialogue on this corpus."
         )
     return needed
+
+
+def backbone_departures(name: str) -> list[str]:
+    """Where mrd's network ``name`` departs from its published code (empty when the class
+    lists none); evaluation writes them beside the model's metrics."""
+    return list(getattr(BACKBONES.get(name), "departures", ()))
 
 
 def build_backbone(spec: ModelSpec) -> Backbone:

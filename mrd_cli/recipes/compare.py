@@ -1,6 +1,7 @@
-"""Recipe: compare M_multi's backbones (dialogue, Foal-Net, DUAL) on the same data over seeds.
+"""Recipe: compare the backbones of M_multi (or, with ``role="text"``, of M_text) on the same
+data over seeds.
 
-Each (backbone, seed) cell pretrains the multimodal model with that backbone (the loop of
+Each (backbone, seed) cell pretrains the role's model with that backbone (the loop of
 ``recipes.pretrain``: same data, loss, schedule and validation-chosen epoch for every
 backbone), scores it on the test split and is saved on its own (``RUN/compare/cells/``), so
 an interrupted comparison continues where it stopped. The summary gives each backbone's
@@ -46,6 +47,7 @@ class ComparisonResult:
     cells this call trained (the others were reused)."""
 
     dataset: str
+    role: str
     split: str
     labels: list[str]
     seeds: list[int]
@@ -59,6 +61,7 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
+            "role": self.role,
             "split": self.split,
             "labels": self.labels,
             "seeds": self.seeds,
@@ -77,8 +80,11 @@ def compare(
     on_cell: Callable[[str, int, bool], None] | None = None,
     on_epoch: Callable[[str, EpochLog], None] | None = None,
     executor: Executor | None = None,
+    role: str = "multi",
 ) -> ComparisonResult:
-    """Pretrain M_multi with each of ``backbones`` for ``seeds`` seeds (from ``cfg.seed``),
+    """Pretrain the model of ``role`` (M_multi, or M_text on the text alone: ``model.backbone``
+    or ``model.text_backbone`` set to each name) with each of ``backbones`` for ``seeds``
+    seeds (from ``cfg.seed``),
     score each on the test split and summarise; writes ``RUN/compare/results.json``.
     ``executor`` (default: this process) runs the cells; ``on_cell(backbone, seed, reused)``
     follows each cell as it is found finished or finishes."""
@@ -87,16 +93,20 @@ def compare(
         raise MRDError("Name at least one backbone to compare.")
     for name in backbones:
         check_backbone(name)
+        if role == "text" and name not in TEXT_BACKBONES:
+            raise MRDError(
+                f"M_text's backbone must be one of {', '.join(TEXT_BACKBONES)}, got '{name}'."
+            )
     if len(set(backbones)) != len(backbones):
         raise MRDError(f"Each backbone may be named once, got {', '.join(backbones)}.")
     root = session.run.root / "compare"
     seed_list = [session.cfg.seed + i for i in range(seeds)]
-    available = role_modalities(session.cfg, "multi")
+    available = role_modalities(session.cfg, role)
     runnable, not_run = [], {}
     for name in backbones:
-        cfg = _with_backbone(session, name, session.cfg.seed)
+        cfg = _with_backbone(session, name, session.cfg.seed, role)
         try:
-            backbone_modalities(name, role_backbone(cfg, "multi")[1], available)
+            backbone_modalities(name, role_backbone(cfg, role)[1], available)
         except MRDError as exc:
             not_run[name] = str(exc)
             continue
@@ -113,18 +123,21 @@ def compare(
     signatures: dict[tuple[str, int], str] = {}
     for name in runnable:
         for seed in seed_list:
-            cfg = _with_backbone(session, name, seed)
+            cfg = _with_backbone(session, name, seed, role)
             sig = signatures[(name, seed)] = signature(
                 "compare",
+                role,
                 cfg.to_dict()["dataset"],
                 cfg.to_dict()["model"],
                 cfg.to_dict()["pretrain"],
                 seed,
                 session.corpus.fingerprint(),
             )
-            cached = _read_cell(root / "cells" / f"{name}_seed{seed}.json", sig)
+            cached = _read_cell(root / "cells" / f"{cell_name(role, name, seed)}.json", sig)
             if cached is None:
-                todo.append(CompareUnit(cfg, name, seed, executor.device(str(session.device))))
+                todo.append(
+                    CompareUnit(cfg, name, seed, executor.device(str(session.device)), role)
+                )
                 continue
             cells[(name, seed)] = cached["result"]
             if on_cell:
@@ -141,30 +154,45 @@ def compare(
     for index, out in executor.map(fn, todo, session.corpus):
         unit = todo[index]
         for rel, data in out["files"].items():
-            atomic_write_bytes(root / f"{unit.backbone}_seed{unit.seed}" / rel, data)
+            atomic_write_bytes(root / cell_name(role, unit.backbone, unit.seed) / rel, data)
         cell = {
             "signature": signatures[(unit.backbone, unit.seed)],
             "backbone": unit.backbone,
+            "role": role,
             "seed": unit.seed,
             "result": out["result"],
         }
-        atomic_write_json(root / "cells" / f"{unit.backbone}_seed{unit.seed}.json", cell)
+        atomic_write_json(
+            root / "cells" / f"{cell_name(role, unit.backbone, unit.seed)}.json", cell
+        )
         cells[(unit.backbone, unit.seed)] = out["result"]
         computed.append((unit.backbone, unit.seed))
         if on_cell:
             on_cell(unit.backbone, unit.seed, False)
     order = [(name, seed) for name in runnable for seed in seed_list]
     computed.sort(key=order.index)  # the study's order, whichever finished first
-    summary = summarise(session, runnable, seed_list, cells, reference, not_run)
+    summary = summarise(session, runnable, seed_list, cells, reference, not_run, role)
     atomic_write_json(root / "results.json", summary)
     return ComparisonResult(**summary, computed=computed)
 
 
-def _with_backbone(session: Session, name: str, seed: int):
+# The backbones M_text can use (``model.text_backbone``).
+TEXT_BACKBONES = ("dialogue", "m3net")
+
+
+def _with_backbone(session: Session, name: str, seed: int, role: str = "multi"):
     cfg = copy.deepcopy(session.cfg)
-    cfg.model.backbone = name
+    if role == "multi":
+        cfg.model.backbone = name
+    else:
+        cfg.model.text_backbone = name
     cfg.seed = seed
     return cfg
+
+
+def cell_name(role: str, backbone: str, seed: int) -> str:
+    """A cell's file and directory name (M_text's cells carry the prefix ``text_``)."""
+    return f"{'' if role == 'multi' else 'text_'}{backbone}_seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -176,10 +204,12 @@ class CompareUnit:
     backbone: str
     seed: int
     device: str
+    role: str = "multi"
 
 
-# What a cell leaves in ``RUN/compare/<backbone>_seed<seed>/``.
-CELL_FILES = ("pretrain/multi.pt", "config.yaml")
+def cell_files(role: str) -> tuple[str, ...]:
+    """What a cell leaves in ``RUN/compare/<cell_name>/``."""
+    return (f"pretrain/{role}.pt", "config.yaml")
 
 
 def train_cell(
@@ -196,17 +226,17 @@ def train_cell(
         sub = Session(unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device))
         if tensors is not None:
             sub.__dict__["_tensors"] = tensors
-        result = run_cell(sub, on_epoch)
+        result = run_cell(sub, on_epoch, unit.role)
         return {
             "result": result,
-            "files": {rel: (Path(tmp) / rel).read_bytes() for rel in CELL_FILES},
+            "files": {rel: (Path(tmp) / rel).read_bytes() for rel in cell_files(unit.role)},
         }
 
 
 def run_cell(
-    sub: Session, on_epoch: Callable[[str, EpochLog], None] | None = None
+    sub: Session, on_epoch: Callable[[str, EpochLog], None] | None = None, role: str = "multi"
 ) -> dict[str, Any]:
-    """Pretrain M_multi in ``sub`` (its config names the backbone and seed); its test
+    """Pretrain the model of ``role`` in ``sub`` (its config names the backbone and seed); its test
     metrics and predictions, the epoch chosen on validation, and the loss terms of the first
     and the last epoch."""
     logs: list[EpochLog] = []
@@ -216,8 +246,8 @@ def run_cell(
         if on_epoch:
             on_epoch(role, log)
 
-    result = pretrain(sub, roles=("multi",), on_epoch=keep)
-    model, ckpt = sub.load_model(result.checkpoints["multi"], "mrd compare")
+    result = pretrain(sub, roles=(role,), on_epoch=keep)
+    model, ckpt = sub.load_model(result.checkpoints[role], "mrd compare")
     test = sub.tensors("test")
     y_true = test.labels[test.mask].cpu().numpy()
     pred = predict(model, test)[test.mask].cpu().numpy()
@@ -261,6 +291,7 @@ def summarise(
     cells: dict[tuple[str, int], dict[str, Any]],
     reference: str,
     not_run: dict[str, str],
+    role: str = "multi",
 ) -> dict[str, Any]:
     labels = session.corpus.label_names
     test = session.tensors("test")
@@ -310,6 +341,7 @@ def summarise(
         rows.append(row)
     return {
         "dataset": session.corpus.name,
+        "role": role,
         "split": "test",
         "labels": labels,
         "seeds": seeds,

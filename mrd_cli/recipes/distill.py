@@ -30,9 +30,10 @@ from mrd_cli.core.session import Session, signature
 from mrd_cli.core.training import (
     EpochLog,
     Trainer,
+    TrainingStep,
     make_classification_loss,
-    mean_terms,
     predict_logits,
+    train_epoch,
 )
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.io import file_sha256
@@ -135,17 +136,9 @@ def distill(
         stop_floor=curriculum.last_stage_start,
     )
     for epoch in trainer.epochs():
-        for model in models.values():
-            model.train()
-        sums, count = torch.zeros(len(TERMS), device=session.device), 0
-        for batch in step.batches(epoch, trainer.generator):
-            terms = step.loss(batch)  # L_total, Eq. 15 (mrd_total_loss)
-            step.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            step.optimizer.step()
-            sums += torch.stack([terms[t] for t in TERMS]).detach()
-            count += 1
-        trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
+        # L_total (Eq. 15, mrd_total_loss), one optimizer step of both models per batch.
+        terms = train_epoch(step, step.batches(epoch, trainer.generator), session.device)
+        trainer.end_epoch(epoch, terms)
     selected = trainer.selected()
     start = trainer.start_val_wf1()
 
@@ -193,7 +186,7 @@ class DistillBatch:
     frozen_text: Tensor | None
 
 
-class DistillStep:
+class DistillStep(TrainingStep):
     """What one distillation step of the pair needs: the batches of an epoch (the dialogues
     with utterances of the curriculum's current stage) and L_total of a batch.
 
@@ -201,8 +194,9 @@ class DistillStep:
     Building the step freezes a copy of each model (the refactoring targets, Eq. 6-7) and
     makes a fresh Adam optimizer over both models. With ``refactoring_target: eval`` the
     copies' eval-mode logits are computed once; with ``matched_dropout`` each batch runs the
-    copy under the same random state as the model, so both draw the same dropout mask. ``update`` (loss, backward, step in one call) is
-    what ``benchmarks/throughput.py`` times.
+    copy under the same random state as the model, so both draw the same dropout mask.
+    ``update`` (loss, backward, step in one call) is the step the recipe's loop
+    (``core.training.train_epoch``) takes on each batch.
     """
 
     def __init__(
@@ -217,6 +211,7 @@ class DistillStep:
     ):
         self.multi, self.text = multi, text
         self.models = {"multi": multi, "text": text}
+        self.terms = TERMS
         self.train = train
         self.groups = groups
         self.cfg = cfg
@@ -280,14 +275,6 @@ class DistillStep:
             t2_scaling=cfg.t2_scaling,
             l_reg=l2_penalty(self.params, cfg.l2),
         )
-
-    def update(self, b: DistillBatch) -> Tensor:
-        """One optimizer step on ``b``; its loss terms stacked as in ``TERMS``."""
-        terms = self.loss(b)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self.optimizer.step()
-        return torch.stack([terms[t] for t in TERMS]).detach()
 
 
 def frozen_copy(model: DialogueModel) -> DialogueModel:

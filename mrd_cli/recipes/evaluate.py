@@ -17,6 +17,7 @@ from mrd_cli.core.session import Session
 from mrd_cli.core.training import predict
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json
+from mrd_cli.models.registry import backbone_departures
 
 
 @dataclass
@@ -101,6 +102,10 @@ def evaluate(
         report = classification_report(y_true, y_pred, labels)
         report["epoch"] = ckpt.get("epoch")
         report["val_weighted_f1"] = (ckpt.get("val_metrics") or {}).get("weighted_f1")
+        report["backbone"] = ckpt["model_spec"]["backbone"]
+        departures = backbone_departures(report["backbone"])
+        if departures:  # where mrd's network departs from the published one
+            report["departures"] = departures
         if isinstance(ckpt.get("selftrain"), dict):
             # `mrd selftrain`'s label budget travels with the model (a transductive one was
             # trained on the test features and says so wherever it is shown).

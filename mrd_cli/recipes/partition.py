@@ -29,15 +29,13 @@ from mrd_cli.core.partition import (
 )
 from mrd_cli.core.provenance import check_pretrained_pair, settings_differences
 from mrd_cli.core.rundir import ROLES, RunDir
-from mrd_cli.core.session import Session, role_backbone
+from mrd_cli.core.session import Session
 from mrd_cli.core.timing import StepTimer, maybe
-from mrd_cli.core.training import EpochLog, predict
+from mrd_cli.core.training import EpochLog, predict, state_matches
 from mrd_cli.data.corpus import Corpus
-from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, file_sha256
-from mrd_cli.models.stacked import supports as stacked_supports
-from mrd_cli.recipes.pretrain import pretrain, train_role, train_role_stacked
+from mrd_cli.recipes.pretrain import pretrain, role_signature, train_role
 
 
 @dataclass
@@ -76,9 +74,7 @@ def partition(
     if method == "in_sample":
         preds = {role: predict(models[role], train) for role in ROLES}
     else:
-        preds = _cross_fitted_predictions(
-            session, train, folds, on_epoch, on_fold, executor or LocalExecutor()
-        )
+        preds = cross_fitted_predictions(session, folds, on_epoch, on_fold, executor)
     y_true = train.labels[train.mask].cpu().numpy()
     codes = partition_by_agreement(
         y_true, preds["multi"][train.mask].cpu().numpy(), preds["text"][train.mask].cpu().numpy()
@@ -106,19 +102,40 @@ def partition(
     return PartitionResult(document=doc, path=session.run.partition)
 
 
-def _cross_fitted_predictions(
+def cross_fitted_predictions(
     session: Session,
-    train: SplitTensors,
     folds: int,
-    on_epoch: Callable[[str, EpochLog], None] | None,
-    on_fold: Callable[[str], None] | None,
-    executor: Executor,
+    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_fold: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Out-of-fold predictions [D, L] of fold models for every training dialogue; each
-    role's fold models are one unit of ``executor`` (the two roles may train side by side)."""
+    """Out-of-fold predictions [D, L] of fold models for every training dialogue; each fold
+    model is one unit of ``executor`` (units may train side by side).
+
+    In this process each fold model keeps a resumable training state
+    (``RUN/folds/.<role>.fold<k>.state.pt``, ``Trainer``): an interrupted partition resumes
+    every fold model from its last finished epoch, and a finished one is not trained again.
+    The states are removed once every fold model has finished."""
+    executor = executor or LocalExecutor()
+    train = session.tensors("train")
     device = executor.device(str(session.device))
-    units = [FoldUnit(session.cfg, role, folds, device) for role in ROLES]
-    if executor.in_process:
+    in_process = executor.in_process
+    units = [
+        FoldUnit(
+            session.cfg,
+            role,
+            k,
+            folds,
+            device,
+            # A worker never writes the run directory (``core.executor``): no state there.
+            str(session.run.training_state("folds", f"{role}.fold{k + 1}"))
+            if in_process
+            else None,
+        )
+        for role in ROLES
+        for k in range(folds)
+    ]
+    if in_process:
         fn = functools.partial(
             fold_predictions,
             on_epoch=on_epoch,
@@ -129,25 +146,38 @@ def _cross_fitted_predictions(
         fn = fold_predictions
         if on_fold:  # no epoch bars from other processes: say what runs, and when it ends
             on_fold(
-                f"fold models of {' and '.join(u.role for u in units)}: "
+                f"{len(units)} fold models of {' and '.join(ROLES)}: "
                 f"{min(executor.slots(), len(units))} at a time ({executor.kind} executor)"
             )
-    preds = {}
+    assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
+    preds = {role: torch.zeros_like(train.labels) for role in ROLES}
     for index, pred in executor.map(fn, units, session.corpus):
-        preds[units[index].role] = torch.tensor(pred, device=train.labels.device)
-        if on_fold and not executor.in_process:
-            on_fold(f"{units[index].role}: {folds} fold models done")
+        unit = units[index]
+        rows = torch.as_tensor(np.flatnonzero(assignment == unit.fold), device=train.mask.device)
+        preds[unit.role][rows, : pred.shape[1]] = torch.as_tensor(pred, device=rows.device)
+        if on_fold and not in_process:
+            on_fold(f"{unit.key}: done")
+    for unit in units:
+        if unit.state_path is not None:
+            Path(unit.state_path).unlink(missing_ok=True)
     return preds
 
 
 @dataclass(frozen=True)
 class FoldUnit:
-    """One role's ``folds`` fold models as a unit of work: the config, the role, the device."""
+    """One fold model as a unit of work: the config, the role, the 0-based ``fold`` of
+    ``folds``, the device, and where its resumable training state is kept (None: nowhere)."""
 
     cfg: Config
     role: str
+    fold: int
     folds: int
     device: str
+    state_path: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"fold {self.fold + 1}/{self.folds} {self.role}"
 
 
 def fold_predictions(
@@ -157,57 +187,37 @@ def fold_predictions(
     on_fold: Callable[[str], None] | None = None,
     tensors: dict | None = None,
 ) -> np.ndarray:
-    """Train the fold models of one role (the folds of a role as one stacked computation
-    where the backbone has a stacked form) and return their out-of-fold predictions
-    [D, L] (numpy) for every training dialogue. Writes nothing."""
+    """Train one fold model (``train_role`` on the training dialogues outside the fold) and
+    return its predictions [n, L] (numpy) on the fold's n dialogues, in index order. Writes
+    nothing but the unit's training state."""
     set_threads(unit.cfg.threads)
     session = Session(unit.cfg, corpus, RunDir(Path(".")), resolve_device(unit.device))
     if tensors is not None:
         session.__dict__["_tensors"] = tensors
-    role, folds = unit.role, unit.folds
+    cfg, k = session.cfg, unit.fold
     train, val = session.tensors("train"), session.tensors("val")
-    assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
-    pred_all = torch.zeros_like(train.labels)
-    held = [np.flatnonzero(assignment == k) for k in range(folds)]
-    fit_parts = [train.subset(np.flatnonzero(assignment != k)) for k in range(folds)]
-    seeds = [session.cfg.seed + 1000 * (k + 1) for k in range(folds)]
-
-    def fold_key(k: int) -> str:
-        return f"fold {k + 1}/{folds} {role}"
-
-    def callback(key: str):
-        return (lambda log: on_epoch(key, log)) if on_epoch else None
-
-    def keep(k: int, model) -> None:
-        fold_pred = predict(model, train.subset(held[k]))
-        rows = torch.as_tensor(held[k], device=train.mask.device)
-        pred_all[rows, : fold_pred.shape[1]] = fold_pred
-
-    stackable = stacked_supports(session.cfg.model)
-    if role_backbone(session.cfg, role)[0] != "dialogue":
-        stackable = False  # only the dialogue network has a stacked form
-    if session.cfg.partition.stacked and stackable:
-        # The folds of a role as one batched computation (equal to training each alone).
-        if on_fold:
-            on_fold(f"folds 1-{folds}/{folds} {role} (together)")
-        trained = train_role_stacked(
-            session,
-            role,
-            list(zip(fit_parts, seeds)),
-            val,
-            on_epoch=[callback(fold_key(k)) for k in range(folds)],
-        )
-        for k, (model, _) in enumerate(trained):
-            keep(k, model)
-    else:
-        for k in range(folds):
-            if on_fold:
-                on_fold(fold_key(k))
-            model, _ = train_role(
-                session, role, fit_parts[k], val, seeds[k], on_epoch=callback(fold_key(k))
-            )
-            keep(k, model)
-    return pred_all.cpu().numpy()
+    assignment = fold_assignment(train.num_dialogues, unit.folds, cfg.seed)
+    if on_fold:
+        on_fold(unit.key)
+    state = Path(unit.state_path) if unit.state_path is not None else None
+    seed = cfg.seed + 1000 * (k + 1)
+    # The fold is part of what a saved state must match: which dialogues it trains on.
+    fold_id = ("fold", k, unit.folds, cfg.seed)
+    sig = role_signature(session, unit.role, seed, fold_id)
+    model, _ = train_role(
+        session,
+        unit.role,
+        train.subset(np.flatnonzero(assignment != k)),
+        val,
+        seed,
+        state_path=state,
+        # A state of this fold model (interrupted, or finished before another fold was):
+        # continue from it; any other file there is overwritten.
+        resume=state is not None and state_matches(state, sig),
+        on_epoch=(lambda log: on_epoch(unit.key, log)) if on_epoch else None,
+        identity=fold_id,
+    )
+    return predict(model, train.subset(np.flatnonzero(assignment == k))).cpu().numpy()
 
 
 def partition_is_current(session: Session) -> bool:

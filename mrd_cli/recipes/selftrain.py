@@ -21,7 +21,7 @@ accepted pseudo-labels, reported as a diagnostic that no choice depends on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from mrd_cli.core.selftrain import (
     noise_schedule,
 )
 from mrd_cli.core.session import Session, role_seed, signature
-from mrd_cli.core.training import EpochLog, Trainer, mean_terms, predict_logits
+from mrd_cli.core.training import EpochLog, Trainer, TrainingStep, predict_logits, train_epoch
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
 from mrd_cli.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
@@ -362,16 +362,8 @@ def _train_round(
         stop_floor=st.epochs // 2,
     )
     for epoch in trainer.epochs():
-        model.train()
-        sums, count = torch.zeros(len(TERMS), device=session.device), 0
-        for batch in step.batches(trainer.generator):
-            terms = step.loss(batch)
-            step.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            step.optimizer.step()
-            sums += torch.stack([terms[t] for t in TERMS]).detach()
-            count += 1
-        trainer.end_epoch(epoch, mean_terms(TERMS, sums, count))
+        terms = train_epoch(step, step.batches(epoch, trainer.generator), session.device)
+        trainer.end_epoch(epoch, terms)
     selected = trainer.selected()["model"]
     model.load_state_dict(selected.state_dict)
     labelled = int(active.sum())
@@ -401,9 +393,11 @@ def _train_round(
     }
 
 
-class SemiStep:
+class SemiStep(TrainingStep):
     """One supervised step of a round: L_cls on the soft vote + the heads' cross-entropy
     (``heads``) + L_reg, on the active (labelled or accepted) utterances only."""
+
+    terms = TERMS
 
     def __init__(
         self,
@@ -414,6 +408,7 @@ class SemiStep:
         num_classes: int,
     ):
         self.model = model
+        self.models = {"model": model}
         self.data = data.select(model.modalities)
         self.active = active
         self.cfg = cfg
@@ -424,7 +419,7 @@ class SemiStep:
         )
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
-    def batches(self, generator: torch.Generator):
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[Batch]:
         return self.data.batches(self.cfg.batch_size, generator)
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
