@@ -15,12 +15,12 @@ Writes ``RUN/report/<table>.md`` and ``.tex`` for each table found, ``tables.md`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mrd_cli.core.partition import GROUPS
+from mrd_cli.core.results_files import read_results
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.core.tables import PaperTable, latex_document, to_latex, to_markdown
@@ -105,9 +105,9 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
     """The tables the run directory's results give, and why each other one is missing."""
     tables: list[PaperTable] = []
     skipped: dict[str, str] = {}
-    metrics = read_json(run.metrics / f"{split}.json")
-    partition = read_json(run.partition)
-    ablation = read_json(run.ablation / "results.json")
+    metrics = read_results(run.metrics / f"{split}.json", "metrics")
+    partition = read_results(run.partition, "partition")
+    ablation = read_results(run.ablation / "results.json", "ablation")
     evaluate_hint = f"no {run.metrics / f'{split}.json'}; run `mrd evaluate --split {split}`"
     candidates = [
         ("ambiguity", metrics, ambiguity_table, evaluate_hint),
@@ -131,19 +131,6 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
     if "ambiguity" in skipped and metrics is not None and not metrics.get("ambiguity"):
         skipped["ambiguity"] = "the metrics have no multimodal/text pair to compare"
     return tables, skipped
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A results file's content; None when absent. A damaged file is a user error."""
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MRDError(f"{path} is not valid JSON; rerun the command that writes it.") from None
-    if not isinstance(doc, dict):
-        raise MRDError(f"{path} is not an mrd results file; rerun the command that writes it.")
-    return doc
 
 
 def _pct(x: float) -> str:
