@@ -65,6 +65,24 @@ def started(folder: Path, count: int) -> list[int] | None:
     return pids if len(pids) >= count else None
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = set(), [pid]
+    while todo:
+        here = todo.pop()
+        for child, parent in parents.items():
+            if parent == here and child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
 def worker_children(pid: int) -> set[int]:
     """The spawned worker processes whose parent is ``pid``."""
     out = set()
@@ -180,3 +198,66 @@ def test_cli_killed_with_sigkill_leaves_no_worker_behind(tmp_path):
         driver.kill()
     for pid in workers:
         wait_for(lambda pid=pid: not alive(pid), f"worker {pid} ending with its parent", 60)
+
+
+RAY_PARENT = """
+import os, sys, time
+from pathlib import Path
+from mrd_cli.config import ExecutorConfig
+from mrd_cli.core.executor import make_executor
+from mrd_cli.errors import MRDRunError
+
+def hold(unit, folder):  # defined here: Ray ships a function of __main__ by value
+    here = Path(folder)
+    (here / f"started.{{unit}}.{{os.getpid()}}").write_text("")
+    deadline = time.monotonic() + {bound}
+    while not (here / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return unit
+
+executor = make_executor("ray", ExecutorConfig(), num_cpus=2)
+try:
+    list(executor.map(hold, [0, 1], {folder!r}))
+except MRDRunError as exc:
+    print("LOST:", exc, flush=True)
+    sys.exit(3)
+finally:
+    executor.close()
+"""
+
+
+def _ray_parent(tmp_path: Path) -> subprocess.Popen:
+    pytest.importorskip("ray")
+    script = RAY_PARENT.format(bound=BOUND_S, folder=str(tmp_path))
+    return subprocess.Popen(
+        [sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_ray_a_task_killed_mid_unit_is_a_run_error(tmp_path):
+    parent = _ray_parent(tmp_path)
+    try:
+        victim = wait_for(lambda: started(tmp_path, 1), "a Ray task holding a unit")[0]
+        os.kill(victim, signal.SIGKILL)
+        out, _ = parent.communicate(timeout=BOUND_S)
+    finally:
+        parent.kill()
+        (tmp_path / "release").write_text("")
+    assert parent.returncode == 3 and "A Ray task was lost" in out, out
+
+
+@pytest.mark.slow
+def test_ray_workers_end_when_their_driver_is_killed(tmp_path):
+    parent = _ray_parent(tmp_path)
+    try:
+        workers = wait_for(lambda: started(tmp_path, 2), "both Ray tasks holding a unit")
+        # Every process of the driver's Ray runtime (raylet, GCS, agents, workers).
+        runtime = descendants(parent.pid)
+        parent.kill()
+        parent.wait(60)
+        for pid in {*workers, *runtime}:
+            wait_for(lambda pid=pid: not alive(pid), f"Ray process {pid} ending", BOUND_S)
+    finally:
+        parent.kill()
+        (tmp_path / "release").write_text("")
