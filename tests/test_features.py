@@ -400,6 +400,35 @@ def _conv(speaker_lists: list[tuple[str, ...]]) -> Conversations:
     )
 
 
+def test_speaker_slots_outside_their_bounds_are_refused_before_anything_is_allocated():
+    from mrd_cli.errors import MRDError
+    from mrd_cli.features.speakers import MAX_SLOTS
+
+    conv = _conv([("A",), ("B",)])
+    assert len(speaker_slots(conv, MAX_SLOTS)) == MAX_SLOTS
+    for slots in (1, MAX_SLOTS + 1, 10**9):
+        with pytest.raises(MRDError, match=rf"--speaker-slots must be in \[2, {MAX_SLOTS}\]"):
+            speaker_slots(conv, slots)
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"max_tokens": 1}, "--max-tokens must be in [2, 100000], got 1"),
+        ({"max_tokens": 10**9}, "--max-tokens must be in [2, 100000]"),
+        ({"batch_size": 0}, "--batch-size must be in [1, 65536], got 0"),
+        ({"batch_size": 10**9}, "--batch-size must be in [1, 65536]"),
+    ],
+)
+def test_the_text_encoders_sizes_are_bounded_before_any_model_is_looked_for(kw, needle):
+    from mrd_cli.errors import MRDError
+    from mrd_cli.features.text import TextEncoder
+
+    with pytest.raises(MRDError) as exc:
+        TextEncoder("/nonexistent/model", **kw)
+    assert needle in str(exc.value)
+
+
 def test_most_frequent_training_speakers_get_slots_and_the_rest_share_the_last():
     conv = _conv([("A",), ("A",), ("A",), ("B",), ("B",), ("C",), ("D",)])
     names = speaker_slots(conv, 3)

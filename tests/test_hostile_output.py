@@ -169,9 +169,9 @@ def _features(tmp_path, *extra: str, damage=None):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--speaker-slots", "1000000000"], "--speaker-slots must be between 2 and 512"),
-        (["--max-tokens", "100000000"], "--max-tokens must be between 2 and 4096"),
-        (["--batch-size", "100000000"], "--batch-size must be between 1 and 4096"),
+        (["--speaker-slots", "1000000000"], "--speaker-slots must be in [2, 1024]"),
+        (["--max-tokens", "100000000"], "--max-tokens must be in [2, 100000]"),
+        (["--batch-size", "100000000"], "--batch-size must be in [1, 65536]"),
     ],
 )
 def test_size_options_out_of_bounds_are_one_error_before_encoding(tmp_path, extra, message):

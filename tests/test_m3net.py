@@ -159,7 +159,8 @@ def test_config_refuses_bad_m3net_settings():
     for key, value, msg in [
         ("hidden", 15, "must be even"),
         ("dropout", 1.0, r"in \[0, 1\)"),
-        ("num_K", -1, r"in \[0, 1000\]"),
+        ("num_K", -1, "must be >= 0"),
+        ("num_K", 65, "must be <= 64"),
     ]:
         with pytest.raises(MRDError, match=f"model.m3net.{key}.*{msg}"):
             load_config("synthetic", overrides={"model": {"m3net": {key: value}}})

@@ -447,7 +447,7 @@ def test_overflowing_numbers_on_the_command_line(
     "body, needle",
     [
         ("pretrain:\n  lr: 1.0e+400\n", "pretrain.lr"),
-        ("model:\n  encoder: transformer\n  hidden: 10\n  heads: 4\n", "must divide"),
+        ("model:\n  encoder: transformer\n  hidden: 10\n  heads: 4\n", "multiple of model.heads"),
         ("seed: 123456789012345678901234567890\n", "seed"),
         ("dataset:\n  data_seed: -5\n", "data_seed"),
     ],

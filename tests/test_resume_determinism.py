@@ -68,11 +68,22 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file; the per-epoch records (``*.metrics.jsonl``) without their wall
+    times, which differ from run to run by design."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): hashlib.sha256(
+            _untimed(p) if p.name.endswith(".metrics.jsonl") else p.read_bytes()
+        ).hexdigest()
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def _untimed(path: Path) -> bytes:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        assert row.pop("seconds") >= 0 and row.pop("time_utc")
+    return json.dumps(rows).encode()
 
 
 def _temp_files(root: Path) -> list[Path]:

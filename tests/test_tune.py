@@ -284,7 +284,7 @@ def _fake_distill(session, on_epoch=None, out_dir=None, **_):
 def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs(
     tmp_path, toy_corpus, monkeypatch, prune
 ):
-    import mrd_cli.recipes.tune as tune_module
+    import mrd_cli.recipes.tune.trial as tune_module  # where a trial calls distill
 
     monkeypatch.setattr(tune_module, "distill", _fake_distill)
     session = _session(tmp_path, toy_corpus)
@@ -311,7 +311,7 @@ def test_the_median_pruner_stops_trials_below_the_median_and_counts_their_epochs
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, toy_corpus, monkeypatch):
-    import mrd_cli.recipes.tune as tune_module
+    import mrd_cli.recipes.tune.trial as tune_module  # where a trial calls distill
     from mrd_cli.errors import MRDRunError
 
     def fragile(session, on_epoch=None, **kw):
@@ -526,3 +526,13 @@ def test_the_benchmark_reports_both_studies_and_the_epochs_saved(tmp_path):
     assert report["studies"][1]["epochs_run"] == report["studies"][1]["epochs_planned"] == 6
     assert 0 <= report["epochs_saved_vs_unpruned"] < 1
     assert len(report["load_average_before"]) == 3
+
+
+@pytest.mark.parametrize("kw", [{"trials": 0}, {"trials": 100_001}, {"seeds": 0}, {"seeds": 1001}])
+def test_trials_and_seeds_outside_their_bounds_are_refused_before_any_work(
+    tmp_path, toy_corpus, kw
+):
+    session = _session(tmp_path, toy_corpus)
+    with pytest.raises(MRDError, match=r"--trials must be in \[1, 100000\] and --seeds in"):
+        _tune(session, **kw)
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "pretrain").exists()

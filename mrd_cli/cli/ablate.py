@@ -32,6 +32,7 @@ from mrd_cli.cli.distill import WithoutOpt
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt, print_gap
 from mrd_cli.cli.render import timings_table
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
@@ -67,6 +68,7 @@ def ablate(
     address: AddressOpt = None,
     plots: PlotsOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Ablation table: MRD vs MRD without MIC / ILC / RCL over several seeds.
@@ -92,6 +94,7 @@ def ablate(
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
         )
+        session.protocol_gap = protocol_gap
     comps = [c.value for c in without] if without else list(COMPONENTS)
     variants = [(c,) for c in comps]
     a = session.cfg.ablate
@@ -136,6 +139,7 @@ def ablate(
         return
     console = out_console()
     console.print(ablation_table(summary))
+    print_gap(console, None, summary)
     console.print(timings_table(summary["timings"], "mrd ablate: wall time per step"))
     err_console.print(f"Saved to {shown(session.run.ablation / 'results.json')} and results.csv")
 

@@ -23,6 +23,7 @@ from mrd_cli.cli.evaluate import evaluate
 from mrd_cli.cli.features import features
 from mrd_cli.cli.partition import partition
 from mrd_cli.cli.plot import plot
+from mrd_cli.cli.predict import predict
 from mrd_cli.cli.pretrain import pretrain
 from mrd_cli.cli.report import report
 from mrd_cli.cli.run import run
@@ -72,6 +73,7 @@ app.command("pretrain")(pretrain)
 app.command("partition")(partition)
 app.command("distill")(distill)
 app.command("evaluate")(evaluate)
+app.command("predict")(predict)
 app.command("ablate")(ablate)
 app.command("compare")(compare)
 app.command("tune")(tune)

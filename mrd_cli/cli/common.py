@@ -117,6 +117,30 @@ AddressOpt = Annotated[
         "`ray start` made here. Default: start a Ray runtime on this machine for this command.",
     ),
 ]
+class LoggerKind(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+LogOpt = Annotated[
+    list[LoggerKind] | None,
+    typer.Option(
+        "--log",
+        help="Also log every epoch to TensorBoard (RUN/tensorboard/) or MLflow (a SQLite store "
+        "RUN/mlflow.db, or config tracking.mlflow_uri); repeatable; sets tracking.loggers. "
+        "Per-epoch metrics go to RUN/<step>/<role>.metrics.jsonl in any case. Needs the "
+        "tensorboard / mlflow extra.",
+    ),
+]
+
+
+def with_loggers(overrides: dict[str, Any], log: list[LoggerKind] | None) -> dict[str, Any]:
+    """``overrides`` with the loggers of ``--log`` (none given: the config's)."""
+    if log:
+        overrides = {**overrides, "tracking": {"loggers": sorted({x.value for x in log})}}
+    return overrides
+
+
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout only.")
 ]
@@ -271,7 +295,12 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
     """Say which epoch was chosen for each trained model, for people or as JSON."""
     stage = result.stage
     if json_out:
-        print_json(result.to_dict())
+        from mrd_cli.core.card import card_path, read_card_fields
+
+        doc = result.to_dict()
+        for entry in doc[stage].values():  # each model's card (``core/card.py``)
+            entry["card"] = read_card_fields(card_path(Path(entry["checkpoint"])))
+        print_json(doc)
         return
     summary = result.to_dict()[stage]
     for role, s in summary.items():

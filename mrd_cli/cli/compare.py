@@ -30,6 +30,7 @@ from mrd_cli.cli.common import (
     training_overrides,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt, print_gap
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.compare import compare as compare_recipe
@@ -70,6 +71,7 @@ def compare(
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Compare M_multi's (or, with --role text, M_text's) backbones: test W-F1 over seeds.
@@ -94,6 +96,7 @@ def compare(
         no_early_stop,
     )
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    session.protocol_gap = protocol_gap
     n = session.cfg.ablate.seeds
     err_console.print(
         f"Comparing backbones {shown(', '.join(names))} on {shown(session.corpus.name)}, {n} seeds, "
@@ -121,6 +124,7 @@ def compare(
         print_json(summary)
         return
     out_console().print(comparison_table(summary))
+    print_gap(out_console(), None, summary)
     for name, why in summary["not_run"].items():
         err_console.print(f"[yellow]Not run:[/] {shown(name)}: {shown(why)}")
     err_console.print(f"Saved to {shown(session.run.root / 'compare' / 'results.json')}")

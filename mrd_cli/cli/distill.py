@@ -15,6 +15,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -24,8 +25,10 @@ from mrd_cli.cli.common import (
     report_selected,
     shown,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.session import open_session
 from mrd_cli.recipes.ablate import apply_without
 from mrd_cli.recipes.distill import distill as distill_recipe
@@ -72,7 +75,9 @@ def distill(
     ] = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Distil the pretrained models into each other (MRD: MIC + ILC + RCL).
@@ -87,7 +92,9 @@ def distill(
         },
     }
     overrides = training_overrides(overrides, threads, no_early_stop)
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    session.protocol_gap = protocol_gap
     session.cfg = apply_without(session.cfg, [c.value for c in without or []])
     d = session.cfg.distill
     err_console.print(

@@ -15,6 +15,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -23,8 +24,10 @@ from mrd_cli.cli.common import (
     handle_errors,
     report_selected,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.session import open_session
 from mrd_cli.recipes.pretrain import pretrain as pretrain_recipe
 
@@ -82,7 +85,9 @@ def pretrain(
     resume: ResumeOpt = False,
     threads: ThreadsOpt = None,
     no_early_stop: NoEarlyStopOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Pretrain M_multi and M_text; the epoch is chosen by validation W-F1.
@@ -98,7 +103,9 @@ def pretrain(
         threads,
         no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides)
+    session.protocol_gap = protocol_gap
     roles = ("multi", "text") if modality == Modality.both else (modality.value,)
     err_console.print(
         f"Pretraining {', '.join(roles)} on [bold]{session.corpus.name}[/] "

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mrd_cli.cli.common import shown
+from mrd_cli.cli.protocol_gap import print_gap
 from mrd_cli.core.metrics import row_normalised
 
 
@@ -143,6 +144,7 @@ def print_evaluation(console: Console, result: dict[str, Any], confusion: bool =
     amb = ambiguity_rich(result)
     if amb is not None:
         console.print(amb)
+    print_gap(console, result)  # the protocol-gap diagnostic, when the models carry it
 
 
 def _epoch_cell(name: str, epoch: int | None) -> str:

@@ -18,6 +18,7 @@ from mrd_cli.cli.common import (
     shown,
 )
 from mrd_cli.cli.plot import RunArg, Split
+from mrd_cli.errors import MRDError
 from mrd_cli.recipes.report import report as report_recipe
 
 
@@ -28,6 +29,15 @@ def report(
         Split,
         typer.Option("--split", help="Split whose metrics give the ambiguity and F1 tables."),
     ] = Split.test,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Also write RUN/report/report.html: one self-contained page (tables, the "
+            "figures inlined, needing the plots extra; the model cards) that opens without a "
+            "server.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -40,12 +50,30 @@ def report(
     Reads the run directory only; writes RUN/report/<table>.md and .tex (booktabs), all
     tables in tables.md and tables.tex, and tables_standalone.tex, a document that compiles.
     """
-    result = report_recipe(run, split.value).to_dict()
+    if html:
+        from mrd_cli.recipes.html_report import html_report
+
+        page = html_report(run, split.value)
+        try:
+            result = report_recipe(run, split.value).to_dict()
+        except MRDError:  # no paper table yet: the page (cards, figures) is still written
+            result = {
+                "run_dir": str(run),
+                "split": split.value,
+                "tables": {},
+                "skipped": {},
+                "combined": {},
+            }
+        result["html"] = str(page)
+    else:
+        result = report_recipe(run, split.value).to_dict()
     if json_out:
         print_json(result)
         return
     out_console().print(tables_table(result))
     err_console.print(f"Saved to {shown(str(Path(run) / 'report'))}")
+    if result.get("html"):
+        err_console.print(f"HTML report: {shown(result['html'])}")
 
 
 def tables_table(result: dict[str, Any]) -> Table:

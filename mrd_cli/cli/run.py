@@ -16,6 +16,7 @@ from mrd_cli.cli.common import (
     ExecutorKind,
     ExecutorOpt,
     JsonOpt,
+    LogOpt,
     NoEarlyStopOpt,
     RunDirOpt,
     SeedOpt,
@@ -26,10 +27,12 @@ from mrd_cli.cli.common import (
     print_json,
     shown,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt
 from mrd_cli.cli.render import print_evaluation, timings_table
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
@@ -64,7 +67,9 @@ def run(
     executor: ExecutorOpt = ExecutorKind.local,
     address: AddressOpt = None,
     plots: PlotsOpt = False,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
+    protocol_gap: ProtocolGapOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """The whole pipeline: pretrain, partition, distill, evaluate on the test split.
@@ -81,10 +86,12 @@ def run(
         threads,
         no_early_stop,
     )
+    overrides = with_loggers(overrides, log)
     with timer.step("load"):
         session = open_session(
             dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
         )
+        session.protocol_gap = protocol_gap
     err_console.print(
         f"[bold]mrd run[/] on {shown(session.corpus.name)}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "

@@ -17,6 +17,7 @@ from mrd_cli.cli.common import (
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
+    LogOpt,
     RunDirOpt,
     SeedOpt,
     ThreadsOpt,
@@ -26,6 +27,7 @@ from mrd_cli.cli.common import (
     print_json,
     shown,
     training_overrides,
+    with_loggers,
 )
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_session
@@ -92,6 +94,7 @@ def selftrain(
         ),
     ] = False,
     threads: ThreadsOpt = None,
+    log: LogOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -119,6 +122,7 @@ def selftrain(
         threads,
         False,
     )
+    overrides = with_loggers(overrides, log)
     session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
     st = session.cfg.selftrain
     err_console.print(

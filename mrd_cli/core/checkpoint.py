@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from mrd_cli.core.card import parent, write_card
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_torch_save
+from mrd_cli.io import atomic_torch_save, atomic_write_bytes
 from mrd_cli.models.dialogue import Backbone, ModelSpec
 from mrd_cli.models.registry import BACKBONES, build_backbone
 
@@ -33,7 +34,8 @@ REQUIRED = (
 
 
 def save_checkpoint(path: Path, model: Backbone, state_dict: dict, **meta: Any) -> None:
-    """Write a checkpoint atomically. ``state_dict`` is the selected epoch's weights."""
+    """Write a checkpoint atomically, then its model card beside it (``core/card.py``).
+    ``state_dict`` is the selected epoch's weights."""
     payload = {
         "format": FORMAT,
         "model_spec": model.spec.to_dict(),
@@ -41,6 +43,16 @@ def save_checkpoint(path: Path, model: Backbone, state_dict: dict, **meta: Any) 
         **meta,
     }
     atomic_torch_save(payload, path)
+    write_card(path, payload)
+
+
+def copy_checkpoint(original: Path, copy: Path, what: str) -> dict[str, Any]:
+    """Copy the checkpoint ``original`` to ``copy`` byte for byte (atomically) and give the
+    copy its card: the original's fields, with the original as its parent (``what``)."""
+    atomic_write_bytes(copy, Path(original).read_bytes())
+    ckpt = load_checkpoint(copy)
+    root = Path(copy).parent.parent  # RUN of RUN/<step>/<role>.pt
+    return write_card(copy, {**ckpt, "parents": [parent(what, original, root)]})
 
 
 def load_checkpoint(path: Path, made_by: str = "mrd pretrain") -> dict[str, Any]:

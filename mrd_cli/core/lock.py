@@ -10,15 +10,19 @@ removed and taken over, so a crash or SIGKILL never blocks the run directory for
 
 Locks taken within one process are counted, so nested sessions of one command share it;
 ``release_all`` (called by the CLI when a command ends) drops every lock this process holds.
+``held`` takes and gives back a lock around a block, optionally waiting for its holder: the
+one lock of the project, for run directories and for any directory processes take in turn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ LOCK_NAME = ".mrd.lock"
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 # A lock file without a readable holder younger than this may still be being written.
 _DAMAGED_GRACE_S = 2.0
+# How often ``held(..., wait=True)`` looks again at a lock another process holds.
+_WAIT_POLL_S = 0.2
 
 # Lock path -> number of times this process took it.
 _held: dict[Path, int] = {}
@@ -202,3 +208,26 @@ def _unlink_if_mine(path: Path) -> None:
             path.parent.rmdir()  # only if the command left nothing in it
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def held(root: Path, command: str, *, wait: bool = False) -> Iterator[bool]:
+    """``acquire`` and ``release`` around a block; yields what ``acquire`` returned.
+
+    With ``wait``, a lock held by another live process is waited for (polling, so a holder
+    that dies is found stale and taken over) instead of refused: for a short step that
+    processes take in turn, such as `mrd tune` preparing the run directory and opening its
+    study (the lock of ``RUN/tune/.prepare``)."""
+    while True:
+        try:
+            taken = acquire(root, command)
+            break
+        except RunDirLocked:
+            if not wait:
+                raise
+            time.sleep(_WAIT_POLL_S)
+    try:
+        yield taken
+    finally:
+        if taken:
+            release(root)

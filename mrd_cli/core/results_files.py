@@ -262,10 +262,19 @@ def check_study(doc: dict[str, Any], path: Path) -> None:
         c.num(trial.get("best_intermediate"), f"{where}.best_intermediate", optional=True)
 
 
+def check_comparison(doc: dict[str, Any], path: Path) -> None:
+    """``RUN/compare/results.json`` (``mrd compare``): the rows the report reads."""
+    c = _Checker(path, "mrd compare")
+    for i, row in enumerate(c.seq(doc, "rows")):
+        if not isinstance(row, dict):
+            c.fail(f"rows[{i}]", "is not an object")
+
+
 # kind -> (its check, the command that writes it)
 KINDS = {
     "metrics": (check_metrics, "mrd evaluate"),
     "partition": (check_partition, "mrd partition"),
     "ablation": (check_ablation, "mrd ablate"),
     "study": (check_study, "mrd tune"),
+    "comparison": (check_comparison, "mrd compare"),
 }

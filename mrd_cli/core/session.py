@@ -18,6 +18,7 @@ from mrd_cli.core.device import resolve_device
 from mrd_cli.core.provenance import settings_differences
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.training import Selected
+from mrd_cli.core.version import git_commit, mrd_version
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.data.formats import load_corpus
 from mrd_cli.data.tensors import SplitTensors, split_tensors
@@ -34,6 +35,9 @@ class Session:
     corpus: Corpus
     run: RunDir
     device: torch.device
+    # Score every model on the test split after each training epoch, as a diagnostic kept
+    # apart from everything that selects (``core/protocol_gap.py``); not part of the config.
+    protocol_gap: bool = False
 
     @classmethod
     def open(
@@ -76,7 +80,9 @@ class Session:
     def derive(self, cfg: Config, run: RunDir) -> Session:
         """The same data and device with another config or run directory, sharing the
         device tensors already built (same corpus, so the same tensors)."""
-        other = Session(cfg=cfg, corpus=self.corpus, run=run, device=self.device)
+        other = Session(
+            cfg=cfg, corpus=self.corpus, run=run, device=self.device, protocol_gap=self.protocol_gap
+        )
         other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
         return other
 
@@ -129,6 +135,17 @@ class Session:
             "stopping": selected.stopping,
             "history": selected.history,
             "config": self.cfg.to_dict(),
+            # For the model card (``core/card.py``): what the data was and who made the file.
+            "val_source": self.corpus.val_source,
+            "split_sizes": {
+                s: {
+                    "dialogues": len(self.corpus.splits[s]),
+                    "utterances": self.corpus.num_utterances(s),
+                }
+                for s in ("train", "val", "test")
+            },
+            "mrd_version": mrd_version(),
+            "git_commit": git_commit(),
             **extra,
         }
 

@@ -209,8 +209,12 @@ class Trainer:
         start_confidence: float = 0.0,
         patience: int = 0,
         stop_floor: int = 0,
+        after_epoch: Callable[[int, dict[str, DialogueModel]], None] | None = None,
     ):
         self.models = models
+        # Called with (epoch, models) once the epoch is closed: a diagnostic's hook
+        # (``core.protocol_gap.TestWatch``); nothing the trainer keeps or selects reads it.
+        self.after_epoch = after_epoch
         self.seed = seed
         self.start_confidence = start_confidence
         # Per model: the outcome of the start guard (see ``selected``).
@@ -292,6 +296,8 @@ class Trainer:
             self.stopped_at = epoch + 1
         if self.state_path is not None:
             self._save(epoch)
+        if self.after_epoch is not None:
+            self.after_epoch(epoch, self.models)
         log = EpochLog(
             epoch=epoch + 1,
             epochs=self.num_epochs,

@@ -17,17 +17,14 @@ from mrd_cli.errors import MRDError
 from mrd_cli.features.layouts import Conversations
 
 OTHERS = "<others>"
-# More slots than any corpus has speakers worth one: each utterance stores the vector.
-MAX_SLOTS = 512
+# A sane bound on the vectors' width (MELD's is 9; every utterance stores one such vector).
+MAX_SLOTS = 1024
 
 
 def speaker_slots(conv: Conversations, slots: int) -> list[str]:
     """Names of the slots in order; the last one is ``OTHERS``."""
     if not 2 <= slots <= MAX_SLOTS:
-        raise MRDError(
-            f"--speaker-slots must be between 2 and {MAX_SLOTS} (each utterance carries a "
-            f"one-hot vector of that many entries; MELD has 9), got {slots}."
-        )
+        raise MRDError(f"--speaker-slots must be in [2, {MAX_SLOTS}], got {slots}.")
     counts: Counter[str] = Counter()
     for did in conv.splits["train"]:
         for u in conv.dialogues[did]:

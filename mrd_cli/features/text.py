@@ -136,18 +136,21 @@ class EncodeStats:
     seconds_encoding: float = 0.0
 
 
+# Sane bounds of the encoder's sizes (encoders read at most a few thousand tokens).
+MAX_TOKENS = 100_000
+MAX_BATCH = 65_536
+
+
 class TextEncoder:
     """A local Hugging Face encoder that returns [n, LAYERS, d] pooled features."""
 
     def __init__(
         self, model: str = DEFAULT_MODEL, max_tokens: int = 256, batch_size: int = 64
     ) -> None:
-        # Upper bounds: beyond them a batch only runs out of memory (or past the
-        # encoder's positions) after the slow steps started.
-        if not 2 <= max_tokens <= 4096:
-            raise MRDError(f"--max-tokens must be between 2 and 4096, got {max_tokens}.")
-        if not 1 <= batch_size <= 4096:
-            raise MRDError(f"--batch-size must be between 1 and 4096, got {batch_size}.")
+        if not 2 <= max_tokens <= MAX_TOKENS:
+            raise MRDError(f"--max-tokens must be in [2, {MAX_TOKENS}], got {max_tokens}.")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise MRDError(f"--batch-size must be in [1, {MAX_BATCH}], got {batch_size}.")
         self.name = model or DEFAULT_MODEL
         self.model_dir = resolve_model(model)
         self.model_hash = model_files_hash(self.model_dir)

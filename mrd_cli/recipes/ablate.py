@@ -26,6 +26,7 @@ from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.protocol_gap import gap_entry, gap_stats, has_gap
 from mrd_cli.core.rundir import ROLES, RunDir, unpack
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
@@ -107,6 +108,7 @@ class CellUnit:
     seed: int
     base: str
     device: str
+    protocol_gap: bool = False
 
 
 def train_cell(
@@ -124,7 +126,7 @@ def train_cell(
     set_threads(unit.cfg.threads)
     with tempfile.TemporaryDirectory(prefix="mrd-cell-") as tmp:
         base = unpack(Path(tmp) / "base", bases[unit.base])
-        session = Session(unit.cfg, corpus, base, resolve_device(unit.device))
+        session = Session(unit.cfg, corpus, base, resolve_device(unit.device), unit.protocol_gap)
         if tensors is not None:
             session.__dict__["_tensors"] = tensors
         out_dir = Path(tmp) / "cell"
@@ -154,6 +156,7 @@ def _cell_metrics(session: Session, cell_dir) -> dict[str, Any]:
             "epoch": ckpt["epoch"],
             "stopping": ckpt.get("stopping"),
             "predictions": pred.tolist(),
+            **gap_entry(cell_dir / f"{role}.pt"),
         }
     return out
 
@@ -227,6 +230,8 @@ def ablate(
         )
         for without in all_variants:
             cached = _read_cell(_cell_path(session, without, seed), signatures[seed], labels)
+            if cached is not None and session.protocol_gap and not has_gap(cached["result"]):
+                cached = None  # the diagnostic was asked for and this cell lacks it
             if cached is not None:
                 cells[(without, seed)] = cached["result"]
                 if on_cell:
@@ -238,7 +243,7 @@ def ablate(
             cell_cfg = apply_without(cfg, without)
             cell_cfg.seed = seed
             device = executor.device(str(session.device))
-            todo.append(CellUnit(cell_cfg, without, seed, key, device))
+            todo.append(CellUnit(cell_cfg, without, seed, key, device, session.protocol_gap))
 
     # The cells left to train, each a unit of the executor (in this process, or Ray tasks
     # running side by side); this process alone writes what they return, as each finishes.
@@ -326,6 +331,7 @@ def _pretrained_test(session: Session) -> dict[str, Any]:
             "weighted_f1": report["weighted_f1"],
             "per_class_f1": report["per_class_f1"],
             "predictions": pred.tolist(),
+            **gap_entry(session.run.pretrained(role)),
         }
     return out
 
@@ -348,7 +354,11 @@ def summarise(
         for lab in labels:
             cm, cs = mean_std([c["per_class_f1"][lab] for c in per_seed])
             per_class[lab] = {"mean": cm, "std": cs}
-        return {"weighted_f1": {"mean": m, "std": s, "values": wf1}, "per_class_f1": per_class}
+        return {
+            "weighted_f1": {"mean": m, "std": s, "values": wf1},
+            "per_class_f1": per_class,
+            **gap_stats(per_seed),
+        }
 
     def compare(row: dict[str, Any], per_seed: list, reference: list, against: str) -> None:
         """Paired difference of ``per_seed`` from ``reference`` (same seeds, same role)."""

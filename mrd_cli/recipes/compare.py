@@ -29,6 +29,7 @@ from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
+from mrd_cli.core.protocol_gap import gap_entry, gap_stats
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session, role_backbone, role_modalities, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
@@ -134,10 +135,12 @@ def compare(
                 session.corpus.fingerprint(),
             )
             cached = _read_cell(root / "cells" / f"{cell_name(role, name, seed)}.json", sig)
+            lacks_gap = cached is not None and "test_selected" not in cached["result"]
+            if session.protocol_gap and lacks_gap:
+                cached = None  # the diagnostic was asked for and this cell lacks it
             if cached is None:
-                todo.append(
-                    CompareUnit(cfg, name, seed, executor.device(str(session.device)), role)
-                )
+                device = executor.device(str(session.device))
+                todo.append(CompareUnit(cfg, name, seed, device, role, session.protocol_gap))
                 continue
             cells[(name, seed)] = cached["result"]
             if on_cell:
@@ -205,6 +208,7 @@ class CompareUnit:
     seed: int
     device: str
     role: str = "multi"
+    protocol_gap: bool = False
 
 
 def cell_files(role: str) -> tuple[str, ...]:
@@ -223,7 +227,9 @@ def train_cell(
     ``tensors``: device tensors to share (the same corpus in this process)."""
     set_threads(unit.cfg.threads)
     with tempfile.TemporaryDirectory(prefix="mrd-compare-") as tmp:
-        sub = Session(unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device))
+        sub = Session(
+            unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device), unit.protocol_gap
+        )
         if tensors is not None:
             sub.__dict__["_tensors"] = tensors
         result = run_cell(sub, on_epoch, unit.role)
@@ -260,6 +266,7 @@ def run_cell(
         "losses_first_epoch": logs[0].losses if logs else None,
         "losses_last_epoch": logs[-1].losses if logs else None,
         "predictions": pred.tolist(),
+        **gap_entry(result.checkpoints[role]),
     }
 
 
@@ -313,6 +320,7 @@ def summarise(
                 for lab in labels
             },
             "epochs": [c["epoch"] for c in per_seed],
+            **gap_stats(per_seed),
             "losses_first_epoch": _mean_losses([c["losses_first_epoch"] for c in per_seed]),
             "losses_last_epoch": _mean_losses([c["losses_last_epoch"] for c in per_seed]),
         }

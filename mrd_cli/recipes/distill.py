@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import DistillConfig
+from mrd_cli.core.card import parent
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import seed_everything
@@ -27,6 +28,7 @@ from mrd_cli.core.losses import l2_penalty, mrd_total_loss
 from mrd_cli.core.partition import partition_codes, read_partition
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
     EpochLog,
     Trainer,
@@ -38,7 +40,7 @@ from mrd_cli.core.training import (
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.io import file_sha256
 from mrd_cli.models.dialogue import Backbone, DialogueModel, run_model
-from mrd_cli.recipes.pretrain import TrainedModels
+from mrd_cli.recipes.pretrain import TrainedModels, test_watch, write_watch
 
 # The logged loss terms: classification (cls_*), mutual distillation (kd_*, Eq. 3-4),
 # refactoring (ref_*, Eq. 6-7) and L2 (reg), for the multimodal (_m) and text (_t) model.
@@ -117,6 +119,15 @@ def distill(
         curriculum,
         session.corpus.num_classes,
     )
+    record = recorder(  # RUN/distill/<role>.metrics.jsonl (ablation cells: in their folder)
+        session,
+        "distill",
+        {r: r for r in ROLES},
+        stage_of=lambda epoch: curriculum.stages[curriculum.stage_at(epoch - 1)][0],
+        directory=out_dir,
+        loggers=out_dir is None,
+    )
+    watch = test_watch(session)  # the protocol-gap diagnostic (None when off)
     trainer = Trainer(
         models=models,
         optimizer=step.optimizer,
@@ -127,13 +138,14 @@ def distill(
         state_path=state_path,
         resume=resume,
         signature=sig,
-        on_epoch=on_epoch,
+        on_epoch=record.wrap(on_epoch),
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
         start_confidence=cfg.distill.start_confidence,
         # Early stopping only within the last curriculum stage: no stage is cut short.
         patience=cfg.distill.patience,
         stop_floor=curriculum.last_stage_start,
+        after_epoch=watch,
     )
     for epoch in trainer.epochs():
         # L_total (Eq. 15, mrd_total_loss), one optimizer step of both models per batch.
@@ -159,8 +171,16 @@ def distill(
                 kept_pretrained=selected[role].epoch == 0,
                 start_val_weighted_f1=None if start is None else start[role],
                 start_guard=trainer.start_guard.get(role),
+                parents=[
+                    parent(f"pretrained {r} model (start, frozen copy)", paths[r], session.run.root)
+                    for r in ROLES
+                ]
+                + [parent("partition", session.run.partition, session.run.root, part_sha)],
             ),
         )
+        if watch is not None:
+            write_watch(watch, role, targets[role], selected[role])
+    record.finish(targets)
     state_path.unlink(missing_ok=True)
     if out_dir is None:
         session.run.save_config(cfg)

@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from mrd_cli.core.card import write_card
 from mrd_cli.core.metrics import ambiguity_table, classification_report
+from mrd_cli.core.protocol_gap import read_diagnostic
+from mrd_cli.core.protocol_gap import summary as gap_summary
 from mrd_cli.core.provenance import chain_problems
 from mrd_cli.core.session import Session
 from mrd_cli.core.training import predict
@@ -106,6 +109,9 @@ def evaluate(
         departures = backbone_departures(report["backbone"])
         if departures:  # where mrd's network departs from the published one
             report["departures"] = departures
+        gap = read_diagnostic(path)
+        if gap is not None:  # labelled diagnostic: what a test-selected protocol would report
+            report["test_selected_diagnostic"] = gap_summary(gap)
         if isinstance(ckpt.get("selftrain"), dict):
             # `mrd selftrain`'s label budget travels with the model (a transductive one was
             # trained on the test features and says so wherever it is shown).
@@ -139,6 +145,9 @@ def evaluate(
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             result.saved_to = None  # a read-only run directory: the tables are still shown
+        if result.saved_to and split == "test":  # the model cards get their test scores
+            for name, path in checkpoints.items():
+                write_card(path, loaded[name], test_metrics=models[name])
     return result
 
 

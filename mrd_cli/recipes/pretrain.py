@@ -21,8 +21,10 @@ from mrd_cli.config import PretrainConfig
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.device import seed_everything
 from mrd_cli.core.losses import l2_penalty
+from mrd_cli.core.protocol_gap import TestWatch
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, role_seed, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
     EpochLog,
     Selected,
@@ -93,6 +95,8 @@ def pretrain(
                 history=finished.get("history"),
             )
             continue
+        record = recorder(session, "pretrain", {"model": role})  # RUN/pretrain/<role>.metrics...
+        watch = test_watch(session)
         model, selected[role] = train_role(
             session,
             role,
@@ -101,7 +105,8 @@ def pretrain(
             session.cfg.seed,
             state_path=state_path,
             resume=resume,
-            on_epoch=(lambda log, r=role: on_epoch(r, log)) if on_epoch else None,
+            on_epoch=record.wrap((lambda log, r=role: on_epoch(r, log)) if on_epoch else None),
+            watch=watch,
         )
         save_checkpoint(
             session.run.pretrained(role),
@@ -109,6 +114,9 @@ def pretrain(
             selected[role].state_dict,
             **session.checkpoint_meta("pretrain", role, selected[role]),
         )
+        if watch is not None:
+            write_watch(watch, "model", session.run.pretrained(role), selected[role])
+        record.finish({role: session.run.pretrained(role)})
         state_path.unlink(missing_ok=True)
     session.run.save_config(session.cfg)
     return PretrainResult(
@@ -117,6 +125,19 @@ def pretrain(
         selected=selected,
         checkpoints={r: session.run.pretrained(r) for r in selected},
     )
+
+
+def test_watch(session: Session) -> TestWatch | None:
+    """The protocol-gap diagnostic's per-epoch test scorer, when the session asks for it."""
+    if not session.protocol_gap:
+        return None
+    return TestWatch(session.tensors("test"), session.corpus.label_names)
+
+
+def write_watch(watch: TestWatch, name: str, checkpoint: Path, selected: Selected) -> None:
+    """Write model ``name``'s test-by-epoch scores beside its saved ``checkpoint``."""
+    run = (selected.stopping or {}).get("epochs_run", len(watch.per_epoch.get(name, [])))
+    watch.write(name, checkpoint, selected.epoch, run)
 
 
 def pretrain_stop_floor(cfg: PretrainConfig) -> int:
@@ -155,6 +176,7 @@ def train_role(
     resume: bool = False,
     on_epoch: Callable[[EpochLog], None] | None = None,
     identity: tuple[Any, ...] = (),
+    watch: TestWatch | None = None,
 ) -> tuple[Backbone, Selected]:
     """Train one fresh model of ``role`` on ``train``; returns it (at its selected epoch)
     with the selection. Partitioning's fold models are trained with it too. ``seed`` is
@@ -180,6 +202,7 @@ def train_role(
         on_epoch=on_epoch,
         patience=cfg.pretrain.patience,
         stop_floor=pretrain_stop_floor(cfg.pretrain),
+        after_epoch=watch,
     )
     for epoch in trainer.epochs():
         # L_cls + L_reg + the backbone's auxiliary losses, one optimizer step per batch.

@@ -8,6 +8,7 @@ Reads what the other steps saved, trains and loads nothing:
 | ``partition`` | Tables 1-2, on the training split | ``RUN/partition.json``: the four groups per class |
 | ``f1`` | Table 4 | ``RUN/metrics/<split>.json``: per-class F1 and W-F1, pretrained vs distilled |
 | ``ablation`` | Table 5 | ``RUN/ablation/results.json`` (``mrd ablate``): mean ± std, Δ, significance |
+| ``protocol_gap`` | none (a diagnostic) | the above and ``RUN/compare/results.json``, for models trained with ``--protocol-gap`` |
 
 Writes ``RUN/report/<table>.md`` and ``.tex`` for each table found, ``tables.md`` and
 ``tables.tex`` (all of them) and ``tables_standalone.tex`` (a document that compiles).
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mrd_cli.core.partition import GROUPS
+from mrd_cli.core.protocol_gap import gap_table
 from mrd_cli.core.results_files import read_results
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
@@ -128,6 +130,12 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
             skipped[name] = "the results hold nothing for it"
         else:
             tables.append(table)
+    try:  # the protocol-gap diagnostic, wherever a model was trained with --protocol-gap
+        gap = gap_table(metrics, ablation, read_results(run.root / "compare" / "results.json", "comparison"))
+    except (KeyError, TypeError, ValueError) as exc:
+        gap, skipped["protocol_gap"] = None, f"malformed results ({type(exc).__name__}: {exc})"
+    if gap is not None:  # optional: no entry in ``skipped`` without it
+        tables.append(gap)
     if "ambiguity" in skipped and metrics is not None and not metrics.get("ambiguity"):
         skipped["ambiguity"] = "the metrics have no multimodal/text pair to compare"
     return tables, skipped

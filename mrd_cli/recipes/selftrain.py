@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from mrd_cli.config import SelftrainConfig
-from mrd_cli.core.checkpoint import save_checkpoint
+from mrd_cli.core.checkpoint import copy_checkpoint, save_checkpoint
 from mrd_cli.core.device import seed_everything
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
 from mrd_cli.core.selftrain import (
@@ -43,10 +43,11 @@ from mrd_cli.core.selftrain import (
     noise_schedule,
 )
 from mrd_cli.core.session import Session, role_seed, signature
+from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import EpochLog, Trainer, TrainingStep, predict_logits, train_epoch
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
-from mrd_cli.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from mrd_cli.io import atomic_torch_save, atomic_write_json
 from mrd_cli.models.dialogue import run_model
 from mrd_cli.models.semi import SemiModel
 
@@ -76,20 +77,7 @@ class SelftrainResult:
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "dataset": self.dataset,
-            "role": self.role,
-            "labeled_fraction": self.labeled_fraction,
-            "transductive": self.transductive,
-            "labelled_dialogues": self.labelled_dialogues,
-            "pool_dialogues": self.pool_dialogues,
-            "pool_utterances": self.pool_utterances,
-            "contrastive": self.contrastive,
-            "rounds": self.rounds,
-            "selected_round": self.selected_round,
-            "checkpoint": str(self.checkpoint),
-            "messages": self.messages,
-        }
+        out = {**asdict(self), "checkpoint": str(self.checkpoint)}  # fields in order
         if self.transductive:
             out["note"] = TRANSDUCTIVE_NOTE
         return out
@@ -127,6 +115,8 @@ def selftrain(
     interrupted round continues from its last finished epoch.
     """
     cfg, st = session.cfg, session.cfg.selftrain
+    record = recorder(session, "selftrain", {"model": role}, "round 0")  # per-epoch metrics
+    on_epoch = record.keyed(on_epoch, f"{role} ")  # each round its own segment
     messages: list[str] = []
     thresholds = class_thresholds(session.corpus.label_names, st.thresholds, st.default_threshold)
 
@@ -208,8 +198,9 @@ def selftrain(
         if on_round:
             on_round(rounds[-1])
     chosen = _select_round(rounds, st.select)
-    target = session.run.selftrained(role)
-    atomic_write_bytes(target, session.run.selftrain_round(role, chosen).read_bytes())
+    why = f"self-training round {chosen} (selftrain.select = {st.select})"
+    copy_checkpoint(session.run.selftrain_round(role, chosen), session.run.selftrained(role), why)
+    record.finish({role: session.run.selftrained(role)})
     session.run.save_config(cfg)
     if pool.data is not None and st.transductive:
         say(TRANSDUCTIVE_NOTE + ".")
@@ -224,7 +215,7 @@ def selftrain(
         contrastive=contrastive,
         rounds=rounds,
         selected_round=chosen,
-        checkpoint=target,
+        checkpoint=session.run.selftrained(role),
         messages=messages,
     )
 

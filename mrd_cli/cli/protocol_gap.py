@@ -1,0 +1,37 @@
+"""`--protocol-gap`: the diagnostic of what a test-selected protocol would report
+(``core/protocol_gap.py``), and its table under the honest results."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mrd_cli.core.protocol_gap import gap_table
+
+ProtocolGapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--protocol-gap",
+        help="DIAGNOSTIC: also score every model on the test split after each training "
+        "epoch, kept apart from everything that selects, and report beside each honest "
+        "figure (epoch chosen on validation) what keeping the best TEST epoch, as the public "
+        "M3Net/CMERC/MRD scripts do, would have reported. Checkpoints and honest figures are "
+        "the same with or without it.",
+    ),
+]
+
+
+def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any) -> None:
+    """The diagnostic's table, when any model carries it."""
+    table = gap_table(metrics, *summaries)
+    if table is None:
+        return
+    rich = Table(title=table.caption, title_justify="left", style="yellow")
+    for col, align in zip(table.columns, table.align):
+        rich.add_column(col, justify={"l": "left", "r": "right", "c": "center"}[align])
+    for row in table.rows:
+        rich.add_row(*row)
+    console.print(rich)
