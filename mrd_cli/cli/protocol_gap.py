@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mrd_cli.cli.common import shown
 from mrd_cli.core.protocol_gap import gap_table
 
 ProtocolGapOpt = Annotated[
@@ -29,9 +30,9 @@ def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any)
     table = gap_table(metrics, *summaries)
     if table is None:
         return
-    rich = Table(title=table.caption, title_justify="left", style="yellow")
+    rich = Table(title=shown(table.caption), title_justify="left", style="yellow")
     for col, align in zip(table.columns, table.align):
-        rich.add_column(col, justify={"l": "left", "r": "right", "c": "center"}[align])
+        rich.add_column(shown(col), justify={"l": "left", "r": "right", "c": "center"}[align])
     for row in table.rows:
-        rich.add_row(*row)
+        rich.add_row(*map(shown, row))
     console.print(rich)
