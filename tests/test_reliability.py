@@ -709,8 +709,18 @@ def _wait_for(cond, timeout: float = 60.0) -> bool:
 def test_sigterm_during_data_synth_leaves_no_temporary_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _spawn("data", "synth", "--preset", "iemocap", "--out", str(out), cwd=tmp_path)
-    assert _wait_for(lambda: out.is_dir() and any(out.glob(".*.tmp")), 120), "no write seen"
+    # The state the test needs, whatever the machine's speed: the command frozen (SIGSTOP)
+    # while a temporary file of its is there, so the signal surely lands mid-write.
+    deadline = time.monotonic() + 300
+    while True:
+        assert _wait_for(lambda: out.is_dir() and any(out.glob(".*.tmp")), 300), "no write seen"
+        proc.send_signal(signal.SIGSTOP)
+        if any(out.glob(".*.tmp")):
+            break
+        proc.send_signal(signal.SIGCONT)  # that write ended meanwhile: wait for the next
+        assert time.monotonic() < deadline and proc.poll() is None, "no write caught"
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Terminated." in err and "Traceback" not in err

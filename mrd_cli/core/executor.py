@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,15 +107,18 @@ class ProcessExecutor:
     ) -> Iterator[tuple[int, Any]]:
         if not units:
             return
+        # ``closing``: the workers are ended as soon as this loop ends, error or not (an
+        # exception's traceback would otherwise keep the generator, and them, alive).
         try:
-            for index, status, out in map_in_workers(fn, units, shared, self.workers):
-                if status == "mrd":
-                    name, message = out
-                    cls = next((c for c in _mrd_errors() if c.__name__ == name), MRDRunError)
-                    raise cls(message)
-                if status == "error":
-                    raise MRDRunError(f"A worker process failed: {out}")
-                yield index, out
+            with closing(map_in_workers(fn, units, shared, self.workers)) as results:
+                for index, status, out in results:
+                    if status == "mrd":
+                        name, message = out
+                        cls = next((c for c in _mrd_errors() if c.__name__ == name), MRDRunError)
+                        raise cls(message)
+                    if status == "error":
+                        raise MRDRunError(f"A worker process failed: {out}")
+                    yield index, out
         except LostWorker as lost:
             if lost.index is None:
                 when = "while it was being set up"
