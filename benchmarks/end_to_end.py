@@ -17,8 +17,9 @@ a checkout whose ``mrd run`` has no ``timings`` is driven step by step through i
     python benchmarks/end_to_end.py --source /tmp/mrd-before --preset meld --threads 1
     python benchmarks/end_to_end.py --preset iemocap --threads 1 --executor processes
 
-``--executor processes`` passes the same option to ``mrd run``: the two roles' cross-fitted
-fold models then train side by side in two worker processes (each with ``--threads``).
+``--executor processes`` passes the same option to ``mrd run``: the cross-fitted fold
+models (each a unit of its own) then train side by side in worker processes (each with
+``--threads``).
 """
 
 from __future__ import annotations

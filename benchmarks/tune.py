@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mrd_cli.core.events import Event
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.partition import ensure_partitioned
@@ -61,6 +63,22 @@ def _study(session: Session, name: str, storage: str, prune: bool, **kw: Any) ->
 
 
 @app.command()
+def _steps_and_trials(console: Console) -> Callable[[Event], None]:
+    """The events this benchmark prints: the pipeline's steps and each finished trial."""
+
+    def show(event: Event) -> None:
+        if event.kind == "step":
+            console.print(f"step: {event.text}")
+        elif event.kind == "trial":
+            row = event.payload["row"]
+            console.print(
+                f"  trial {row['number']}: {row['state']}, "
+                f"{row['epochs_run']}/{row['epochs_planned']} epochs, value {row['value']}"
+            )
+
+    return show
+
+
 def main(
     dataset: Annotated[str, typer.Argument(help="Dataset YAML path (or a built-in name).")],
     trials: Annotated[int, typer.Option(min=1, help="Trials per study.")] = 20,
@@ -99,7 +117,7 @@ def main(
         raise typer.Exit(2) from None
     load_before = os.getloadavg()
     start = time.perf_counter()
-    ensure_partitioned(session, on_step=lambda s: console.print(f"step: {s}"))
+    ensure_partitioned(session, on_event=_steps_and_trials(console))
     prepare = time.perf_counter() - start
     storage = default_storage(session)
     (session.run.root / "tune").mkdir(parents=True, exist_ok=True)
@@ -110,10 +128,7 @@ def main(
         space=space,
         prune_startup=prune_startup,
         prune_warmup=prune_warmup,
-        on_trial=lambda row, counts: console.print(
-            f"  trial {row['number']}: {row['state']}, "
-            f"{row['epochs_run']}/{row['epochs_planned']} epochs, value {row['value']}"
-        ),
+        on_event=_steps_and_trials(console),
     )
     studies = []
     for prune in (True, False) if not skip_unpruned else (True,):

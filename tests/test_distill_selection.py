@@ -47,7 +47,7 @@ def test_distilled_model_keeps_pretrained_weights_when_every_epoch_is_worse(tmp_
     session = _pretrained_session(tmp_path)
     session.cfg.distill.lr = 5.0  # every Adam step wrecks both models
     logs = []
-    result = distill(session, on_epoch=logs.append).to_dict()["distill"]
+    result = distill(session, on_event=lambda e: logs.append(e.log)).to_dict()["distill"]
     start = {r: result[r]["start_val_weighted_f1"] for r in ("multi", "text")}
     # The case the test is about: no distillation epoch reached the pretrained W-F1.
     assert logs and all(log.val_wf1[r] < start[r] for log in logs for r in start)

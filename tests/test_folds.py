@@ -56,8 +56,8 @@ def test_fold_predictions_equal_each_fold_model_trained_alone(tmp_path):
             rows = preds[role][torch.as_tensor(held)]
             assert torch.equal(rows[:, : alone.shape[1]], alone), f"{role} fold {k + 1}"
             assert not rows[:, alone.shape[1] :].any()  # padding stays 0
-    # Every fold model's state is gone once the partition is made.
-    assert not list((tmp_path / "run").rglob("*.state.pt"))
+    # Every fold model's state is gone once the partition is made, and their folder.
+    assert not (tmp_path / "run" / "folds").exists()
 
 
 class _Stop(KeyboardInterrupt):
@@ -69,12 +69,13 @@ def test_interrupted_partition_resumes_each_fold_model_from_its_last_epoch(tmp_p
     reference = cross_fitted_predictions(_session(tmp_path / "ref", patience), FOLDS)
 
     def interrupt_at(key: str, epoch: int):
-        def on_epoch(k: str, log) -> None:
-            seen.append((k, log.epoch))
-            if (k, log.epoch) == (key, epoch):
+        def on_event(event) -> None:
+            assert event.kind == "epoch"
+            seen.append((event.task, event.log.epoch))
+            if (event.task, event.log.epoch) == (key, epoch):
                 raise _Stop
 
-        return on_epoch
+        return on_event
 
     seen: list[tuple[str, int]] = []
     run = tmp_path / "run"
@@ -94,12 +95,12 @@ def test_interrupted_partition_resumes_each_fold_model_from_its_last_epoch(tmp_p
     assert not list(run.rglob("*.state.pt"))
 
 
-def test_a_state_of_other_settings_is_not_resumed(tmp_path):
+def test_a_state_of_other_settings_is_not_resumed_and_is_removed_at_the_end(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(_Stop):
 
-        def stop(k: str, log) -> None:
-            if log.epoch == 2:
+        def stop(event) -> None:
+            if event.log.epoch == 2:
                 raise _Stop
 
         cross_fitted_predictions(_session(run), FOLDS, stop)
@@ -108,6 +109,9 @@ def test_a_state_of_other_settings_is_not_resumed(tmp_path):
     other.cfg.pretrain.lr = 5e-3  # another config: the saved state must not be continued
     fresh = _session(tmp_path / "fresh")
     fresh.cfg.pretrain.lr = 5e-3
+    stray = run / "folds" / ".text.fold5.state.pt"  # of an interrupted 5-fold partition
+    stray.write_bytes(b"not a state")
     got, want = cross_fitted_predictions(other, FOLDS), cross_fitted_predictions(fresh, FOLDS)
     for role in ROLES:
         assert torch.equal(got[role], want[role]), role
+    assert not (run / "folds").exists()

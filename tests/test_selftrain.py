@@ -207,7 +207,9 @@ def test_a_round_without_accepted_samples_ends_cleanly_with_a_message(tmp_path):
     corpus = make_toy_corpus()
     session = session_on(corpus, tiny_cfg(default_threshold=1.0, rounds=3), tmp_path)
     messages: list[str] = []
-    result = selftrain(session, on_message=messages.append)
+    result = selftrain(
+        session, on_event=lambda e: messages.append(e.text) if e.kind == "note" else None
+    )
     assert [r["round"] for r in result.rounds] == [0]
     assert result.rounds[0]["accepted"]["total"] == 0
     assert any("no pool utterance passed its class threshold" in m for m in messages)
@@ -232,29 +234,29 @@ def test_interrupted_selftrain_resumes_to_the_same_result(tmp_path):
     assert len(whole.rounds) == 3
 
     # Interrupted between rounds (after round 0 was saved) ...
-    def stop_after_round_0(report):
-        if report["round"] == 0:
+    def stop_after_round_0(event):
+        if event.kind == "round" and event.payload["round"] == 0:
             raise Interrupt
 
     cut = tmp_path / "cut"
     with pytest.raises(Interrupt):
-        selftrain(session_on(corpus, copy.deepcopy(cfg), cut), on_round=stop_after_round_0)
+        selftrain(session_on(corpus, copy.deepcopy(cfg), cut), on_event=stop_after_round_0)
 
     # ... and then inside round 1, after its second epoch.
-    def stop_in_round_1(key, log):
-        if key == "multi round 1" and log.epoch == 2:
+    def stop_in_round_1(event):
+        if event.kind == "epoch" and (event.task, event.log.epoch) == ("multi round 1", 2):
             raise Interrupt
 
     with pytest.raises(Interrupt):
         selftrain(
-            session_on(corpus, copy.deepcopy(cfg), cut), resume=True, on_epoch=stop_in_round_1
+            session_on(corpus, copy.deepcopy(cfg), cut), resume=True, on_event=stop_in_round_1
         )
     assert (cut / "selftrain" / ".multi.round1.state.pt").is_file()
     seen: list[str] = []
     resumed = selftrain(
         session_on(corpus, copy.deepcopy(cfg), cut),
         resume=True,
-        on_epoch=lambda key, log: seen.append(f"{key} {log.epoch}"),
+        on_event=lambda e: seen.append(f"{e.task} {e.log.epoch}") if e.kind == "epoch" else None,
     )
     assert not any("contrastive" in s or "round 0" in s for s in seen)  # kept, not redone
     assert "multi round 1 1" not in seen and "multi round 1 3" in seen  # continued

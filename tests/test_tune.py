@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from mrd_cli.cli.app import app
 from mrd_cli.config import Config, load_config
+from mrd_cli.core.events import Event
 from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import Session
 from mrd_cli.core.training import EpochLog
@@ -272,12 +273,13 @@ def test_a_space_with_pretraining_keys_pretrains_a_pair_per_trial(tmp_path, toy_
         assert (base / "partition.json").is_file()
 
 
-def _fake_distill(session, on_epoch=None, out_dir=None, **_):
+def _fake_distill(session, on_event=None, out_dir=None, **_):
     """Stands in for distillation: validation W-F1 grows with alpha and with the epoch."""
     epochs = session.cfg.distill.epochs
     for epoch in range(1, epochs + 1):
         wf1 = 40 * session.cfg.distill.alpha + epoch + session.cfg.seed
-        on_epoch(EpochLog(epoch, epochs, {}, {"multi": wf1 / 2, "text": wf1}, {}))
+        log = EpochLog(epoch, epochs, {}, {"multi": wf1 / 2, "text": wf1}, {})
+        on_event(Event("epoch", task="distill", log=log))
 
 
 @pytest.mark.parametrize("prune", [True, False])
@@ -314,10 +316,10 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, toy_corpus,
     import mrd_cli.recipes.tune.trial as tune_module  # where a trial calls distill
     from mrd_cli.errors import MRDRunError
 
-    def fragile(session, on_epoch=None, **kw):
+    def fragile(session, on_event=None, **kw):
         if session.cfg.distill.alpha > 1.0:
             raise MRDRunError("Loss term 'kd_m' became non-finite at epoch 1.")
-        _fake_distill(session, on_epoch=on_epoch, **kw)
+        _fake_distill(session, on_event=on_event, **kw)
 
     monkeypatch.setattr(tune_module, "distill", fragile)
     session = _session(tmp_path, toy_corpus)
@@ -337,13 +339,13 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path, toy_corpus):
     session = _session(tmp_path, toy_corpus)
     seen: list[str] = []
 
-    def interrupt_in_trial_1(key, log):
-        seen.append(key)
-        if key.startswith("trial 1,"):
+    def interrupt_in_trial_1(event):
+        seen.append(event.task)
+        if event.task.startswith("trial 1,"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _tune(session, trials=3, on_epoch=interrupt_in_trial_1)
+        _tune(session, trials=3, on_event=interrupt_in_trial_1)
     study = _study(tmp_path)
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "WAITING"}  # 1 is queued again as 2

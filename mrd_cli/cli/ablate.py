@@ -109,28 +109,11 @@ def ablate(
     )
     total = a.seeds * (len(variants) + 1)
     with open_executor(executor, address, session) as runner, epoch_bars() as bars:
-        bars.add("cells", "ablation cells", total)
-        done = {"n": 0}
-
-        def on_cell(name: str, seed: int, reused: bool) -> None:
-            done["n"] += 1
-            bars.progress.update(
-                bars.tasks["cells"],
-                completed=done["n"],
-                info=f"{name}, seed {seed}" + (" (reused)" if reused else " (done)"),
-            )
-
+        bars.add_cells("ablation cells", total)
         summary = ablate_recipe(
-            session,
-            variants,
-            a.seeds,
-            on_cell=on_cell,
-            on_epoch=bars.update,
-            on_step=lambda step: err_console.print(f"  {shown(step)}"),
-            timer=timer,
-            executor=runner,
+            session, variants, a.seeds, on_event=bars, timer=timer, executor=runner
         )
-        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+        bars.finish_cells()
     summary = summary.to_dict()
     if plots:
         summary["plots"] = draw_plots(session.run.root, json_out)

@@ -104,21 +104,9 @@ def compare(
     )
     total = n * len(names)
     with open_executor(executor, address, session) as runner, epoch_bars() as bars:
-        bars.add("cells", "compare cells", total)
-        done = {"n": 0}
-
-        def on_cell(name: str, s: int, reused: bool) -> None:
-            done["n"] += 1
-            bars.progress.update(
-                bars.tasks["cells"],
-                completed=done["n"],
-                info=f"{name}, seed {s}" + (" (reused)" if reused else " (done)"),
-            )
-
-        result = compare_recipe(
-            session, names, n, on_cell=on_cell, on_epoch=bars.update, executor=runner, role=role
-        )
-        bars.progress.update(bars.tasks["cells"], completed=total, info="done")
+        bars.add_cells("compare cells", total)
+        result = compare_recipe(session, names, n, on_event=bars, executor=runner, role=role)
+        bars.finish_cells()
     summary = result.to_dict()
     if json_out:
         print_json(summary)

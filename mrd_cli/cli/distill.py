@@ -103,10 +103,5 @@ def distill(
     )
     with epoch_bars() as bars:
         bars.add("distill", "distill", d.epochs)
-        result = distill_recipe(
-            session,
-            resume=resume,
-            on_epoch=lambda log: bars.update("distill", log),
-            on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {shown(msg)}"),
-        )
+        result = distill_recipe(session, resume=resume, on_event=bars)
     report_selected(result, json_out)

@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mrd_cli.cli.common import (
     DebugOpt,
     JsonOpt,
-    err_console,
     handle_errors,
     out_console,
     print_json,
@@ -276,20 +274,11 @@ def _features(**kw: Any) -> None:
         speaker_slots=int(pick("speaker_slots", "speaker_slots", 9)),
         force=kw["force"],
     )
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.core.events import items
 
-        def stage(description: str, total: int):
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-
-        paths, manifest = build_features(opts, stage)
+    with epoch_bars() as bars:  # the features layer counts items; the bars show them
+        paths, manifest = build_features(opts, items(bars))
 
     if kw["json_out"]:
         print_json({"out": str(opts.out), "files": [str(p) for p in paths], **manifest})

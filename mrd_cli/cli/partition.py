@@ -100,8 +100,7 @@ def partition(
         result = partition_recipe(
             session,
             checkpoints=paths,
-            on_epoch=bars.update,
-            on_fold=None if runner.in_process else (lambda m: err_console.print(f"  {shown(m)}")),
+            on_event=bars,
             executor=runner,
         )
     doc = result.document

@@ -201,15 +201,10 @@ def predict(
             audio_pattern=audio_pattern,
             cache_dir=cache_dir or default_cache_dir(),
         )
-    from mrd_cli.cli.progress import make_progress
+    from mrd_cli.cli.progress import epoch_bars
 
-    with make_progress() as bars:
-
-        def stage_bar(description: str, total: int):
-            task = bars.add_task(description, total=total, info="")
-            return lambda n: bars.advance(task, n)
-
-        result = predict_recipe(session, path, source, batch_size, stage_bar)
+    with epoch_bars() as bars:
+        result = predict_recipe(session, path, source, batch_size, on_event=bars)
     if out is not None:
         from mrd_cli.io import atomic_write_text
 

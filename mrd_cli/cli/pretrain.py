@@ -117,5 +117,5 @@ def pretrain(
     with epoch_bars() as bars:
         for role in roles:
             bars.add(role, f"pretrain {role}", session.cfg.pretrain.epochs)
-        result = pretrain_recipe(session, roles, resume=resume, on_epoch=bars.update)
+        result = pretrain_recipe(session, roles, resume=resume, on_event=bars)
     report_selected(result, json_out)

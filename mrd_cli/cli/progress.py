@@ -1,8 +1,9 @@
-"""Rich progress bars for epoch loops, showing the loss terms and validation W-F1."""
+"""Rich progress bars for epoch loops, showing the loss terms and validation W-F1, and the
+CLI's display of every recipe's events (``EpochBars`` is the ``on_event`` they get)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.progress import (
@@ -14,7 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mrd_cli.cli.common import err_console
+from mrd_cli.cli.common import err_console, shown
+from mrd_cli.core.events import Event
 from mrd_cli.core.training import EpochLog
 
 
@@ -32,14 +34,59 @@ def make_progress() -> Progress:
 
 
 class EpochBars:
-    """One bar per training task; ``update(key, log)`` is the core's ``on_epoch`` callback."""
+    """One bar per training task, and the CLI's one ``on_event`` (``core.events``): called
+    with an event, it moves an ``epoch`` event's task bar (``update``), prints a ``step``,
+    ``note`` or ``warning`` line and advances the ``cells`` bar (``add_cells``) on a
+    ``cell`` event, and counts an ``items`` event's task on a bar of its own. A command
+    takes any kind itself with ``handle(kind, fn)``; kinds nobody
+    shows (``round``, ``trial`` and ``wait`` unless handled) are passed over."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
         self.tasks: dict[str, int] = {}
+        self.handlers: dict[str, Callable[[Event], None]] = {}
+        self.cells_done = 0
 
     def add(self, key: str, description: str, total: int) -> None:
         self.tasks[key] = self.progress.add_task(description, total=total, info="")
+
+    def add_cells(self, description: str, total: int) -> None:
+        """A bar of ``total`` cells that each ``cell`` event advances."""
+        self.add("cells", description, total)
+
+    def finish_cells(self) -> None:
+        task = self.tasks["cells"]
+        self.progress.update(task, completed=self.progress.tasks[task].total, info="done")
+
+    def handle(self, kind: str, fn: Callable[[Event], None]) -> None:
+        """Let ``fn`` take the events of ``kind`` instead of the default display."""
+        self.handlers[kind] = fn
+
+    def __call__(self, event: Event) -> None:
+        console = self.progress.console
+        if event.kind in self.handlers:
+            self.handlers[event.kind](event)
+        elif event.kind == "epoch" and event.log is not None:
+            self.update(event.task, event.log)
+        elif event.kind == "step":
+            console.print(f"[bold]step:[/] {shown(event.text)}", soft_wrap=True)
+        elif event.kind == "note":
+            console.print(f"  {shown(event.text)}", soft_wrap=True)
+        elif event.kind == "warning":
+            console.print(f"[yellow]Warning:[/] {shown(event.text)}", soft_wrap=True)
+        elif event.kind == "items":
+            if event.task not in self.tasks:
+                self.add(event.task, event.task, event.payload["total"])
+            self.progress.update(self.tasks[event.task], completed=event.payload["done"])
+        elif event.kind == "cell" and "cells" in self.tasks:
+            self.cells_done += 1
+            cell = event.payload
+            self.progress.update(
+                self.tasks["cells"],
+                completed=self.cells_done,
+                info=f"{cell['name']}, seed {cell['seed']}"
+                + (" (reused)" if cell["reused"] else " (done)"),
+            )
 
     def update(self, key: str, log: EpochLog) -> None:
         if key not in self.tasks:

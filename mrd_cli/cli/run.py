@@ -101,19 +101,14 @@ def run(
         ensure_partitioned(
             session,
             force=force,
-            on_epoch=bars.update,
-            on_step=lambda s: err_console.print(f"[bold]step:[/] {shown(s)}"),
+            on_event=bars,
             timer=timer,
             executor=runner,
         )
         err_console.print("[bold]step:[/] distill")
         bars.add("distill", "distill", session.cfg.distill.epochs)
         with timer.step("distill"):
-            distill(
-                session,
-                on_epoch=lambda log: bars.update("distill", log),
-                on_warning=lambda msg: err_console.print(f"[yellow]Warning:[/] {shown(msg)}"),
-            )
+            distill(session, on_event=bars)
     with timer.step("evaluate"):
         result = evaluate(session).to_dict()
     result["timings"] = timer.to_dict()

@@ -137,8 +137,7 @@ def selftrain(
             session,
             role.value,
             resume=resume,
-            on_epoch=bars.update,
-            on_message=lambda m: err_console.print(f"[yellow]{shown(m)}[/]", soft_wrap=True),
+            on_event=bars,
         )
     if json_out:
         print_json(result.to_dict())

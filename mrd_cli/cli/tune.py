@@ -34,7 +34,7 @@ from mrd_cli.cli.common import (
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.progress import epoch_bars
 from mrd_cli.cli.session import open_executor, open_session
-from mrd_cli.core.training import EpochLog
+from mrd_cli.core.events import Event
 from mrd_cli.recipes.tune import require_optuna
 from mrd_cli.recipes.tune import tune as tune_recipe
 
@@ -155,15 +155,17 @@ def tune(
         with open_executor(executor, address, session) as runner, epoch_bars() as bars:
             bars.add("trials", "trials", trials)
 
-            def on_epoch(key: str, log: EpochLog) -> None:
+            def on_epoch(event: Event) -> None:
+                key = event.task
                 if key.startswith("trial "):
                     if "distill" not in bars.tasks:
-                        bars.add("distill", key, log.epochs)
+                        bars.add("distill", key, event.log.epochs)
                     bars.progress.update(bars.tasks["distill"], description=key)
                     key = "distill"
-                bars.update(key, log)
+                bars.update(key, event.log)
 
-            def on_trial(row: dict[str, Any], counts: dict[str, int]) -> None:
+            def on_trial(event: Event) -> None:
+                row, counts = event.payload["row"], event.payload["counts"]
                 if row["state"] == "fail" and row["error"]:
                     err_console.print(
                         f"[yellow]Trial {row['number']} failed:[/] {shown(row['error'])}"
@@ -176,13 +178,17 @@ def tune(
                     info=f"trial {row['number']} {row['state']}{score}",
                 )
 
-            def on_wait(counts: dict[str, int]) -> None:
+            def on_wait(event: Event) -> None:
+                counts = event.payload["counts"]
                 bars.progress.update(
                     bars.tasks["trials"],
                     completed=counts["finished"],
                     info=f"waiting for {counts['running']} trial(s) running elsewhere",
                 )
 
+            bars.handle("epoch", on_epoch)
+            bars.handle("trial", on_trial)
+            bars.handle("wait", on_wait)
             result = tune_recipe(
                 session,
                 trials=trials,
@@ -194,10 +200,7 @@ def tune(
                 prune=prune,
                 prune_startup=prune_startup,
                 prune_warmup=prune_warmup,
-                on_epoch=on_epoch,
-                on_step=lambda s: err_console.print(f"[bold]step:[/] {shown(s)}"),
-                on_trial=on_trial,
-                on_wait=on_wait,
+                on_event=bars,
                 executor=runner,
             )
             bars.progress.update(bars.tasks["trials"], completed=trials, info="done")

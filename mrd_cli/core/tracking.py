@@ -143,19 +143,19 @@ class EpochRecorder:
 
         return both
 
-    def keyed(
-        self, on_epoch: Callable[[str, Any], None] | None, prefix: str
-    ) -> Callable[[str, Any], None]:
-        """An ``on_epoch(key, log)`` callback (self-training's: key ``"multi round 2"``)
-        that records each round as its own segment (``"round 2"``), then calls it."""
+    def keyed(self, on_event: Callable[[Any], None] | None, prefix: str) -> Callable[[Any], None]:
+        """An ``on_event`` callable (``core.events``; self-training's epochs come with task
+        ``"multi round 2"``) that records each epoch, each round as its own segment
+        (``"round 2"``), then passes every event on to ``on_event``."""
 
-        def call(key: str, log: Any) -> None:
-            segment = key.removeprefix(prefix)
-            if segment != self.segment:
-                self.segment, self.first, self.started = segment, segment == "round 0", False
-            self.record(log)
-            if on_epoch is not None:
-                on_epoch(key, log)
+        def call(event: Any) -> None:
+            if event.kind == "epoch" and event.log is not None:
+                segment = event.task.removeprefix(prefix)
+                if segment != self.segment:
+                    self.segment, self.first, self.started = segment, segment == "round 0", False
+                self.record(event.log)
+            if on_event is not None:
+                on_event(event)
 
         return call
 

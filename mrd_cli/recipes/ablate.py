@@ -15,7 +15,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 
 from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import OnEvent, emit
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.protocol_gap import gap_entry, gap_stats, has_gap
@@ -115,7 +116,7 @@ def train_cell(
     unit: CellUnit,
     corpus: Corpus,
     bases: dict[str, dict[str, bytes]],
-    on_epoch=None,
+    on_event: OnEvent | None = None,
     tensors: dict | None = None,
 ) -> dict[str, Any]:
     """Distil one variant with one seed and score both models on the test split, in a
@@ -131,7 +132,7 @@ def train_cell(
             session.__dict__["_tensors"] = tensors
         out_dir = Path(tmp) / "cell"
         start = time.perf_counter()
-        distill(session, on_epoch=on_epoch, out_dir=out_dir)
+        distill(session, on_event=on_event, out_dir=out_dir)
         trained = time.perf_counter()
         result = _cell_metrics(session, out_dir)
         return {
@@ -173,16 +174,15 @@ def ablate(
     session: Session,
     variants: list[tuple[str, ...]],
     seeds: int,
-    on_cell: Callable[[str, int, bool], None] | None = None,
-    on_epoch=None,
-    on_step=None,
+    on_event: OnEvent | None = None,
     timer: StepTimer | None = None,
     executor: Executor | None = None,
 ) -> AblationResult:
     """Run (or reuse) every (variant, seed) cell and summarise. ``variants`` excludes MRD
     itself, which is always run. ``timer`` gets each step's wall time. ``executor``
-    (default: this process) runs the cells; ``on_cell(variant, seed, reused)`` follows each
-    cell as it is found finished or finishes."""
+    (default: this process) runs the cells; ``on_event`` gets a ``cell`` event (name: the
+    variant, seed, reused) as each is found finished or finishes, and the events of the
+    steps and of the cells trained in this process."""
     cfg = session.cfg
     all_variants = [()] + [v for v in variants if v]
     seed_list = [cfg.seed + i for i in range(seeds)]
@@ -206,8 +206,7 @@ def ablate(
         # replaced; the run's pair is not replaced without `mrd run --force`.
         ensure_partitioned(
             base_session,
-            on_epoch=on_epoch,
-            on_step=on_step,
+            on_event=on_event,
             replace_pretrained=cfg.ablate.repretrain,
             timer=timer,
             executor=executor,
@@ -234,8 +233,11 @@ def ablate(
                 cached = None  # the diagnostic was asked for and this cell lacks it
             if cached is not None:
                 cells[(without, seed)] = cached["result"]
-                if on_cell:
-                    on_cell(variant_name(without), seed, True)
+                emit(
+                    on_event,
+                    "cell",
+                    payload={"name": variant_name(without), "seed": seed, "reused": True},
+                )
                 continue
             key = str(base.root.relative_to(session.run.root))
             if key not in bases:
@@ -249,11 +251,7 @@ def ablate(
     # running side by side); this process alone writes what they return, as each finishes.
     if executor.in_process:
         shared = session.__dict__.setdefault("_tensors", {})
-        fn = functools.partial(
-            train_cell,
-            on_epoch=(lambda log: on_epoch("distill", log)) if on_epoch else None,
-            tensors=shared,
-        )
+        fn = functools.partial(train_cell, on_event=on_event, tensors=shared)
     else:
         fn = train_cell
     with maybe(None if executor.in_process else timer, "distill"):
@@ -275,8 +273,7 @@ def ablate(
                     timer.add(step, seconds)
             cells[(unit.without, unit.seed)] = out["result"]
             computed.append((name, unit.seed))
-            if on_cell:
-                on_cell(name, unit.seed, False)
+            emit(on_event, "cell", payload={"name": name, "seed": unit.seed, "reused": False})
     # Listed in the study's order, whichever finished first.
     order = [(variant_name(w), s) for s in seed_list for w in all_variants]
     computed.sort(key=order.index)

@@ -18,7 +18,6 @@ import copy
 import functools
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import Event, OnEvent, emit
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.protocol_gap import gap_entry, gap_stats
@@ -78,8 +78,7 @@ def compare(
     session: Session,
     backbones: list[str],
     seeds: int,
-    on_cell: Callable[[str, int, bool], None] | None = None,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_event: OnEvent | None = None,
     executor: Executor | None = None,
     role: str = "multi",
 ) -> ComparisonResult:
@@ -87,8 +86,9 @@ def compare(
     or ``model.text_backbone`` set to each name) with each of ``backbones`` for ``seeds``
     seeds (from ``cfg.seed``),
     score each on the test split and summarise; writes ``RUN/compare/results.json``.
-    ``executor`` (default: this process) runs the cells; ``on_cell(backbone, seed, reused)``
-    follows each cell as it is found finished or finishes."""
+    ``executor`` (default: this process) runs the cells; ``on_event`` gets a ``cell`` event
+    (name: the backbone, seed, reused) as each is found finished or finishes, and the
+    epochs of the cells trained in this process."""
     executor = executor or LocalExecutor()
     if not backbones:
         raise MRDError("Name at least one backbone to compare.")
@@ -143,13 +143,12 @@ def compare(
                 todo.append(CompareUnit(cfg, name, seed, device, role, session.protocol_gap))
                 continue
             cells[(name, seed)] = cached["result"]
-            if on_cell:
-                on_cell(name, seed, True)
+            emit(on_event, "cell", payload={"name": name, "seed": seed, "reused": True})
     # The cells left to train, each a unit of the executor; this process alone writes what
     # they return (the cell, its checkpoint and config), as each finishes.
     fn = (
         functools.partial(
-            train_cell, on_epoch=on_epoch, tensors=session.__dict__.setdefault("_tensors", {})
+            train_cell, on_event=on_event, tensors=session.__dict__.setdefault("_tensors", {})
         )
         if executor.in_process
         else train_cell
@@ -170,8 +169,9 @@ def compare(
         )
         cells[(unit.backbone, unit.seed)] = out["result"]
         computed.append((unit.backbone, unit.seed))
-        if on_cell:
-            on_cell(unit.backbone, unit.seed, False)
+        emit(
+            on_event, "cell", payload={"name": unit.backbone, "seed": unit.seed, "reused": False}
+        )
     order = [(name, seed) for name in runnable for seed in seed_list]
     computed.sort(key=order.index)  # the study's order, whichever finished first
     summary = summarise(session, runnable, seed_list, cells, reference, not_run, role)
@@ -219,7 +219,7 @@ def cell_files(role: str) -> tuple[str, ...]:
 def train_cell(
     unit: CompareUnit,
     corpus: Corpus,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_event: OnEvent | None = None,
     tensors: dict | None = None,
 ) -> dict[str, Any]:
     """``run_cell`` in a temporary directory, wherever the executor puts it: the cell's
@@ -232,27 +232,26 @@ def train_cell(
         )
         if tensors is not None:
             sub.__dict__["_tensors"] = tensors
-        result = run_cell(sub, on_epoch, unit.role)
+        result = run_cell(sub, on_event, unit.role)
         return {
             "result": result,
             "files": {rel: (Path(tmp) / rel).read_bytes() for rel in cell_files(unit.role)},
         }
 
 
-def run_cell(
-    sub: Session, on_epoch: Callable[[str, EpochLog], None] | None = None, role: str = "multi"
-) -> dict[str, Any]:
+def run_cell(sub: Session, on_event: OnEvent | None = None, role: str = "multi") -> dict[str, Any]:
     """Pretrain the model of ``role`` in ``sub`` (its config names the backbone and seed); its test
     metrics and predictions, the epoch chosen on validation, and the loss terms of the first
     and the last epoch."""
     logs: list[EpochLog] = []
 
-    def keep(role: str, log: EpochLog) -> None:
-        logs.append(log)
-        if on_epoch:
-            on_epoch(role, log)
+    def keep(event: Event) -> None:
+        if event.kind == "epoch":
+            logs.append(event.log)
+        if on_event:
+            on_event(event)
 
-    result = pretrain(sub, roles=(role,), on_epoch=keep)
+    result = pretrain(sub, roles=(role,), on_event=keep)
     model, ckpt = sub.load_model(result.checkpoints[role], "mrd compare")
     test = sub.tensors("test")
     y_true = test.labels[test.mask].cpu().numpy()

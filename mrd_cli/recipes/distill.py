@@ -10,7 +10,7 @@ with its pretrained weights as a candidate ("epoch 0", ``distill.keep_start``). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +24,13 @@ from mrd_cli.core.card import parent
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.curriculum import Curriculum
 from mrd_cli.core.device import seed_everything
+from mrd_cli.core.events import OnEvent, emit, epoch_events
 from mrd_cli.core.losses import l2_penalty, mrd_total_loss
 from mrd_cli.core.partition import partition_codes, read_partition
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, signature
 from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import (
-    EpochLog,
     Trainer,
     TrainingStep,
     make_classification_loss,
@@ -72,12 +72,12 @@ class DistillResult(TrainedModels):
 def distill(
     session: Session,
     resume: bool = False,
-    on_epoch: Callable[[EpochLog], None] | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     out_dir: Path | None = None,
 ) -> DistillResult:
     """MRD on the pretrained pair; writes ``RUN/distill/multi.pt`` and ``text.pt``
-    (or into ``out_dir``)."""
+    (or into ``out_dir``). ``on_event`` gets an ``epoch`` event per epoch (task
+    "distill") and a ``warning`` for each skipped curriculum stage."""
     cfg = session.cfg
     name = cfg.dataset.name
     paths = {r: session.run.pretrained(r) for r in ROLES}
@@ -92,10 +92,11 @@ def distill(
         doc["totals"],
     )
     for stage in curriculum.skipped:
-        if on_warning:
-            on_warning(
-                f"The {stage} group of the partition is empty; its curriculum stage is skipped."
-            )
+        emit(
+            on_event,
+            "warning",
+            text=f"The {stage} group of the partition is empty; its curriculum stage is skipped.",
+        )
     seed_everything(cfg.seed)
     state_path = (out_dir or session.run.root / "distill") / ".pair.state.pt"
     # The partition's own hash: a state saved under another partition (other method or
@@ -138,7 +139,7 @@ def distill(
         state_path=state_path,
         resume=resume,
         signature=sig,
-        on_epoch=record.wrap(on_epoch),
+        on_epoch=record.wrap(epoch_events(on_event, "distill")),
         # The pretrained pair as "epoch 0": a model keeps it unless distillation beats it.
         start_candidate=cfg.distill.keep_start,
         start_confidence=cfg.distill.start_confidence,

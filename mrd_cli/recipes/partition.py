@@ -8,8 +8,8 @@ not see. Writes ``RUN/partition.json``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 from mrd_cli.config import Config
 from mrd_cli.core.checkpoint import load_checkpoint
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import OnEvent, emit, epoch_events
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.partition import (
     fold_assignment,
@@ -31,7 +32,7 @@ from mrd_cli.core.provenance import check_pretrained_pair, settings_differences
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session
 from mrd_cli.core.timing import StepTimer, maybe
-from mrd_cli.core.training import EpochLog, predict, state_matches
+from mrd_cli.core.training import predict, state_matches
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_json, file_sha256
@@ -55,12 +56,12 @@ def partition(
     method: str | None = None,
     folds: int | None = None,
     checkpoints: dict[str, Path] | None = None,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_fold: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     executor: Executor | None = None,
 ) -> PartitionResult:
     """Partition the training utterances by the agreement of the two models' predictions.
-    ``executor`` (default: this process) trains the cross-fitted fold models."""
+    ``executor`` (default: this process) trains the cross-fitted fold models; ``on_event``
+    gets their events (``cross_fitted_predictions``)."""
     cfg = session.cfg
     method = method or cfg.partition.method
     folds = folds or cfg.partition.folds
@@ -74,7 +75,7 @@ def partition(
     if method == "in_sample":
         preds = {role: predict(models[role], train) for role in ROLES}
     else:
-        preds = cross_fitted_predictions(session, folds, on_epoch, on_fold, executor)
+        preds = cross_fitted_predictions(session, folds, on_event, executor)
     y_true = train.labels[train.mask].cpu().numpy()
     codes = partition_by_agreement(
         y_true, preds["multi"][train.mask].cpu().numpy(), preds["text"][train.mask].cpu().numpy()
@@ -105,8 +106,7 @@ def partition(
 def cross_fitted_predictions(
     session: Session,
     folds: int,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_fold: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     executor: Executor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Out-of-fold predictions [D, L] of fold models for every training dialogue; each fold
@@ -115,7 +115,10 @@ def cross_fitted_predictions(
     In this process each fold model keeps a resumable training state
     (``RUN/folds/.<role>.fold<k>.state.pt``, ``Trainer``): an interrupted partition resumes
     every fold model from its last finished epoch, and a finished one is not trained again.
-    The states are removed once every fold model has finished."""
+    The states are removed once every fold model has finished. ``on_event`` gets an
+    ``epoch`` event per epoch of a fold model in this process (task "fold 2/5 text"), and
+    ``note`` events saying what runs and when each ends for fold models in other processes
+    (their epochs are not reported)."""
     executor = executor or LocalExecutor()
     train = session.tensors("train")
     device = executor.device(str(session.device))
@@ -138,28 +141,31 @@ def cross_fitted_predictions(
     if in_process:
         fn = functools.partial(
             fold_predictions,
-            on_epoch=on_epoch,
-            on_fold=on_fold,
+            on_event=on_event,
             tensors=session.__dict__.setdefault("_tensors", {}),
         )
     else:
         fn = fold_predictions
-        if on_fold:  # no epoch bars from other processes: say what runs, and when it ends
-            on_fold(
-                f"{len(units)} fold models of {' and '.join(ROLES)}: "
-                f"{min(executor.slots(), len(units))} at a time ({executor.kind} executor)"
-            )
+        emit(  # no epochs come from other processes: say what runs, and when each ends
+            on_event,
+            "note",
+            text=f"{len(units)} fold models of {' and '.join(ROLES)}: "
+            f"{min(executor.slots(), len(units))} at a time ({executor.kind} executor)",
+        )
     assignment = fold_assignment(train.num_dialogues, folds, session.cfg.seed)
     preds = {role: torch.zeros_like(train.labels) for role in ROLES}
     for index, pred in executor.map(fn, units, session.corpus):
         unit = units[index]
         rows = torch.as_tensor(np.flatnonzero(assignment == unit.fold), device=train.mask.device)
         preds[unit.role][rows, : pred.shape[1]] = torch.as_tensor(pred, device=rows.device)
-        if on_fold and not in_process:
-            on_fold(f"{unit.key}: done")
-    for unit in units:
-        if unit.state_path is not None:
-            Path(unit.state_path).unlink(missing_ok=True)
+        if not in_process:
+            emit(on_event, "note", text=f"{unit.key}: done")
+    if in_process:  # every fold model's state, also those of other fold counts
+        folds_dir = session.run.root / "folds"  # where the units' training_state paths are
+        for state in folds_dir.glob(".*.fold*.state.pt"):
+            state.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # kept if something else is in it
+            folds_dir.rmdir()
     return preds
 
 
@@ -183,8 +189,7 @@ class FoldUnit:
 def fold_predictions(
     unit: FoldUnit,
     corpus: Corpus,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_fold: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     tensors: dict | None = None,
 ) -> np.ndarray:
     """Train one fold model (``train_role`` on the training dialogues outside the fold) and
@@ -197,8 +202,6 @@ def fold_predictions(
     cfg, k = session.cfg, unit.fold
     train, val = session.tensors("train"), session.tensors("val")
     assignment = fold_assignment(train.num_dialogues, unit.folds, cfg.seed)
-    if on_fold:
-        on_fold(unit.key)
     state = Path(unit.state_path) if unit.state_path is not None else None
     seed = cfg.seed + 1000 * (k + 1)
     # The fold is part of what a saved state must match: which dialogues it trains on.
@@ -214,7 +217,9 @@ def fold_predictions(
         # A state of this fold model (interrupted, or finished before another fold was):
         # continue from it; any other file there is overwritten.
         resume=state is not None and state_matches(state, sig),
-        on_epoch=(lambda log: on_epoch(unit.key, log)) if on_epoch else None,
+        on_epoch=epoch_events(
+            on_event, unit.key, role=unit.role, fold=k + 1, folds=unit.folds
+        ),
         identity=fold_id,
     )
     return predict(model, train.subset(np.flatnonzero(assignment == k))).cpu().numpy()
@@ -236,14 +241,14 @@ def partition_is_current(session: Session) -> bool:
 def ensure_partitioned(
     session: Session,
     force: bool = False,
-    on_epoch: Callable[[str, Any], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
     replace_pretrained: bool = False,
     timer: StepTimer | None = None,
     executor: Executor | None = None,
 ) -> None:
     """Pretrain and partition unless current outputs are already in the run directory
-    (``mrd run`` and ``mrd ablate`` start with it); ``timer`` gets each step's wall time.
+    (``mrd run`` and ``mrd ablate`` start with it); ``timer`` gets each step's wall time,
+    ``on_event`` a ``step`` event as each starts (or is reused) and the steps' own events.
 
     Pretrained checkpoints made with other settings are not replaced silently: without
     ``force`` (or ``replace_pretrained``) that is an error saying what differs.
@@ -251,26 +256,17 @@ def ensure_partitioned(
     if not (force or replace_pretrained):
         _refuse_replacing_pretrained(session)
     if force or not session.pretrained_is_current():
-        if on_step:
-            on_step("pretrain")
+        emit(on_event, "step", text="pretrain")
         with maybe(timer, "pretrain"):
-            pretrain(session, on_epoch=on_epoch)
-    elif on_step:
-        on_step("pretrain (reused)")
+            pretrain(session, on_event=on_event)
+    else:
+        emit(on_event, "step", text="pretrain (reused)")
     if force or not partition_is_current(session):
-        if on_step:
-            on_step("partition")
-        # Units in other processes report when each ends (their epochs have no bars here).
-        remote = executor is not None and not executor.in_process
+        emit(on_event, "step", text="partition")
         with maybe(timer, "partition"):
-            partition(
-                session,
-                on_epoch=on_epoch,
-                on_fold=on_step if remote else None,
-                executor=executor,
-            )
-    elif on_step:
-        on_step("partition (reused)")
+            partition(session, on_event=on_event, executor=executor)
+    else:
+        emit(on_event, "step", text="partition (reused)")
 
 
 def _refuse_replacing_pretrained(session: Session) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrd_cli.core.events import OnEvent, items
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session
@@ -35,12 +36,8 @@ MADE_BY = {"distill": "mrd distill", "selftrain": "mrd selftrain", "pretrain": "
 # A stage-less run directory is searched in this order: the last step's model first.
 STAGE_ORDER = ("distill", "selftrain", "pretrain")
 
-# (description, total) -> advance(n); the CLI passes Rich bars.
+# (description, total) -> advance(n): ``core.events.items`` over the caller's on_event.
 Progress = Callable[[str, int], Callable[[int], None]]
-
-
-def _no_progress(_description: str, _total: int) -> Callable[[int], None]:
-    return lambda _n: None
 
 
 @dataclass
@@ -142,11 +139,12 @@ def predict(
     checkpoint: Path,
     source: CsvInput | FeatureInput,
     batch_size: int = EVAL_BATCH,
-    progress: Progress | None = None,
+    on_event: OnEvent | None = None,
 ) -> PredictResult:
     """Predict every utterance of ``source`` with ``checkpoint`` (made from ``session``'s
-    corpus: refused otherwise)."""
-    progress = progress or _no_progress
+    corpus: refused otherwise). ``on_event`` gets ``items`` events as texts are encoded,
+    audio files read and dialogues predicted."""
+    progress = items(on_event)
     stage = _stage_of(session.run, checkpoint)
     model, ckpt = session.load_model(checkpoint, MADE_BY[stage])
     spec = ckpt["model_spec"]

@@ -20,6 +20,7 @@ from torch import Tensor
 from mrd_cli.config import PretrainConfig
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.device import seed_everything
+from mrd_cli.core.events import OnEvent, epoch_events
 from mrd_cli.core.losses import l2_penalty
 from mrd_cli.core.protocol_gap import TestWatch
 from mrd_cli.core.rundir import ROLES
@@ -73,13 +74,13 @@ def pretrain(
     session: Session,
     roles: tuple[str, ...] = ROLES,
     resume: bool = False,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> PretrainResult:
     """Pretrain M_multi and/or M_text; writes ``RUN/pretrain/<role>.pt``.
 
     With ``resume``, a role with a saved training state continues from its last finished
     epoch, and a role whose checkpoint was already finished with this data, config and seed
-    is kept as it is.
+    is kept as it is. ``on_event`` gets an ``epoch`` event per epoch (task: the role).
     """
     selected: dict[str, Selected] = {}
     train, val = session.tensors("train"), session.tensors("val")
@@ -105,7 +106,7 @@ def pretrain(
             session.cfg.seed,
             state_path=state_path,
             resume=resume,
-            on_epoch=record.wrap((lambda log, r=role: on_epoch(r, log)) if on_epoch else None),
+            on_epoch=record.wrap(epoch_events(on_event, role)),
             watch=watch,
         )
         save_checkpoint(

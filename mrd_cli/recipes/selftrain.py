@@ -21,7 +21,7 @@ accepted pseudo-labels, reported as a diagnostic that no choice depends on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from torch import Tensor
 from mrd_cli.config import SelftrainConfig
 from mrd_cli.core.checkpoint import copy_checkpoint, save_checkpoint
 from mrd_cli.core.device import seed_everything
+from mrd_cli.core.events import OnEvent, emit, epoch_events
 from mrd_cli.core.losses import class_weights_from_labels, classification_loss, l2_penalty
 from mrd_cli.core.selftrain import (
     accept_pseudo_labels,
@@ -104,26 +105,25 @@ def selftrain(
     session: Session,
     role: str = "multi",
     resume: bool = False,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_message: Callable[[str], None] | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> SelftrainResult:
     """Label budget, contrastive pretraining, round 0 and the self-training rounds of a
     ``role`` model (multi: every configured modality; text: the text alone).
 
     With ``resume``, finished rounds (and a finished contrastive phase) are kept and an
-    interrupted round continues from its last finished epoch.
+    interrupted round continues from its last finished epoch. ``on_event`` gets the
+    ``epoch`` events of the contrastive phase and of each round ("multi round 1"), a
+    ``round`` event per finished round (payload: its report) and a ``note`` per message.
     """
     cfg, st = session.cfg, session.cfg.selftrain
     record = recorder(session, "selftrain", {"model": role}, "round 0")  # per-epoch metrics
-    on_epoch = record.keyed(on_epoch, f"{role} ")  # each round its own segment
+    on_event = record.keyed(on_event, f"{role} ")  # each round its own segment
     messages: list[str] = []
     thresholds = class_thresholds(session.corpus.label_names, st.thresholds, st.default_threshold)
 
     def say(message: str) -> None:
         messages.append(message)
-        if on_message:
-            on_message(message)
+        emit(on_event, "note", text=message)
 
     train = session.tensors("train")
     budget = label_budget(train.num_dialogues, st.labeled_fraction, cfg.seed)
@@ -142,7 +142,7 @@ def selftrain(
     everything = train.select(model.modalities)  # features only: no label is read from it
     model.set_input_stats(everything.features, everything.mask)
     contrastive = _contrastive_phase(
-        session, model, role, [labelled, pool.data], seed, sig, resume, on_epoch
+        session, model, role, [labelled, pool.data], seed, sig, resume, on_event
     )
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -164,7 +164,7 @@ def selftrain(
             seed_everything(seed + 7919 * r)
             model.load_state_dict(start)
             report = _train_round(
-                session, model, role, r, data, active, seed + 7919 * r, sig, resume, on_epoch
+                session, model, role, r, data, active, seed + 7919 * r, sig, resume, on_event
             )
             report["pseudo_labelled_utterances"] = int(active.sum()) - labelled.num_utterances
             report["checkpoint"] = str(ckpt_path)
@@ -183,8 +183,7 @@ def selftrain(
             report["thresholds"] = dict(zip(session.corpus.label_names, thresholds.tolist()))
             done.append(report)
             atomic_write_json(state_path, state)
-            if on_round:
-                on_round(report)
+            emit(on_event, "round", payload=report)
         if not bool(pseudo[1].any()):
             say(
                 f"Round {r + 1}: no pool utterance passed its class threshold "
@@ -195,8 +194,7 @@ def selftrain(
     if len(done) < len(rounds):  # the last round, which labels no pool
         done.append(rounds[-1])
         atomic_write_json(state_path, state)
-        if on_round:
-            on_round(rounds[-1])
+        emit(on_event, "round", payload=rounds[-1])
     chosen = _select_round(rounds, st.select)
     why = f"self-training round {chosen} (selftrain.select = {st.select})"
     copy_checkpoint(session.run.selftrain_round(role, chosen), session.run.selftrained(role), why)
@@ -241,7 +239,7 @@ def _contrastive_phase(
     seed: int,
     sig: str,
     resume: bool,
-    on_epoch: Callable[[str, EpochLog], None] | None,
+    on_event: OnEvent | None,
 ) -> dict[str, Any]:
     """NT-Xent pretraining of the encoders on labelled and pool dialogues; its weights are
     saved (``RUN/selftrain/.<role>.contrastive.pt``) so that a resumed run skips it."""
@@ -283,11 +281,12 @@ def _contrastive_phase(
                 f"The contrastive loss became non-finite at epoch {epoch + 1}; lower "
                 "selftrain.contrastive_lr or check the features."
             )
-        if on_epoch:
-            on_epoch(
-                f"{role} contrastive",
-                EpochLog(epoch + 1, st.contrastive_epochs, losses, {}, {}),
-            )
+        emit(
+            on_event,
+            "epoch",
+            task=f"{role} contrastive",
+            log=EpochLog(epoch + 1, st.contrastive_epochs, losses, {}, {}),
+        )
     summary = {"epochs": st.contrastive_epochs, "losses": losses}
     atomic_torch_save(
         {"signature": sig, "state_dict": model.state_dict(), "summary": summary}, path
@@ -331,7 +330,7 @@ def _train_round(
     seed: int,
     sig: str,
     resume: bool,
-    on_epoch: Callable[[str, EpochLog], None] | None,
+    on_event: OnEvent | None,
 ) -> dict[str, Any]:
     """Supervised training of round ``r`` on the ``active`` utterances of ``data``; the
     epoch is chosen on validation W-F1. Writes the round's checkpoint."""
@@ -348,7 +347,7 @@ def _train_round(
         state_path=session.run.selftrain_dir / f".{role}.round{r}.state.pt",
         resume=resume,
         signature=signature(sig, r, int(active.sum())),
-        on_epoch=(lambda log: on_epoch(key, log)) if on_epoch else None,
+        on_epoch=epoch_events(on_event, key),
         patience=st.patience,
         stop_floor=st.epochs // 2,
     )

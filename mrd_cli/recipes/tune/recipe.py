@@ -8,16 +8,14 @@ the summary (``summary.summarise``). The package's docstring describes the study
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from mrd_cli.config.sections import MAX_SEEDS
 from mrd_cli.core import lock as run_lock
+from mrd_cli.core.events import OnEvent
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.session import Session
-from mrd_cli.core.training import EpochLog
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_bytes
 from mrd_cli.recipes.partition import ensure_partitioned
@@ -56,18 +54,16 @@ def tune(
     heartbeat_interval: int = 10,
     grace_period: int | None = 60,
     poll_seconds: float = 5.0,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-    on_trial: Callable[[dict[str, Any], dict[str, int]], None] | None = None,
-    on_wait: Callable[[dict[str, int]], None] | None = None,
+    on_event: OnEvent | None = None,
     executor: Executor | None = None,
 ) -> TuneResult:
     """Run (or continue) the study until it holds ``trials`` finished trials; write
     ``RUN/tune/<study>/best.yaml``; return every trial, the best and the parameter importances.
 
-    ``on_epoch(key, log)`` follows pretraining and each trial's distillation epochs,
-    ``on_trial(row, counts)`` each trial this process finishes, ``on_wait(counts)`` each
-    poll while the last trials run in other processes. ``executor`` (default: this
+    ``on_event`` gets the events of pretraining and of each trial's distillation (task
+    "trial 3, seed 0"), a ``trial`` event (payload: row, counts) for each trial this
+    process finishes and a ``wait`` event (payload: counts) for each poll while the last
+    trials run in other processes. ``executor`` (default: this
     process) runs the trials: a Ray executor runs one worker per task slot
     (``Executor.slots``, at most ``trials``), each trying trials against the shared storage; the callbacks
     then follow only the pretraining.
@@ -126,7 +122,7 @@ def tune(
                     "with a directory you can write to."
                 )
             try:
-                ensure_partitioned(session, on_epoch=on_epoch, on_step=on_step)
+                ensure_partitioned(session, on_event=on_event)
             finally:
                 run_lock.release(session.run.root)
             pretrained_value = pretrained_score(session, target)
@@ -135,9 +131,7 @@ def tune(
 
     executor = executor or LocalExecutor()
     if executor.in_process:
-        ran_here = run_trials(
-            session, study, job, study_dir, optuna, on_epoch, on_step, on_trial, on_wait
-        )
+        ran_here = run_trials(session, study, job, study_dir, optuna, on_event)
     else:
         # Each worker is a unit of the executor running trials against the shared storage;
         # its trial directories come back as bytes and are written here alone.

@@ -9,16 +9,16 @@ keys change pretraining pretrains its own pair in its directory first.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mrd_cli.config import nested_overrides, with_values
+from mrd_cli.core.events import Event, OnEvent, emit
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.core.session import Session
-from mrd_cli.core.training import EpochLog, evaluate
+from mrd_cli.core.training import evaluate
 from mrd_cli.errors import MRDError
 from mrd_cli.io import atomic_write_text, file_sha256
 from mrd_cli.recipes.distill import distill
@@ -43,8 +43,7 @@ def run_trial(
     job: StudyJob,
     study_dir: Path,
     optuna: Any,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> float:
     """Distil the pair with the trial's config over every seed; the mean over seeds of the
     target's validation W-F1 at each model's best distillation epoch."""
@@ -66,9 +65,7 @@ def run_trial(
             )
     if job.own_pairs:  # a trial that changes pretraining keys pretrains its own pair
         base = RunDir(trial_dir / "base")
-        ensure_partitioned(
-            session.derive(copy.deepcopy(cfg), base), on_epoch=on_epoch, on_step=on_step
-        )
+        ensure_partitioned(session.derive(copy.deepcopy(cfg), base), on_event=on_event)
     planned = len(seed_list) * cfg.distill.epochs
     trial.set_user_attr("epochs_planned", planned)
     state = {"epochs": 0}
@@ -82,13 +79,17 @@ def run_trial(
 
         best.clear()
 
-        def report(log: EpochLog, index: int = index, key: str = key, seed: int = seed) -> None:
+        def report(event: Event, index: int = index, key: str = key, seed: int = seed) -> None:
+            if event.kind != "epoch" or event.log is None:  # a warning: passed on as it is
+                if on_event:
+                    on_event(event)
+                return
+            log = event.log
             for role, wf1 in log.val_wf1.items():
                 best[role] = max(best.get(role, wf1), wf1)
             state["epochs"] += 1
             trial.set_user_attr("epochs_run", state["epochs"])
-            if on_epoch:
-                on_epoch(key, log)
+            emit(on_event, "epoch", task=key, log=log)
             trial.report(target_value(log.val_wf1, target), index * stride + log.epoch - 1)
             # Pruning at the very last epoch would save nothing and lose the trial's value.
             last = index == len(seed_list) - 1 and log.epoch == log.epochs
@@ -96,7 +97,7 @@ def run_trial(
                 raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {log.epoch}")
 
         try:
-            distill(session.derive(seed_cfg, base), on_epoch=report, out_dir=out_dir)
+            distill(session.derive(seed_cfg, base), on_event=report, out_dir=out_dir)
         finally:
             (out_dir / ".pair.state.pt").unlink(missing_ok=True)
         # Each model's best distillation epoch, whether or not it beat the pretrained

@@ -17,16 +17,15 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mrd_cli.config import Config
 from mrd_cli.core.device import resolve_device, set_threads
+from mrd_cli.core.events import OnEvent, emit
 from mrd_cli.core.rundir import unpack
 from mrd_cli.core.session import Session
-from mrd_cli.core.training import EpochLog
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDRunError
 from mrd_cli.recipes.tune.study import (
@@ -57,10 +56,7 @@ def run_trials(
     job: StudyJob,
     study_dir: Path,
     optuna: Any,
-    on_epoch: Callable[[str, EpochLog], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-    on_trial: Callable[[dict[str, Any], dict[str, int]], None] | None = None,
-    on_wait: Callable[[dict[str, int]], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> list[int]:
     """This process's share of the study: start trials (into ``study_dir``) until the study
     holds ``job.trials`` finished ones; the numbers of the trials run here."""
@@ -81,7 +77,7 @@ def run_trials(
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {key: p.suggest(trial) for key, p in job.space.items()}
         try:
-            return run_trial(session, trial, params, job, study_dir, optuna, on_epoch, on_step)
+            return run_trial(session, trial, params, job, study_dir, optuna, on_event)
         except MRDRunError as exc:  # e.g. a non-finite loss: this config fails, not the study
             trial.set_user_attr("error", str(exc))
             raise
@@ -100,8 +96,7 @@ def run_trials(
         if tally["finished"] >= job.trials:
             break
         if tally["finished"] + tally["running"] >= job.trials and tally["waiting"] == 0:
-            if on_wait:
-                on_wait(tally)
+            emit(on_event, "wait", payload={"counts": tally})
             time.sleep(job.poll_seconds)
             continue
         done: list[Any] = []
@@ -115,8 +110,7 @@ def run_trials(
             if frozen.user_attrs.get("surplus"):
                 continue
             ran_here.append(frozen.number)
-            if on_trial:
-                on_trial(row(frozen, T), counts(study))
+            emit(on_event, "trial", payload={"row": row(frozen, T), "counts": counts(study)})
             if frozen.state == T.FAIL:
                 failures.append(frozen.user_attrs.get("error", "failed"))
                 if len(failures) >= MAX_FAILURES:
