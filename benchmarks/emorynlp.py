@@ -34,6 +34,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mrd_cli.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV_DIR = ROOT.parent / "shared" / "data" / "emorynlp"
 MODELS = ("pretrain/text", "pretrain/multi", "distill/text", "distill/multi")
@@ -194,7 +196,7 @@ def main(
         per_seed.append({"seed": seed, "test_weighted_f1": scores, "seconds": times})
         err.print(f"  test W-F1: {scores}")
         partial = {"per_seed": per_seed, "baselines": base}
-        (work / "results.partial.json").write_text(json.dumps(partial, indent=2) + "\n")
+        atomic_write_text(work / "results.partial.json", json.dumps(partial, indent=2) + "\n")
 
     summary = {
         m: mean_std([s["test_weighted_f1"][m] for s in per_seed])
@@ -226,7 +228,7 @@ def main(
         "load_average_after": os.getloadavg(),
         "cpu_count": os.cpu_count(),
     }
-    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(work / "results.json", json.dumps(results, indent=2) + "\n")
     if json_out:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:

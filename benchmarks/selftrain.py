@@ -36,6 +36,7 @@ from mrd_cli.core.metrics import weighted_f1
 from mrd_cli.core.session import Session
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import predict
+from mrd_cli.io import atomic_write_text
 from mrd_cli.recipes.selftrain import selftrain
 
 METHODS = ("supervised", "round0", "selftrained")
@@ -199,13 +200,14 @@ def main(
     name = Path(dataset).stem if dataset.endswith((".yaml", ".yml")) else dataset
     print(markdown(name, summary, transductive))
     if json_out:
-        json_out.write_text(
+        atomic_write_text(
+            json_out,
             json.dumps(
                 {"dataset": name, "transductive": transductive, "summary": summary, "cells": raw},
                 indent=2,
                 default=float,
             )
-            + "\n"
+            + "\n",
         )
 
 

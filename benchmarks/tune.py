@@ -30,6 +30,7 @@ from rich.table import Table
 from mrd_cli.core.events import Event
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_text
 from mrd_cli.recipes.partition import ensure_partitioned
 from mrd_cli.recipes.tune import default_storage, require_optuna, tune
 
@@ -159,7 +160,7 @@ def main(
         )
         report["wall_saved_vs_unpruned"] = 1 - pruned["wall_s"] / max(unpruned["wall_s"], 1e-9)
     if out:
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     if json_out:
         print(json.dumps(report, indent=2))
         return

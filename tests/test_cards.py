@@ -116,3 +116,17 @@ def test_training_json_carries_each_models_card(tmp_path):
         card = doc["pretrain"][role]["card"]
         assert card["checkpoint_sha256"] == file_sha256(tmp_path / "pretrain" / f"{role}.pt")
         assert card["selection"]["chosen_epoch"] == doc["pretrain"][role]["epoch"]
+
+
+def test_selftrain_json_carries_its_card(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "pretrain: {epochs: 1}\nselftrain: {contrastive_epochs: 0, epochs: 1, rounds: 0}\n"
+    )
+    result = runner.invoke(
+        app, ["selftrain", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["card"]["checkpoint_sha256"] == file_sha256(doc["checkpoint"])
+    assert doc["card"]["parents"][0]["path"] == "selftrain/rounds/multi.round0.pt"

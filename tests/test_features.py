@@ -265,7 +265,7 @@ def test_written_files_have_the_community_container_types(emorynlp_out):
     manifest = json.loads((emorynlp_out / "features_manifest.json").read_text())
     assert manifest["text"]["dim"] == 384 and len(manifest["text"]["model_files_sha256"]) == 64
     assert manifest["modalities"] == ["text"]
-    assert manifest["dialogues"]["0"] == {"split": "train", "dialogue": "1_1_1"}
+    assert manifest["dialogues"]["0"] == {"split": "train", "dialogue": ["1", "1", "1"]}
 
 
 def test_second_run_takes_every_embedding_from_the_cache(emorynlp_out, cache, tmp_path):
@@ -591,7 +591,7 @@ def test_generic_files_per_split_need_no_split_column_and_labels_sort(tmp_path):
     )
     conv = read_conversations(spec, "g")
     assert conv.label_names == ["a", "b"]  # sorted training labels
-    assert [u.text for u in conv.dialogues["train1"]] == ["first", "second"]  # by utterance id
+    assert [u.text for u in conv.dialogues[("train1",)]] == ["first", "second"]  # by utterance id
     _write_csv(tmp_path / "test.csv", header, [["t1", 1, "X", "hi", "c"]])
     with pytest.raises(MRDError, match="Unknown label.*from the training split"):
         read_conversations(spec, "g")

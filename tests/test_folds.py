@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mrd_cli import Session
+from mrd_cli.cli.common import resume_advice
 from mrd_cli.config import Config
 from mrd_cli.core.partition import fold_assignment
 from mrd_cli.core.rundir import ROLES, RunDir
@@ -64,7 +65,9 @@ class _Stop(KeyboardInterrupt):
     """Ctrl-C, raised from the progress callback after a chosen epoch."""
 
 
-@pytest.mark.parametrize("patience", [0, 1])  # 1: fold models stop early too
+@pytest.mark.parametrize(
+    "patience", [0, pytest.param(1, marks=pytest.mark.slow)]  # 1: fold models stop early too
+)
 def test_interrupted_partition_resumes_each_fold_model_from_its_last_epoch(tmp_path, patience):
     reference = cross_fitted_predictions(_session(tmp_path / "ref", patience), FOLDS)
 
@@ -95,6 +98,7 @@ def test_interrupted_partition_resumes_each_fold_model_from_its_last_epoch(tmp_p
     assert not list(run.rglob("*.state.pt"))
 
 
+@pytest.mark.slow
 def test_a_state_of_other_settings_is_not_resumed_and_is_removed_at_the_end(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(_Stop):
@@ -115,3 +119,10 @@ def test_a_state_of_other_settings_is_not_resumed_and_is_removed_at_the_end(tmp_
     for role in ROLES:
         assert torch.equal(got[role], want[role]), role
     assert not (run / "folds").exists()
+
+
+def test_the_interrupt_message_names_the_interrupted_command():
+    assert "rerun `mrd partition` as it was" in resume_advice("mrd partition")
+    assert "fold models resume from their last finished epoch" in resume_advice("mrd run")
+    assert resume_advice("mrd pretrain").endswith("rerun `mrd pretrain` with --resume.")
+    assert "--resume" not in resume_advice("mrd compare")

@@ -103,6 +103,7 @@ def _console_errors(stderr: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # two browser starts
 def test_chromium_renders_it_without_console_errors_and_not_blank(run_dir, tmp_path):
     plt = pytest.importorskip("matplotlib.pyplot", reason="the plots extra reads the PNG")
     browser = _chromium()

@@ -161,7 +161,14 @@ def test_run_option_prints_and_records_the_diagnostic(tmp_path):
         )
     )
     args = ["run", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
-    res = CliRunner().invoke(app, [*args, "--protocol-gap", "--json"], catch_exceptions=False)
+    assert CliRunner().invoke(app, args, catch_exceptions=False).exit_code == 0
+    reused = CliRunner().invoke(app, [*args, "--protocol-gap"], catch_exceptions=False)
+    assert "no protocol-gap diagnostic for pretrain/multi, pretrain/text" in " ".join(
+        reused.stderr.split()
+    )  # the pretrained pair was reused: made without the diagnostic
+    res = CliRunner().invoke(
+        app, [*args, "--protocol-gap", "--force", "--json"], catch_exceptions=False
+    )
     assert res.exit_code == 0, res.output
     models = json.loads(res.stdout)["models"]
     assert all(m["test_selected_diagnostic"]["label"] == DIAGNOSTIC for m in models.values())

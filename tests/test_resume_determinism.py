@@ -363,6 +363,7 @@ def test_write_replaces_the_file_whole(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
 
 
+@pytest.mark.slow
 def test_interrupted_cross_fitted_partition_says_how_to_continue_and_resumes(
     reference: Path, fast_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -107,6 +107,7 @@ def test_tensorboard_events_hold_the_per_epoch_scalars(tmp_path):
         assert "loss/cls" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow  # MLflow's import and store migrations take tens of seconds
 def test_mlflow_runs_have_params_metrics_and_artifacts(tmp_path):
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     from mlflow.tracking import MlflowClient

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -37,6 +38,15 @@ class OneLineErrors(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        given = args[0] if args else kwargs.get("args")
+        argv = list(given if given is not None else sys.argv[1:])
+        empty = _empty_path_option(self, argv)
+        if empty:
+            sys.stderr.write(
+                f"Error: {empty} was given an empty path; an empty path would mean the "
+                "working directory. Give the path, or leave the option out for its default.\n"
+            )
+            sys.exit(2)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except click_exceptions.NoArgsIsHelpError as exc:
@@ -54,6 +64,32 @@ class OneLineErrors(TyperGroup):
             sys.stderr.write("Error: aborted.\n")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _empty_path_option(group: Any, argv: list[str]) -> str | None:
+    """The first path option of the invoked command that ``argv`` gives an empty value
+    (``--run-dir ""`` or ``--run-dir=``), or None."""
+    command = group
+    for token in argv:
+        sub = getattr(command, "commands", {}).get(token)
+        if sub is None:
+            if not token.startswith("-") and getattr(command, "commands", None):
+                return None  # unknown subcommand: click reports it
+            continue
+        command = sub
+    opts = {
+        opt
+        for param in getattr(command, "params", [])
+        if getattr(getattr(param, "type_descriptor", None), "annotation", None) is Path
+        for opt in param.opts
+    }
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if name in opts and (
+            (eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "")
+        ):
+            return name
+    return None
 
 
 app = typer.Typer(

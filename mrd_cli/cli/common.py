@@ -224,6 +224,12 @@ def resume_advice(command: str) -> str:
         return f"To continue, rerun `{command}` as it was: finished steps are reused and {folds}."
     if command == "mrd compare":
         return f"To continue, rerun `{command}` as it was: finished cells are reused."
+    if command == "mrd features":
+        return (
+            "No feature file was replaced (they are written aside, then renamed all at "
+            f"once). Rerun the same `{command}` command: the utterances already encoded are in "
+            "the embedding cache and are not encoded again."
+        )
     return f"Rerun `{command}` to start it again."
 
 
@@ -304,21 +310,12 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
         return
     summary = result.to_dict()[stage]
     for role, s in summary.items():
-        guard = s.get("start_guard") or {}
-        if s.get("kept_pretrained") and guard.get("kept_start"):
+        decision = s.get("decision")
+        if decision is not None:  # distillation: changed or kept, and why
+            mark = "[green]✓[/]" if decision["changed"] else "[yellow]=[/]"
             err_console.print(
-                f"[yellow]=[/] {stage} {role}: epoch {guard['best_epoch']} beat the pretrained "
-                f"weights on validation ({guard['best_val_weighted_f1']:.2f} vs "
-                f"{guard['start_val_weighted_f1']:.2f}) in only {100 * guard['p_gain']:.0f}% "
-                f"of bootstrap resamples (needs {100 * guard['required']:.0f}%); kept the "
-                f"pretrained weights (epoch 0) -> {shown(s['checkpoint'])}"
-            )
-            continue
-        if s.get("kept_pretrained"):
-            err_console.print(
-                f"[yellow]=[/] {stage} {role}: no distillation epoch beat the pretrained "
-                f"weights on validation (val W-F1 {s['val_weighted_f1']:.2f}); kept them "
-                f"(epoch 0) -> {shown(s['checkpoint'])}"
+                f"{mark} {stage} {role}: {shown(decision['reason'])} -> "
+                f"{shown(s['checkpoint'])}"
             )
             continue
         gain = ""

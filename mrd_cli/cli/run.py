@@ -32,7 +32,7 @@ from mrd_cli.cli.common import (
 from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
 from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
 from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.protocol_gap import ProtocolGapOpt
+from mrd_cli.cli.protocol_gap import ProtocolGapOpt, warn_missing_gap
 from mrd_cli.cli.render import print_evaluation, timings_table
 from mrd_cli.cli.session import open_executor, open_session
 from mrd_cli.core.timing import StepTimer
@@ -111,6 +111,8 @@ def run(
             distill(session, on_event=bars)
     with timer.step("evaluate"):
         result = evaluate(session).to_dict()
+    if protocol_gap:
+        warn_missing_gap(result)
     result["timings"] = timer.to_dict()
     path = metrics_path(session, "test")
     if plots:

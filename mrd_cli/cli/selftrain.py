@@ -4,6 +4,7 @@ supervised training with soft voting, self-training rounds)."""
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -140,7 +141,11 @@ def selftrain(
             on_event=bars,
         )
     if json_out:
-        print_json(result.to_dict())
+        from mrd_cli.core.card import card_path, read_card_fields
+
+        doc = result.to_dict()
+        doc["card"] = read_card_fields(card_path(Path(doc["checkpoint"])))  # core/card.py
+        print_json(doc)
         return
     out_console().print(rounds_table(result.to_dict(), session.corpus.label_names))
     err_console.print(

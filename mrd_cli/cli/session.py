@@ -14,6 +14,18 @@ from mrd_cli.core.executor import Executor, make_executor
 from mrd_cli.core.session import Session
 from mrd_cli.errors import MRDError
 
+# Commands that train: they say which config files they merged before they start.
+TRAINING_COMMANDS = (
+    "mrd run",
+    "mrd pretrain",
+    "mrd partition",
+    "mrd distill",
+    "mrd selftrain",
+    "mrd tune",
+    "mrd ablate",
+    "mrd compare",
+)
+
 
 def open_session(
     dataset: str,
@@ -48,11 +60,23 @@ def open_session(
         loading=None if quiet else err_console.status,
     )
     set_threads(session.cfg.threads)
+    command = command_name(get_current_context(silent=True))
+    if not quiet and command in TRAINING_COMMANDS:
+        from rich.markup import escape
+
+        from mrd_cli.config import config_files
+
+        merged = " + ".join(escape(str(p)) for p in config_files(dataset, config))
+        err_console.print(
+            f"Config: mrd's defaults{' + ' + merged if merged else ''}.",
+            highlight=False,
+            soft_wrap=True,
+        )
     for message in session.corpus.warnings():
         err_console.print(f"[yellow]Warning:[/] {shown(message)}", highlight=False, soft_wrap=True)
     if not lock:
         return session
-    writable = run_lock.acquire(session.run.root, command_name(get_current_context(silent=True)))
+    writable = run_lock.acquire(session.run.root, command)
     if not writable and not read_only_ok:
         raise MRDError(
             f"The run directory {session.run.root} cannot be written. Pass --run-dir with a "
@@ -60,6 +84,14 @@ def open_session(
         )
     session.__dict__["writable"] = writable
     return session
+
+
+def lock_run_dir(run: Path, command: str) -> None:
+    """Take the lock of an existing run directory for a command that writes into it but
+    opens no session (`mrd plot`, `mrd report`); ``handle_errors`` releases it. A missing
+    directory is left for the command to report (it is not created here)."""
+    if Path(run).is_dir():
+        run_lock.acquire(Path(run), command)
 
 
 @contextmanager

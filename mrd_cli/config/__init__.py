@@ -47,6 +47,7 @@ from mrd_cli.config.sections import (
     TrackingConfig,
 )
 from mrd_cli.errors import MRDError
+from mrd_cli.labels import check_label_names
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -66,6 +67,7 @@ __all__ = [
     "TrackingConfig",
     "SemiConfig",
     "builtin_config_path",
+    "config_files",
     "describe_type",
     "key_type",
     "load_config",
@@ -156,4 +158,21 @@ def load_config(
         apply(cfg, read_yaml(config_file), "")
     if overrides:
         apply(cfg, overrides, "")
+    names = cfg.dataset.label_names
+    if all(isinstance(n, str) for n in names):
+        # The one label normalisation (mrd_cli/labels.py): display forms, refused with
+        # the code point named when a name holds an invisible character.
+        cfg.dataset.label_names = check_label_names(names, "dataset.label_names")
     return validate(cfg), yaml_dir
+
+
+def config_files(dataset: str, config_file: Path | None = None) -> list[Path]:
+    """The files ``load_config`` merges over the defaults of this package, in order."""
+    files: list[Path] = []
+    if dataset in BUILTIN_DATASETS:
+        files.append(builtin_config_path(dataset))
+    elif dataset.endswith((".yaml", ".yml")) or Path(dataset).is_file():
+        files.append(Path(dataset))
+    if config_file is not None:
+        files.append(Path(config_file))
+    return files

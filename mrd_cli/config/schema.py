@@ -29,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from mrd_cli.errors import MRDError
+from mrd_cli.io import read_limited
 
 # --------------------------------------------------------------------------------------
 # Rules: each returns what is wrong with a value ("must be ..."), or None
@@ -380,14 +381,19 @@ def load_yaml_text(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+# A config or dataset YAML is a few kilobytes; a bigger one is the wrong file.
+MAX_YAML_BYTES = 16 << 20
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a clear MRDError."""
-    if not path.is_file():
+    if not path.exists():
         raise MRDError(
             f"Config file not found: {path}. Check the path given to --config or --dataset."
         )
     try:
-        data = load_yaml_text(path.read_text())
+        # A fifo or a link to a device is refused unread; so is a file over the budget.
+        data = load_yaml_text(read_limited(path, MAX_YAML_BYTES, "config file").decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
         detail = " ".join(str(exc).split())
         raise MRDError(f"Config file {path} is not valid YAML: {detail}") from None

@@ -27,6 +27,7 @@ from mrd_cli.config.schema import (
     setting,
     where,
 )
+from mrd_cli.labels import label_names_problem
 
 BUILTIN_DATASETS = ("iemocap", "meld", "synthetic")
 # The curriculum stages (partition groups at the curriculum's level), by name.
@@ -67,8 +68,10 @@ class DatasetConfig:
     label_names: list[str] = setting(
         [],
         where(
-            lambda n: len(set(n)) == len(n) and all(s.strip() for s in n),
-            "must be distinct, non-empty class names",
+            lambda n: all(isinstance(s, str) for s in n) and label_names_problem(n) is None,
+            "must be distinct, non-empty class names without invisible characters (two "
+            "spellings that differ only in case, surrounding white space or Unicode form are "
+            "one class)",
         ),
         length(0, MAX_CLASSES, f"may name at most {MAX_CLASSES} classes"),
     )
@@ -83,8 +86,9 @@ class DatasetConfig:
     # official validation split (IEMOCAP).
     val_fraction: float = setting(0.1, interval(0, 1, "()"))
     # Size of the built-in synthetic corpus ("small" for quick runs; "iemocap"/"meld" for
-    # full-size data with the real dimensions).
-    synthetic_preset: Literal["small", "iemocap", "meld"] = "small"
+    # full-size data with the real dimensions; "control": the positive control of
+    # docs/controls.md, few dialogues and label noise in the training split).
+    synthetic_preset: Literal["small", "iemocap", "meld", "control"] = "small"
     # Seed of the data itself (synthetic generation, IEMOCAP's validation dialogues). Kept
     # apart from the training seed so that every training seed sees the same split.
     data_seed: int = setting(0, SEED_RANGE)
@@ -303,6 +307,11 @@ class DistillConfig:
     # this many epochs, counted only within the last curriculum stage, so that no stage is
     # ever cut short (the earliest stop is this many epochs into the last stage).
     patience: int = setting(5, at_least(0, MAX_EPOCHS, note="0 = off"))
+    # A NEGATIVE CONTROL, never for real use (docs/controls.md): what each model distils
+    # from. "none": its partner's logits (MRD). "permuted": the partner's logits shuffled
+    # across the batch's active utterances, so the targets keep their distribution but lose
+    # their link to the utterance. "uniform": a constant (uniform) target for every utterance.
+    teacher_control: Literal["none", "permuted", "uniform"] = "none"
 
 
 @dataclass

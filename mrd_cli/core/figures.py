@@ -168,7 +168,8 @@ def training_figure(
     """Validation W-F1 per epoch, one panel per training stage.
 
     Each panel: ``title``, ``curves`` (role -> list of (epoch, W-F1)), ``selected`` (role ->
-    the epoch chosen, marked with a star), and optionally ``stages`` (the curriculum's
+    the epoch chosen, marked with a star), optionally ``rejected`` (role -> the best
+    distillation epoch the start guard rejected, marked with a cross) and ``stages`` (the curriculum's
     (name, epochs) in order, shaded in the background; epoch 0 is the pretrained start).
     """
     from matplotlib.lines import Line2D
@@ -226,6 +227,31 @@ def training_figure(
                         label="epoch chosen on validation",
                     ),
                 )
+            refused = panel.get("rejected", {}).get(role)
+            if refused is not None and refused in xs:
+                ax.plot(
+                    [refused],
+                    [ys[xs.index(refused)]],
+                    marker="X",
+                    markersize=11,
+                    color=style["color"],
+                    markeredgecolor="black",
+                    linestyle="none",
+                    zorder=4,
+                )
+                handles.setdefault(
+                    "rejected",
+                    Line2D(
+                        [],
+                        [],
+                        marker="X",
+                        color="#999999",
+                        markeredgecolor="black",
+                        markersize=9,
+                        linestyle="none",
+                        label="best epoch, rejected by the start guard",
+                    ),
+                )
         ax.set_title(panel["title"])
         starts = any(e == 0 for pts in panel["curves"].values() for e, _ in pts)
         ax.set_xlabel("epoch" + (" (0: the pretrained weights)" if starts else ""))
@@ -236,7 +262,7 @@ def training_figure(
         last = max((e for pts in panel["curves"].values() for e, _ in pts), default=1)
         ax.set_xlim(first - 0.5, last + 0.5)
     # One legend for all panels, below them: it never hides a curve.
-    order = [k for k in ("multi", "text", "chosen") if k in handles]
+    order = [k for k in ("multi", "text", "chosen", "rejected") if k in handles]
     order += [k for k in handles if k.startswith("stage: ")]
     fig.legend(
         handles=[handles[k] for k in order],

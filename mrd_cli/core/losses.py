@@ -66,6 +66,29 @@ def distillation_kl(
     return loss * (t * t) if t2_scaling else loss
 
 
+def control_teacher(
+    logits: Tensor, active: Tensor, mode: str, generator: torch.Generator | None = None
+) -> Tensor:
+    """The teacher logits of a negative control (``distill.teacher_control``), detached.
+
+    "permuted": the rows of the active utterances shuffled among themselves (same target
+    distribution, no link to the utterance); "uniform": zeros, a uniform target everywhere;
+    "none": ``logits`` unchanged.
+    """
+    if mode == "none":
+        return logits
+    out = torch.zeros_like(logits.detach())
+    if mode == "uniform":
+        return out
+    flat, rows = logits.detach().reshape(-1, logits.shape[-1]), torch.nonzero(active.reshape(-1))
+    rows = rows.flatten()
+    order = torch.randperm(
+        len(rows), generator=generator, device=generator.device if generator else None
+    )
+    out.reshape(-1, logits.shape[-1])[rows] = flat[rows[order.to(rows.device)]]
+    return out
+
+
 def mutual_distillation_loss(
     multi_logits: Tensor,
     text_logits: Tensor,
@@ -74,13 +97,17 @@ def mutual_distillation_loss(
     beta: float,
     temperature: float,
     t2_scaling: bool = False,
+    teachers: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """MIC, Eq. 5: L_distill = alpha * L_dm + beta * L_dt.
 
+    ``teachers`` (for the multimodal model, for the text model) replaces the partners'
+    logits as targets: only the negative control (``control_teacher``) passes it.
     Returns ``{"kd_m": L_dm, "kd_t": L_dt, "distill": L_distill}``.
     """
-    l_dm = distillation_kl(multi_logits, text_logits, active, temperature, t2_scaling)
-    l_dt = distillation_kl(text_logits, multi_logits, active, temperature, t2_scaling)
+    for_multi, for_text = teachers if teachers is not None else (text_logits, multi_logits)
+    l_dm = distillation_kl(multi_logits, for_multi, active, temperature, t2_scaling)
+    l_dt = distillation_kl(text_logits, for_text, active, temperature, t2_scaling)
     return {"kd_m": l_dm, "kd_t": l_dt, "distill": alpha * l_dm + beta * l_dt}
 
 
@@ -146,12 +173,14 @@ def mrd_total_loss(
     temperature: float,
     t2_scaling: bool,
     l_reg: Tensor,
+    teachers: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Eq. 15: L_total = L_cls(multi) + L_cls(text) + L_distill + L_ref + L_reg.
 
     ``cls_loss(logits, labels, active)`` is the configured L_cls; ``l_reg`` the L2 term of
     both models. Every term is averaged over the ``active`` utterances of the curriculum
-    stage. Returns every term by name, ``total`` included.
+    stage. ``teachers``: see ``mutual_distillation_loss`` (negative controls only).
+    Returns every term by name, ``total`` included.
     """
     terms: dict[str, Tensor] = {
         "cls_m": cls_loss(multi_logits, labels, active),
@@ -159,13 +188,11 @@ def mrd_total_loss(
     }
     terms.update(
         mutual_distillation_loss(
-            multi_logits, text_logits, active, alpha, beta, temperature, t2_scaling
+            multi_logits, text_logits, active, alpha, beta, temperature, t2_scaling, teachers
         )
     )
     terms.update(
-        ilc_loss(
-            multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta
-        )
+        ilc_loss(multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta)
     )
     terms["reg"] = l_reg
     terms["total"] = terms["cls_m"] + terms["cls_t"] + terms["distill"] + terms["ref"] + l_reg

@@ -18,7 +18,7 @@ from typing import Any
 from mrd_cli.config import model_in_use
 from mrd_cli.core.rundir import ROLES, RunDir
 from mrd_cli.errors import MRDError
-from mrd_cli.io import file_sha256
+from mrd_cli.io import MAX_JSON_BYTES, file_sha256, read_limited
 
 # The config sections both pretrained models must share (the seed is compared apart).
 PAIR_SECTIONS = ("dataset", "model", "pretrain")
@@ -84,10 +84,10 @@ def check_pretrained_pair(ckpts: dict[str, dict[str, Any]]) -> None:
 def _partition_record(path: Path) -> dict[str, Any] | None:
     """The pretrained checkpoints' sha256 a partition file records (None if unreadable)."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "partition file"))
         recorded = doc["provenance"]["checkpoints"]
         return {r: recorded[r]["sha256"] for r in ROLES}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (MRDError, OSError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrd_cli.config import Config
-from mrd_cli.io import atomic_write_text
+from mrd_cli.io import atomic_write_bytes, atomic_write_text
 
 ROLES = ("multi", "text")
 # What distillation reads from a run directory: the pretrained pair and its partition.
@@ -103,6 +103,5 @@ def unpack(root: Path, files: dict[str, bytes]) -> RunDir:
     """A worker's own run directory at ``root`` (a temporary directory, not the run
     directory the driver writes) holding ``files`` (path -> bytes)."""
     for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
+        atomic_write_bytes(root / rel, data)
     return RunDir(root)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mrd_cli.core.losses import nt_xent
 from mrd_cli.data.tensors import SplitTensors
-from mrd_cli.errors import MRDError
+from mrd_cli.labels import label_mapping
 from mrd_cli.models.semi import SemiModel
 
 
@@ -122,14 +122,10 @@ def class_thresholds(
 ) -> Tensor:
     """The threshold of each class [C], from the config's per-class mapping; a name that
     is not a class is refused (it would be a threshold silently never used)."""
-    unknown = sorted(set(thresholds) - set(label_names))
-    if unknown:
-        raise MRDError(
-            f"selftrain.thresholds names {', '.join(unknown)}, which are not classes of this "
-            f"dataset ({', '.join(label_names)}). Set selftrain.thresholds for its classes "
-            "(a config file replaces the whole mapping)."
-        )
-    return torch.tensor([thresholds.get(n, default) for n in label_names], dtype=torch.float32)
+    # Keys match classes as labels do everywhere (data/labels.py: case, white space and
+    # Unicode form ignored).
+    by_class = label_mapping(thresholds, label_names, "selftrain.thresholds")
+    return torch.tensor([by_class.get(n, default) for n in label_names], dtype=torch.float32)
 
 
 def accept_pseudo_labels(probs: Tensor, mask: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ class EpochLog:
     losses: dict[str, float]
     val_wf1: dict[str, float]
     best_wf1: dict[str, float]
+    # Validation W-F1 of the starting weights when they are a candidate (distillation), so
+    # a display can tell the start from the top trained epoch, which a guard may reject.
+    start_wf1: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -304,6 +307,9 @@ class Trainer:
             losses=losses,
             val_wf1=val_wf1,
             best_wf1={n: s.val_metrics["weighted_f1"] for n, s in self.best.items() if s},
+            start_wf1={
+                n: s.val_metrics["weighted_f1"] for n, s in self.start_selected.items() if s
+            },
         )
         if self.on_epoch is not None:
             self.on_epoch(log)
@@ -396,7 +402,9 @@ class Trainer:
             n for n, v in losses.items() if not np.isfinite(v)
         ]
         if bad:
-            where = f" The last good state (epoch {epoch}) is in {self.state_path}." if epoch else ""
+            where = (
+                f" The last good state (epoch {epoch}) is in {self.state_path}." if epoch else ""
+            )
             raise MRDRunError(
                 f"Loss term '{bad[0]}' became non-finite at epoch {epoch + 1}; training stopped "
                 f"and nothing from this epoch was saved.{where} Lower the learning rate or "

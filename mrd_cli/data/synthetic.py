@@ -37,7 +37,7 @@ Generative process (all draws from ``numpy.random.default_rng(seed)``, fully vec
    average is cleaner than any one layer; the legacy ``videoText`` is a noisier projection of
    the same text latent.
 
-All knobs live in ``SyntheticKnobs``; their defaults make the multimodal model clearly
+All knobs live in ``SyntheticKnobs`` (``data/presets.py``); their defaults make the multimodal model clearly
 better than the text-only one while each is right where the other is wrong on a share of
 the utterances. On ``small`` with configs/synthetic.yaml (``mrd run --dataset synthetic
 --seed 0``, CPU, torch 2.13) the pretrained GRU models score 74.2 multimodal / 62.6
@@ -53,8 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mrd_cli.data.layouts import IEMOCAP_LABELS, MELD_LABELS, write_iemocap, write_meld
+from mrd_cli.data.layouts import write_iemocap, write_meld
+from mrd_cli.data.presets import PRESETS, Preset, SyntheticKnobs
 from mrd_cli.errors import MRDError
+from mrd_cli.io import atomic_write_text
 
 __all__ = [
     "PRESETS",
@@ -66,104 +68,6 @@ __all__ = [
     "write_generated",
     "write_synthetic",
 ]
-
-
-@dataclass(frozen=True)
-class SyntheticKnobs:
-    """Every difficulty knob of the generator, in one place for calibration."""
-
-    # Shares of the utterance kinds (the rest are plain).
-    context_dependent: float = 0.15
-    text_misleading: float = 0.15
-    av_misleading: float = 0.08
-    # Label dynamics.
-    mood_following: float = 0.6
-    mood_shift: float = 0.3
-    shared_mood: float = 0.4
-    turn_switch: float = 0.75
-    # Where the ambiguous local signal of a context-dependent utterance sits between the
-    # mood's prototype (1.0) and another class's (0.0).
-    ambiguous_mix: float = 0.5
-    # Latent space and noise (standard deviations per latent dimension).
-    latent_dim: int = 16
-    text_noise: float = 1.3
-    audio_noise: float = 2.2
-    visual_noise: float = 2.6
-    roberta_layer_noise: float = 1.2  # independent per layer, averaged away by 4 layers
-    legacy_text_noise: float = 2.0  # extra noise of videoText over the text latent
-    recording_offset: float = 0.5  # per (dialogue, speaker) offset of audio and visual
-    feature_noise: float = 0.5  # per feature dimension, after the projection
-    # Correlation of the prototypes of a preset's confusable class pairs.
-    pair_similarity: float = 0.6
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Sizes and class structure of one synthetic corpus."""
-
-    name: str
-    layout: str  # "iemocap" or "meld": which community tuples are produced
-    label_names: tuple[str, ...]
-    priors: tuple[float, ...]
-    # (split, dialogues, utterances); MELD's "dev" goes into trainVid and validIds.
-    splits: tuple[tuple[str, int, int], ...]
-    length_range: tuple[int, int]
-    audio_dim: int
-    visual_dim: int
-    legacy_text_dim: int
-    roberta_dim: int
-    # Probabilities of 1, 2, 3, ... speakers in a dialogue.
-    speaker_counts: tuple[float, ...]
-    confusable: tuple[tuple[int, int], ...] = field(default_factory=tuple)
-
-
-_IEMOCAP_PRIORS = (0.06, 0.13, 0.22, 0.15, 0.13, 0.31)
-_MELD_PRIORS = (0.47, 0.12, 0.03, 0.07, 0.17, 0.03, 0.11)
-
-PRESETS: dict[str, Preset] = {
-    "small": Preset(
-        name="small",
-        layout="iemocap",
-        label_names=tuple(IEMOCAP_LABELS),
-        priors=_IEMOCAP_PRIORS,
-        splits=(("train", 80, 1520), ("test", 24, 456)),
-        length_range=(8, 30),
-        audio_dim=96,
-        visual_dim=48,
-        legacy_text_dim=32,
-        roberta_dim=64,
-        speaker_counts=(0.0, 1.0),
-        confusable=((0, 4), (3, 5)),  # hap/exc, ang/fru
-    ),
-    "iemocap": Preset(
-        name="iemocap",
-        layout="iemocap",
-        label_names=tuple(IEMOCAP_LABELS),
-        priors=_IEMOCAP_PRIORS,
-        splits=(("train", 120, 5810), ("test", 31, 1623)),
-        length_range=(12, 110),
-        audio_dim=1582,
-        visual_dim=342,
-        legacy_text_dim=100,
-        roberta_dim=1024,
-        speaker_counts=(0.0, 1.0),
-        confusable=((0, 4), (3, 5)),
-    ),
-    "meld": Preset(
-        name="meld",
-        layout="meld",
-        label_names=tuple(MELD_LABELS),
-        priors=_MELD_PRIORS,
-        splits=(("train", 1038, 9989), ("dev", 114, 1109), ("test", 280, 2610)),
-        length_range=(1, 24),
-        audio_dim=300,
-        visual_dim=342,
-        legacy_text_dim=600,
-        roberta_dim=1024,
-        speaker_counts=(0.1, 0.45, 0.25, 0.12, 0.08),
-        confusable=((5, 6), (2, 3)),  # disgust/anger, fear/sadness
-    ),
-}
 
 _MELD_SPEAKER_WIDTH = 9
 # MELD sentiment of each emotion (0 neutral, 1 positive, 2 negative), for the sentiment dicts.
@@ -185,6 +89,8 @@ class SyntheticTruth:
     context_dependent: dict[str, np.ndarray]
     mood: dict[str, np.ndarray]
     splits: dict[str, list[str]]
+    # Training utterances whose label was replaced (``train_label_noise``).
+    noisy_label: dict[str, np.ndarray] = field(default_factory=dict)
 
     def count(self, phenomenon: str) -> int:
         return int(sum(m.sum() for m in getattr(self, phenomenon).values()))
@@ -242,7 +148,7 @@ def generate_with_truth(
     if preset not in PRESETS:
         raise MRDError(f"Unknown synthetic preset '{preset}'; use one of {', '.join(PRESETS)}.")
     p = PRESETS[preset]
-    kn = knobs if knobs is not None else SyntheticKnobs()
+    kn = knobs or p.knobs or SyntheticKnobs()
     rng = np.random.default_rng(seed)
     k = len(p.label_names)
     priors = np.asarray(p.priors) / np.sum(p.priors)
@@ -335,6 +241,13 @@ def generate_with_truth(
     for layer in range(4):
         z_layer = z_text + kn.roberta_layer_noise * rng.standard_normal((n_utt, L))
         roberta.append(layer_scale[layer] * project(z_layer, "roberta") + layer_offset[layer])
+
+    # Label noise in the training split only, after the features were drawn from the truth.
+    # (No draw at all without it, so the other presets' data stay bit-identical.)
+    noisy = np.zeros(n_utt, dtype=bool)
+    if kn.train_label_noise > 0:
+        noisy = (split_of_dialogue[dialogue] == 0) & (rng.random(n_utt) < kn.train_label_noise)
+        label = np.where(noisy, _other_class(rng, label, k), label)
 
     # Pack into the community tuples.
     if p.layout == "iemocap":
@@ -430,6 +343,7 @@ def generate_with_truth(
         context_dependent=masks(kind == _CONTEXT),
         mood=masks(mood),
         splits={name: [str(i) for i in v] for name, v in split_ids.items()},
+        noisy_label=masks(noisy),
     )
     return p.layout, features, roberta_tuple, truth
 
@@ -456,11 +370,12 @@ def write_generated(
     writer = write_iemocap if layout == "iemocap" else write_meld
     paths = writer(Path(out_dir), features, roberta)
     note = Path(out_dir) / "SYNTHETIC_DATA.txt"
-    note.write_text(
+    atomic_write_text(
+        note,
         f"Synthetic data written by `mrd data synth --preset {preset} --seed {seed}` in the\n"
         f"{layout} community layout. It is NOT the real corpus: results on it say nothing about\n"
         "real emotion recognition. The generative process is documented in\n"
-        "mrd_cli/data/synthetic.py.\n"
+        "mrd_cli/data/synthetic.py.\n",
     )
     return [*paths, note]
 

@@ -69,11 +69,22 @@ def _listing(items: list[str], total: int) -> str:
     return shown + (f" and {total - 5} more" if total > 5 else "")
 
 
+# One utterance's wav file: a few seconds, at most minutes; a bigger file is the wrong one.
+MAX_WAV_BYTES = 1 << 30
+
+
 def check_audio_files(paths: list[Path], missing: str = "error") -> list[str]:
     """The paths that are not files; an error listing them unless ``missing`` is "zeros"."""
     if missing not in ("error", "zeros"):
         raise MRDError(f"--missing must be 'error' or 'zeros', got '{missing}'.")
+    # is_file() is False for a fifo or a link to a device: never opened (it would block).
     absent = [str(p) for p in paths if not p.is_file()]
+    huge = [str(p) for p in paths if p.is_file() and p.stat().st_size > MAX_WAV_BYTES]
+    if huge:
+        raise MRDError(
+            f"{len(huge)} audio file(s) are over {MAX_WAV_BYTES >> 20} MiB, more than one "
+            f"utterance's recording: {_listing(huge, len(huge))}. Check --audio-dir."
+        )
     if absent and missing == "error":
         raise MRDError(
             f"{len(absent)} of {len(paths)} audio files are missing: "

@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from mrd_cli.config.schema import is_plain_name
 from mrd_cli.errors import MRDError
 from mrd_cli.features import require
 from mrd_cli.features.layouts import SPLITS, SourceSpec, layout_of, read_conversations
 from mrd_cli.features.speakers import speaker_slots
 from mrd_cli.features.text import DEFAULT_MODEL, POOLING, EmbeddingCache, EncodeStats, TextEncoder
 from mrd_cli.features.writer import EncodedCorpus, check_outputs, write_all
+from mrd_cli.io import MAX_CSV_BYTES, read_limited
 
 # A stage's description and total -> a function that advances it by n.
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -57,7 +59,7 @@ class BuildOptions:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(read_limited(path, MAX_CSV_BYTES, "CSV file")).hexdigest()
 
 
 def check_output_folder(out: Path) -> None:
@@ -81,16 +83,22 @@ def _noop(_n: int) -> None:
 def build_features(
     opts: BuildOptions, progress: ProgressFactory | None = None
 ) -> tuple[list[Path], dict[str, Any]]:
-    """Build and write the feature files; return the written paths and the manifest."""
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    """Build and write the feature files; return the written paths and the manifest.
+
+    The CLI holds the output directory's lock (``core/lock.py``) around this call, so two
+    builds never mix their files under one manifest."""
     layout = layout_of(opts.source.layout)
     name = opts.name or (layout.name if layout.name != "generic" else Path(opts.out).name)
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise MRDError(f"Dataset name {name!r} cannot be used as a file name; pass --name.")
+    if not is_plain_name(name):
+        raise MRDError(
+            f"Dataset name {name!r} cannot be used as a file name (letters, digits, '.', '_', "
+            "'-'; not starting with '.'); pass --name."
+        )
     out = Path(opts.out)
     check_output_folder(out)
     check_outputs(out, name, opts.force)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
 
     conv = read_conversations(opts.source, name)
     utterances = conv.utterances()
@@ -116,7 +124,7 @@ def build_features(
 
     encoder = TextEncoder(opts.text_model, opts.max_tokens, opts.batch_size)
     cache = (
-        EmbeddingCache(opts.cache_dir, encoder.model_hash, opts.max_tokens)
+        EmbeddingCache(opts.cache_dir, encoder.model_hash, opts.max_tokens, encoder.expected_dim())
         if opts.cache_dir
         else None
     )
@@ -124,9 +132,11 @@ def build_features(
     stats = EncodeStats()
     t0 = time.perf_counter()
     advance = progress("Encoding text", len(set(texts))) if progress else _noop
-    text_layers = encoder.encode(texts, cache, advance, stats)
-    if cache is not None:
-        cache.save()
+    try:
+        text_layers = encoder.encode(texts, cache, advance, stats)
+    finally:
+        if cache is not None:
+            cache.save()  # what was encoded, also when interrupted: the next run resumes
     timings["text"] = time.perf_counter() - t0
     timings["text_model_load"] = stats.seconds_model_load
 
@@ -164,6 +174,8 @@ def build_features(
             "encoding": opts.source.encoding,
         },
         "labels": conv.label_names,
+        # Class -> the other spellings of it in the CSVs (case, white space, Unicode form).
+        "label_spellings_merged": conv.merged_labels,
         "counts": _counts(conv),
         "text": {
             "model": encoder.name,
@@ -176,6 +188,8 @@ def build_features(
             "from_cache": stats.from_cache,
             "encoded": stats.encoded,
             "cache": str(cache.path) if cache else None,
+            "cache_dropped": len(stats.cache_dropped),
+            "cache_dropped_first": stats.cache_dropped[:20],
         },
         "audio": audio_info,
         "modalities": modalities,

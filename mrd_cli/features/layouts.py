@@ -14,11 +14,14 @@ import ast
 import csv
 import difflib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mrd_cli.errors import MRDError
+from mrd_cli.io import MAX_CSV_BYTES, read_limited
+from mrd_cli.labels import LabelIndex
 
 SPLITS = ("train", "dev", "test")
 
@@ -128,6 +131,23 @@ class Utterance:
     where: str = ""  # "file.csv line 12", for messages
 
 
+# A dialogue's key: the values of its id column(s) as a tuple (EmoryNLP: season, episode,
+# scene), preceded by the split where ids restart in every file (MELD). Never a joined
+# string: joining ('1', '2', '11') and ('1', '21', '1') can give one key for two dialogues.
+DialogueKey = tuple[str, ...]
+
+
+def show_key(key: DialogueKey) -> str:
+    """A dialogue key for messages: ('1', '2', '11') -> (1, 2, 11)."""
+    return key[0] if len(key) == 1 else "(" + ", ".join(key) + ")"
+
+
+def key_id(key: DialogueKey) -> str:
+    """A dialogue key as one string that no other key gives: the id itself for one id
+    column, else the JSON list of the values (``["1", "2", "11"]``)."""
+    return key[0] if len(key) == 1 else json.dumps(list(key), ensure_ascii=False)
+
+
 @dataclass
 class Conversations:
     """Dialogues of a corpus in train / dev / test, each a list of utterances in order."""
@@ -135,16 +155,24 @@ class Conversations:
     name: str
     layout: str
     label_names: list[str]
-    dialogues: dict[str, list[Utterance]]
-    splits: dict[str, list[str]]  # split -> dialogue keys, in the order first seen
+    dialogues: dict[DialogueKey, list[Utterance]]
+    splits: dict[str, list[DialogueKey]]  # split -> dialogue keys, in the order first seen
     files: dict[str, list[str]] = field(default_factory=dict)  # split -> CSV files read
     has_sentiment: bool = False
+    # True when the split is the key's first element (ids restart in every file).
+    ids_per_file: bool = False
+    # Class display name -> the other spellings of it found in the data (merged into it).
+    merged_labels: dict[str, list[str]] = field(default_factory=dict)
+
+    def source_id(self, key: DialogueKey) -> list[str]:
+        """The dialogue's id column values, as in the CSV."""
+        return list(key[1:] if self.ids_per_file else key)
 
     def utterances(self) -> list[Utterance]:
         """Every utterance in split order (train, dev, test), dialogue by dialogue."""
         return [u for s in SPLITS for d in self.splits[s] for u in self.dialogues[d]]
 
-    def split_of(self) -> dict[str, str]:
+    def split_of(self) -> dict[DialogueKey, str]:
         return {d: s for s in SPLITS for d in self.splits[s]}
 
 
@@ -223,21 +251,23 @@ def _csv_files(spec: SourceSpec) -> dict[str, list[Path]]:
                 "per split, or leave features.files out and use a split column."
             )
         paths = {s: [base / names[s]] for s in SPLITS}
-        absent = [str(p[0]) for p in paths.values() if not p[0].is_file()]
+        absent = [str(p[0]) for p in paths.values() if not p[0].exists()]
         if absent:
             raise MRDError(
                 f"CSV file(s) not found: {', '.join(absent)}. The {layout.name} layout expects "
                 f"{', '.join(names[s] for s in SPLITS)} in --csv-dir."
             )
         return paths
-    found = sorted(base.glob("*.csv"))
+    found = sorted(base.glob("*.csv"))  # each checked to be a regular file when read
     if not found:
         raise MRDError(f"No *.csv files in {base}.")
     return {"": found}
 
 
 def _decode(path: Path, encoding: str) -> str:
-    data = path.read_bytes()
+    # A fifo or a link to a device is refused before it is opened (it would block or never
+    # end), and so is a file over the size budget.
+    data = read_limited(path, MAX_CSV_BYTES, "CSV file")
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -266,18 +296,6 @@ def _speakers(raw: str, where: str) -> tuple[str, ...]:
         names = tuple(v.strip() for v in value)
         return names or ("",)
     return (raw,)
-
-
-def _label_index(names: list[str]) -> dict[str, int]:
-    index = {n: i for i, n in enumerate(names)}
-    lower: dict[str, list[int]] = {}
-    for n, i in index.items():
-        lower.setdefault(n.strip().lower(), []).append(i)
-    # Case-insensitive matches only where unambiguous.
-    for key, ids in lower.items():
-        if len(ids) == 1 and key not in index:
-            index[key] = ids[0]
-    return index
 
 
 class _CheckedReader(csv.DictReader):
@@ -371,36 +389,37 @@ def read_conversations(spec: SourceSpec, name: str) -> Conversations:
 
     # Labels: given, the layout's, or the sorted labels of the training split.
     label_col = columns["label"][0]
-    names = list(spec.label_names) or list(layout.label_names)
-    if not names:
-        train_labels = set()
-        for split, row, where in rows:
-            s = split or _split_value(row, columns, where)
-            if s == "train":
-                train_labels.add(row[label_col].strip())
-        names = sorted(train_labels - {""})
-        if not names:
+    given = list(spec.label_names) or list(layout.label_names)
+    if given:
+        label_index = LabelIndex(given, "--labels / label_names")
+    else:
+        label_index = LabelIndex.from_data(
+            (row[label_col], where)
+            for split, row, where in rows
+            if (split or _split_value(row, columns, where)) == "train"
+        )
+        if not label_index.names:
             raise MRDError("The training split has no labelled utterances.")
-    label_index = _label_index(names)
+    names = label_index.names
 
     has_sentiment = "sentiment" in columns
-    sentiment_index = _label_index(list(SENTIMENT_NAMES))
-    dialogues: dict[str, list[Utterance]] = {}
-    split_of: dict[str, tuple[str, str]] = {}
-    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
-    seen: dict[tuple[str, int], str] = {}
+    sentiment_index = LabelIndex(SENTIMENT_NAMES)
+    dialogues: dict[DialogueKey, list[Utterance]] = {}
+    split_of: dict[DialogueKey, tuple[str, str]] = {}
+    splits: dict[str, list[DialogueKey]] = {s: [] for s in SPLITS}
+    seen: dict[tuple[DialogueKey, int], str] = {}
     unknown: dict[str, str] = {}
     for split, row, where in rows:
         split = split or _split_value(row, columns, where)
-        key = "_".join(row[c].strip() for c in columns["dialogue"])
-        if not key.strip("_"):
+        key: DialogueKey = tuple(row[c].strip() for c in columns["dialogue"])
+        if not any(key):
             raise MRDError(f"{where}: the dialogue id ({', '.join(columns['dialogue'])}) is empty.")
         if layout.ids_per_file:
-            key = f"{split}_{key}"
+            key = (split, *key)
         if key in split_of and split_of[key][0] != split:
             first_split, first_where = split_of[key]
             raise MRDError(
-                f"Dialogue '{key}' is in two splits: {first_split} ({first_where}) and {split} "
+                f"Dialogue {show_key(conv_id(key, layout.ids_per_file))} is in two splits: {first_split} ({first_where}) and {split} "
                 f"({where}). A dialogue must lie in one split, or the test set leaks into "
                 "training."
             )
@@ -414,7 +433,8 @@ def read_conversations(spec: SourceSpec, name: str) -> Conversations:
             ) from None
         if (key, order) in seen:
             raise MRDError(
-                f"{where}: utterance id {order} of dialogue '{key}' appears twice (first at "
+                f"{where}: utterance id {order} of dialogue "
+                f"{show_key(conv_id(key, layout.ids_per_file))} appears twice (first at "
                 f"{seen[(key, order)]}). Each utterance needs its own id."
             )
         seen[(key, order)] = where
@@ -425,14 +445,15 @@ def read_conversations(spec: SourceSpec, name: str) -> Conversations:
                 "needs text. Remove the row or fill it in."
             )
         raw_label = row[label_col].strip()
-        label = label_index.get(raw_label, label_index.get(raw_label.lower()))
+        label = label_index.get(raw_label, where)
         if label is None:
             unknown.setdefault(raw_label, where)
             continue
         sentiment = -1
         if has_sentiment:
             raw_sent = row[columns["sentiment"][0]].strip()
-            sentiment = sentiment_index.get(raw_sent.lower(), -2)
+            found = sentiment_index.get(raw_sent, where)
+            sentiment = -2 if found is None else found
             if sentiment == -2:
                 raise MRDError(
                     f"{where}: unknown sentiment {raw_sent!r}; expected one of "
@@ -485,7 +506,14 @@ def read_conversations(spec: SourceSpec, name: str) -> Conversations:
         splits=splits,
         files=read_files,
         has_sentiment=has_sentiment,
+        ids_per_file=layout.ids_per_file,
+        merged_labels=label_index.merged,
     )
+
+
+def conv_id(key: DialogueKey, ids_per_file: bool) -> DialogueKey:
+    """The id column values of a key (without the split where the key carries it)."""
+    return key[1:] if ids_per_file else key
 
 
 def _split_value(row: dict[str, str], columns: dict[str, list[str]], where: str) -> str:

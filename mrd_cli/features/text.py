@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mrd_cli.errors import MRDError
 from mrd_cli.features import require
-from mrd_cli.io import atomic_write_bytes
+from mrd_cli.io import atomic_write_bytes, read_limited
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 LAYERS = 4
+# Distinct utterances encoded between two updates of the embedding cache.
+ENCODE_CHUNK = 2048
 POOLING = "mean-over-attention-mask, last 4 hidden layers (roberta1 = last)"
 # Files whose bytes define what the encoder computes (weights, config, tokenizer).
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
@@ -85,31 +88,85 @@ def model_files_hash(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+# The cache file of one encoder holds at most this many bytes (about 2.5 M utterances of
+# 1024-d RoBERTa-large features); a bigger file is not read.
+MAX_CACHE_BYTES = 40 << 30
+
+
 class EmbeddingCache:
     """Pooled vectors [LAYERS, d] by sha256 of (model hash, pooling, max tokens, text).
 
     One ``.npz`` file per model and pooling in ``directory``; written atomically, so an
-    interrupted run leaves the previous cache.
+    interrupted run leaves the previous cache. The cache is an input like any other: the
+    file must record the encoder's hash, and every entry must be [LAYERS, dim] (the
+    encoder's width) of finite float32 values; a file or an entry that is not is dropped
+    with a warning (``dropped``) and encoded again.
     """
 
-    def __init__(self, directory: Path, model_hash: str, max_tokens: int):
+    def __init__(self, directory: Path, model_hash: str, max_tokens: int, dim: int | None = None):
+        self.model_hash = model_hash
+        self.dim = dim
         self.prefix = f"{model_hash}\0{POOLING}\0{max_tokens}\0".encode()
         self.path = Path(directory) / f"text-{model_hash[:16]}-{max_tokens}.npz"
         self.rows: dict[bytes, np.ndarray] = {}
         self.dirty = False
-        if self.path.is_file():
-            try:
-                with np.load(self.path, allow_pickle=False) as z:
-                    keys, values = z["keys"], z["values"]
-                self.rows = dict(zip(keys.tolist(), values, strict=True))
-            except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
-                self.rows = {}
+        self.dropped: list[str] = []  # why entries (or the whole file) were not used
+        if self.path.exists() or self.path.is_symlink():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            data = read_limited(self.path, MAX_CACHE_BYTES, "embedding cache")
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                keys, values = z["keys"], z["values"]
+                recorded = str(z["model_hash"]) if "model_hash" in z.files else ""
+        except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
+            reason = str(exc) if isinstance(exc, MRDError) else type(exc).__name__
+            self._drop_file(f"unreadable ({reason})")
+            return
+        if recorded != self.model_hash:
+            self._drop_file("made by another encoder (its recorded model hash differs)")
+            return
+        if keys.ndim != 1 or values.ndim != 3 or len(keys) != len(values):
+            self._drop_file(f"damaged (keys {keys.shape}, values {values.shape})")
+            return
+        if keys.dtype.kind != "S" or values.dtype.kind != "f":
+            self._drop_file(f"damaged (keys {keys.dtype}, values {values.dtype})")
+            return
+        for k, v in zip(keys.tolist(), values, strict=True):
+            self.rows[k] = v
+        self.dirty = False
+
+    def _drop_file(self, why: str) -> None:
+        self.dropped.append(f"the cache file {self.path} is {why}; it is rebuilt")
+        self.rows = {}
+        self.dirty = True  # rewritten, without the bad content, when saved
 
     def key(self, text: str) -> bytes:
         return hashlib.sha256(self.prefix + text.encode("utf-8")).hexdigest().encode()
 
+    def _bad(self, value: np.ndarray) -> str:
+        """Why ``value`` cannot be an entry ("" when it can)."""
+        if value.ndim != 2 or value.shape[0] != LAYERS:
+            return f"shape {tuple(value.shape)}, not ({LAYERS}, d)"
+        if self.dim is not None and value.shape[1] != self.dim:
+            return f"{value.shape[1]}-d, not the encoder's {self.dim}-d"
+        if not np.isfinite(value).all():
+            return "non-finite values"
+        return ""
+
     def get(self, text: str) -> np.ndarray | None:
-        return self.rows.get(self.key(text))
+        k = self.key(text)
+        value = self.rows.get(k)
+        if value is None:
+            return None
+        why = self._bad(value)
+        if why:
+            del self.rows[k]
+            self.dirty = True
+            self.dropped.append(f"an entry ({why}) for the utterance {text[:40]!r}")
+            return None
+        return value
 
     def put(self, text: str, value: np.ndarray) -> None:
         self.rows[self.key(text)] = value
@@ -118,10 +175,16 @@ class EmbeddingCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        keys = np.array(list(self.rows), dtype="S64")
-        values = np.stack(list(self.rows.values())).astype(np.float32)
+        good = {k: v for k, v in self.rows.items() if not self._bad(v)}
+        keys = np.array(list(good), dtype="S64")
+        width = self.dim or (next(iter(good.values())).shape[1] if good else 0)
+        values = (
+            np.stack(list(good.values())).astype(np.float32)
+            if good
+            else np.zeros((0, LAYERS, width), np.float32)
+        )
         buffer = io.BytesIO()
-        np.savez(buffer, keys=keys, values=values)
+        np.savez(buffer, keys=keys, values=values, model_hash=np.array(self.model_hash))
         atomic_write_bytes(self.path, buffer.getvalue())
         self.dirty = False
 
@@ -134,6 +197,7 @@ class EncodeStats:
     encoded: int = 0
     seconds_model_load: float = 0.0
     seconds_encoding: float = 0.0
+    cache_dropped: list[str] = field(default_factory=list)  # entries not used, and why
 
 
 # Sane bounds of the encoder's sizes (encoders read at most a few thousand tokens).
@@ -158,6 +222,21 @@ class TextEncoder:
         self.batch_size = batch_size
         self._loaded: tuple[object, object] | None = None
         self.dim: int | None = None
+
+    def expected_dim(self) -> int | None:
+        """The encoder's width from its config.json (hidden_size), without loading it."""
+        try:
+            doc = json.loads(read_limited(self.model_dir / "config.json", 1 << 20, "model config"))
+        except (MRDError, OSError, ValueError):
+            return None
+        value = (
+            doc.get("hidden_size", doc.get("dim", doc.get("d_model")))
+            if isinstance(doc, dict)
+            else None
+        )
+        return (
+            value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+        )
 
     def _load(self) -> tuple[object, object]:
         if self._loaded is None:
@@ -231,26 +310,45 @@ class TextEncoder:
         stats.unique_texts += len(unique)
         found: dict[str, np.ndarray] = {}
         if cache is not None:
+            if cache.dim is None:
+                cache.dim = self.expected_dim()
             for t in unique:
                 v = cache.get(t)
                 if v is not None:
                     found[t] = v
         todo = [t for t in unique if t not in found]
-        stats.from_cache += len(found)
-        if on_batch is not None and found:
-            on_batch(len(found))
+        encoded = 0
         if todo:
             t0 = time.perf_counter()
             self._load()
             t1 = time.perf_counter()
-            vectors = self.encode_uncached(todo, on_batch)
             stats.seconds_model_load += t1 - t0
+            # In chunks, each put into the cache when done: an interrupted run (Ctrl-C,
+            # SIGTERM, a full disk) keeps what it encoded for the next one.
+            while todo:
+                chunk, todo = todo[:ENCODE_CHUNK], todo[ENCODE_CHUNK:]
+                vectors = self.encode_uncached(chunk, on_batch)
+                encoded += len(chunk)
+                for t, v in zip(chunk, vectors, strict=True):
+                    found[t] = v
+                    if cache is not None:
+                        cache.put(t, v)
+                if cache is not None and cache.dim is None:
+                    # Width unknown from the model's config: the encoder's own output says
+                    # it; cached entries of another width are dropped and encoded again.
+                    cache.dim = int(vectors.shape[-1])
+                    stale = [t for t, v in found.items() if cache._bad(v)]
+                    for t in stale:
+                        cache.get(t)  # records and removes the bad entry
+                        del found[t]
+                    todo += stale
             stats.seconds_encoding += time.perf_counter() - t1
-            stats.encoded += len(todo)
-            for t, v in zip(todo, vectors, strict=True):
-                found[t] = v
-                if cache is not None:
-                    cache.put(t, v)
+        stats.encoded += encoded
+        stats.from_cache += len(unique) - encoded
+        if len(unique) > encoded and on_batch is not None:
+            on_batch(len(unique) - encoded)
+        if cache is not None:
+            stats.cache_dropped += cache.dropped
         if not texts:
             raise MRDError("No utterances to encode.")
         result = np.stack([found[t] for t in texts]).astype(np.float32)

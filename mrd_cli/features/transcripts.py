@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrd_cli.errors import MRDError
 from mrd_cli.features.layouts import (
+    DialogueKey,
     SourceSpec,
     Utterance,
     _decode,
-    _label_index,
     _speakers,
     effective_columns,
     layout_of,
+    show_key,
 )
+from mrd_cli.labels import LabelIndex
 
 # Roles a transcript for prediction must have (the label is optional).
 NEEDED = ("dialogue", "order", "speaker", "text")
@@ -35,8 +37,10 @@ UNLABELLED = -1
 class Transcripts:
     """Dialogues to predict, each a list of utterances in order (label -1: none given)."""
 
-    dialogues: dict[str, list[Utterance]]
+    dialogues: dict[DialogueKey, list[Utterance]]  # key: tuple of the id columns' values
     files: list[str]
+    # The folder of the CSV file each dialogue came from (relative audio paths start there).
+    folders: dict[DialogueKey, Path] = field(default_factory=dict)
 
     def utterances(self) -> list[Utterance]:
         return [u for utts in self.dialogues.values() for u in utts]
@@ -73,10 +77,11 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
             f"The {layout.name} layout needs a column for '{missing_roles[0]}'; name it with "
             f"--column {missing_roles[0]}=NAME."
         )
-    label_index = _label_index(label_names)
+    label_index = LabelIndex(label_names, "the checkpoint's label_names")
     paths = csv_paths(inputs)
-    dialogues: dict[str, list[Utterance]] = {}
-    seen: dict[tuple[str, int], str] = {}
+    dialogues: dict[DialogueKey, list[Utterance]] = {}
+    folders: dict[DialogueKey, Path] = {}
+    seen: dict[tuple[DialogueKey, int], str] = {}
     for path in paths:
         reader = csv.DictReader(io.StringIO(_decode(path, spec.encoding), newline=""))
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -96,11 +101,12 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
             if all((v or "").strip() == "" for v in row.values()):
                 continue
             row = {k: (v or "") for k, v in row.items()}
-            key = "_".join(row[c].strip() for c in have["dialogue"])
-            if not key.strip("_"):
+            # A tuple, never a joined string (joined, different ids can give one key).
+            key: DialogueKey = tuple(row[c].strip() for c in have["dialogue"])
+            if not any(key):
                 raise MRDError(f"{where}: the dialogue id is empty.")
             if layout.ids_per_file or len(paths) > 1:
-                key = f"{path.stem}_{key}"  # ids restart per file (MELD) or may collide
+                key = (path.stem, *key)  # ids restart per file (MELD) or may collide
             raw_order = row[have["order"][0]].strip()
             try:
                 order = int(raw_order)
@@ -111,7 +117,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
                 ) from None
             if (key, order) in seen:
                 raise MRDError(
-                    f"{where}: utterance id {order} of dialogue '{key}' appears twice (first "
+                    f"{where}: utterance id {order} of dialogue {show_key(key)} appears twice (first "
                     f"at {seen[(key, order)]})."
                 )
             seen[(key, order)] = where
@@ -121,7 +127,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
             label = UNLABELLED
             raw_label = row[have["label"][0]].strip() if "label" in have else ""
             if raw_label:
-                found = label_index.get(raw_label, label_index.get(raw_label.lower()))
+                found = label_index.get(raw_label, where)
                 if found is None:
                     raise MRDError(
                         f"{where}: unknown label {raw_label!r}; the checkpoint's classes are "
@@ -132,6 +138,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
             def col(role: str, row: dict[str, str] = row, have: dict = have) -> str:
                 return row[have[role][0]].strip() if role in have else ""
 
+            folders[key] = path.parent
             dialogues.setdefault(key, []).append(
                 Utterance(
                     uid=raw_order,
@@ -151,4 +158,4 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
         raise MRDError(f"No utterances in {', '.join(str(p) for p in paths)}.")
     for utts in dialogues.values():
         utts.sort(key=lambda u: u.order)
-    return Transcripts(dialogues=dialogues, files=[str(p) for p in paths])
+    return Transcripts(dialogues=dialogues, files=[str(p) for p in paths], folders=folders)

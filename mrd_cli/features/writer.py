@@ -17,7 +17,7 @@ back to its id in the CSV files.
   validIds)``; validIds is the dev split, which mrd uses for validation. Sentiment labels are
   0 neutral, 1 positive, 2 negative, or -1 for every utterance when the CSV has none.
 
-Every file is first written under a temporary name; they replace the targets only once all
+Every file is first written under a temporary name made by ``mkstemp`` (``mrd_cli/io.py``); they replace the targets only once all
 are written, the dataset YAML last, so a failure leaves no mix of old and new files.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from mrd_cli.data.formats import average_roberta_layers
 from mrd_cli.errors import MRDError
 from mrd_cli.features.layouts import SPLITS, Conversations
 from mrd_cli.features.speakers import speaker_slot_of
+from mrd_cli.io import atomic_write_many
 
 MANIFEST = "features_manifest.json"
 PLACEHOLDER_DIM = 1
@@ -59,7 +59,7 @@ def file_names(name: str) -> tuple[str, str, str]:
     return f"{name}_features.pkl", f"{name}_features_roberta.pkl", f"{name}.yaml"
 
 
-def build_tuples(enc: EncodedCorpus) -> tuple[tuple, tuple, dict[int, dict[str, str]]]:
+def build_tuples(enc: EncodedCorpus) -> tuple[tuple, tuple, dict[int, dict[str, Any]]]:
     """The two community tuples and the map int id -> {split, source dialogue id}."""
     conv = enc.conv
     slots = len(enc.speaker_names)
@@ -70,7 +70,7 @@ def build_tuples(enc: EncodedCorpus) -> tuple[tuple, tuple, dict[int, dict[str, 
     visual = np.zeros((n, PLACEHOLDER_DIM), np.float32)
 
     ids: dict[str, list[int]] = {s: [] for s in SPLITS}
-    source: dict[int, dict[str, str]] = {}
+    source: dict[int, dict[str, Any]] = {}
     vid_ids: dict[int, list[str]] = {}
     speakers: dict[int, list[list[int]]] = {}
     labels: dict[int, list[int]] = {}
@@ -88,7 +88,7 @@ def build_tuples(enc: EncodedCorpus) -> tuple[tuple, tuple, dict[int, dict[str, 
             a, b = row, row + len(utts)
             row = b
             ids[split].append(did)
-            source[did] = {"split": split, "dialogue": key}
+            source[did] = {"split": split, "dialogue": conv.source_id(key)}
             vid_ids[did] = [u.uid for u in utts]
             speakers[did] = [
                 eye[speaker_slot_of(u.speakers, enc.speaker_names)].tolist() for u in utts
@@ -158,7 +158,7 @@ def dataset_yaml(enc: EncodedCorpus, modalities: list[str]) -> str:
         f"{len(enc.speaker_names)} one-hot slots, see {MANIFEST}.",
         f"# Use: mrd run --dataset {conv.name}.yaml   (file names resolve against this folder)",
     ]
-    body = {
+    body: dict[str, Any] = {
         "dataset": {
             "name": conv.name,
             "layout": "meld",
@@ -169,7 +169,35 @@ def dataset_yaml(enc: EncodedCorpus, modalities: list[str]) -> str:
             "modalities": list(modalities),
         }
     }
-    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+    tuned = tuned_defaults(conv.layout, conv.label_names)
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+    if tuned:
+        text += (
+            f"# The tuned defaults of `--dataset {conv.layout}` (configs/{conv.layout}.yaml), "
+            "copied so that\n# this corpus trains like the built-in one; edit them here.\n"
+            + yaml.safe_dump(tuned, sort_keys=False)
+        )
+    else:
+        text += "# No tuned config for this layout: mrd's generic defaults apply.\n"
+    return text
+
+
+def tuned_defaults(layout: str, label_names: list[str]) -> dict[str, Any]:
+    """Every section but ``dataset`` of the built-in config of ``layout`` (none for a layout
+    without one); per-class settings only for classes this corpus has."""
+    from mrd_cli.config import BUILTIN_DATASETS, builtin_config_path, read_yaml
+    from mrd_cli.labels import label_key
+
+    if layout not in BUILTIN_DATASETS:
+        return {}
+    doc = {k: v for k, v in read_yaml(builtin_config_path(layout)).items() if k != "dataset"}
+    thresholds = (doc.get("selftrain") or {}).get("thresholds")
+    if isinstance(thresholds, dict):
+        keys = {label_key(n) for n in label_names}
+        doc["selftrain"]["thresholds"] = {
+            k: v for k, v in thresholds.items() if label_key(str(k)) in keys
+        }
+    return doc
 
 
 def _pickle(obj: Any) -> bytes:
@@ -179,14 +207,42 @@ def _pickle(obj: Any) -> bytes:
 
 
 def check_outputs(out: Path, name: str, force: bool) -> None:
-    """Refuse to overwrite files that ``mrd features`` did not write, unless ``force``."""
+    """Refuse an --out that is not a directory, and (unless ``force``) files there that
+    this dataset's `mrd features` did not write: any of its target files without a
+    manifest, or a manifest of another dataset (its files would be mixed with ours)."""
+    if out.exists() and not out.is_dir():
+        raise MRDError(f"--out {out} is a file, not a directory. Pass a directory (created).")
+    if force or not out.is_dir():
+        return
     targets = [out / f for f in file_names(name)]
-    existing = [p for p in targets if p.exists()]
-    if existing and not force and not (out / MANIFEST).is_file():
+    existing = [p for p in targets if p.exists() or p.is_symlink()]
+    manifest = out / MANIFEST
+    if not (manifest.exists() or manifest.is_symlink()):
+        if existing:
+            raise MRDError(
+                f"{', '.join(str(p) for p in existing)} already exist(s) and were not written "
+                "by `mrd features` (no manifest). Choose another --out or pass --force."
+            )
+        return
+    owner = _manifest_name(manifest)
+    if owner != name:
+        what = f"of the dataset {owner!r}" if owner else "that cannot be read"
         raise MRDError(
-            f"{', '.join(str(p) for p in existing)} already exist(s) and were not written by "
-            "`mrd features` (no manifest). Choose another --out or pass --force."
+            f"{out} holds a features manifest {what}, not of {name!r}: writing here would mix "
+            "two datasets' files under one manifest. Choose another --out, or pass --force "
+            "to replace it."
         )
+
+
+def _manifest_name(path: Path) -> str | None:
+    from mrd_cli.io import read_limited
+
+    try:
+        doc = json.loads(read_limited(path, 64 << 20, "features manifest"))
+    except (MRDError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    value = doc.get("name") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def write_all(out: Path, enc: EncodedCorpus, modalities: list[str]) -> list[Path]:
@@ -205,19 +261,5 @@ def write_all(out: Path, enc: EncodedCorpus, modalities: list[str]) -> list[Path
         (out / MANIFEST, (json.dumps(enc.manifest, indent=2) + "\n").encode()),
         (out / yaml_file, dataset_yaml(enc, modalities).encode()),
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for target, data in payloads:
-            tmp = target.with_name(f".{target.name}.partial")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            staged.append((tmp, target))
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+    atomic_write_many(payloads)
     return [target for target, _ in payloads]

@@ -23,9 +23,10 @@ from mrd_cli.config import DistillConfig
 from mrd_cli.core.card import parent
 from mrd_cli.core.checkpoint import save_checkpoint
 from mrd_cli.core.curriculum import Curriculum
+from mrd_cli.core.decision import distill_decision
 from mrd_cli.core.device import seed_everything
 from mrd_cli.core.events import OnEvent, emit, epoch_events
-from mrd_cli.core.losses import l2_penalty, mrd_total_loss
+from mrd_cli.core.losses import control_teacher, l2_penalty, mrd_total_loss
 from mrd_cli.core.partition import partition_codes, read_partition
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.core.session import Session, signature
@@ -57,6 +58,7 @@ class DistillResult(TrainedModels):
     # Per model, when a distillation epoch beat the pretrained weights on validation: how
     # sure the bootstrap was of the gain, and whether that sufficed (``Trainer.selected``).
     start_guard: dict[str, dict[str, Any]] = field(default_factory=dict)
+    start_confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -66,6 +68,18 @@ class DistillResult(TrainedModels):
             entry["kept_pretrained"] = entry["epoch"] == 0
             entry["start_val_weighted_f1"] = (self.start_val_wf1 or {}).get(role)
             entry["start_guard"] = self.start_guard.get(role)
+            # Whether distillation changed the model and why, in one line (core/decision.py).
+            sel = self.selected[role]
+            entry["decision"] = distill_decision(
+                {
+                    "epoch": sel.epoch,
+                    "val_metrics": sel.val_metrics,
+                    "history": sel.history,
+                    "start_val_weighted_f1": entry["start_val_weighted_f1"],
+                    "start_guard": entry["start_guard"],
+                    "config": {"distill": {"start_confidence": self.start_confidence}},
+                }
+            )
         return out
 
 
@@ -192,6 +206,7 @@ def distill(
         checkpoints=targets,
         start_val_wf1=start,
         start_guard=trainer.start_guard,
+        start_confidence=cfg.distill.start_confidence,
     )
 
 
@@ -247,6 +262,10 @@ class DistillStep(TrainingStep):
         self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
         self.params = list(multi.parameters()) + list(text.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        # Only the negative control (``teacher_control: permuted``) draws from it; seeded
+        # from the run's seed without drawing from the global random state.
+        self.control_rng = torch.Generator(device=train.mask.device)
+        self.control_rng.manual_seed(torch.initial_seed())
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[DistillBatch]:
         """Shuffled batches of the dialogues with an utterance active in ``epoch``."""
@@ -280,6 +299,13 @@ class DistillStep(TrainingStep):
             if self.matched:
                 frozen[role] = same_dropout_logits(self.frozen[role], b.batch)
             logits[role] = run_model(model, b.batch)
+        teachers = None
+        if cfg.teacher_control != "none":
+            mode, rng = cfg.teacher_control, self.control_rng
+            teachers = (
+                control_teacher(logits["text"], b.active, mode, rng),
+                control_teacher(logits["multi"], b.active, mode, rng),
+            )
         return mrd_total_loss(
             logits["multi"],
             logits["text"],
@@ -295,6 +321,7 @@ class DistillStep(TrainingStep):
             temperature=cfg.temperature,
             t2_scaling=cfg.t2_scaling,
             l_reg=l2_penalty(self.params, cfg.l2),
+            teachers=teachers,
         )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mrd_cli.core.card import write_card
+from mrd_cli.core.decision import distill_decision
 from mrd_cli.core.metrics import ambiguity_table, classification_report
 from mrd_cli.core.protocol_gap import read_diagnostic
 from mrd_cli.core.protocol_gap import summary as gap_summary
@@ -105,6 +106,10 @@ def evaluate(
         report = classification_report(y_true, y_pred, labels)
         report["epoch"] = ckpt.get("epoch")
         report["val_weighted_f1"] = (ckpt.get("val_metrics") or {}).get("weighted_f1")
+        if ckpt.get("stage") == "distill":
+            # Whether distillation changed the model and why (core/decision.py).
+            report["distillation"] = distill_decision(ckpt)
+            report["start_guard"] = ckpt.get("start_guard")
         report["backbone"] = ckpt["model_spec"]["backbone"]
         departures = backbone_departures(report["backbone"])
         if departures:  # where mrd's network departs from the published one

@@ -168,7 +168,7 @@ def training_curves(run: RunDir) -> Any:
     panels = []
     old = []
     for stage, path_of in (("pretrain", run.pretrained), ("distill", run.distilled)):
-        curves, selected, stages = {}, {}, None
+        curves, selected, rejected, stages = {}, {}, {}, None
         for role in ROLES:
             if not path_of(role).is_file():
                 continue
@@ -179,6 +179,9 @@ def training_curves(run: RunDir) -> Any:
                 continue
             curves[role] = [(h["epoch"], h["val_weighted_f1"]) for h in history]
             selected[role] = ckpt.get("epoch")
+            guard = ckpt.get("start_guard") or {}
+            if guard.get("kept_start"):  # the start guard kept the pretrained weights
+                rejected[role] = guard["best_epoch"]
             stages = stages or ckpt.get("curriculum_stages")
         if curves:
             panels.append(
@@ -186,6 +189,7 @@ def training_curves(run: RunDir) -> Any:
                     "title": STAGE_TITLES[stage],
                     "curves": curves,
                     "selected": selected,
+                    "rejected": rejected,
                     "stages": [tuple(s) for s in stages] if stages else None,
                 }
             )

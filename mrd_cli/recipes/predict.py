@@ -224,7 +224,7 @@ def _from_csv(
     progress: Progress,
 ) -> tuple[list[Dialogue], list[dict[str, Any]], dict[str, Any]]:
     from mrd_cli.features import require
-    from mrd_cli.features.layouts import SourceSpec
+    from mrd_cli.features.layouts import SourceSpec, key_id
     from mrd_cli.features.speakers import speaker_slot_of
     from mrd_cli.features.transcripts import UNLABELLED, read_transcripts
 
@@ -244,11 +244,7 @@ def _from_csv(
         labels,
     )
     utterances = transcripts.utterances()
-    text = _encode_text(manifest, spec, source, [u.text for u in utterances], progress)
-    features: dict[str, np.ndarray] = {"text": text}
-    if "audio" in spec["input_dims"]:
-        features["audio"] = _extract_audio(manifest, spec, source, transcripts, progress)
-    missing = [m for m in spec["input_dims"] if m not in features]
+    missing = [m for m in spec["input_dims"] if m not in ("text", "audio")]
     if missing:
         raise MRDError(
             f"The checkpoint reads {', '.join(missing)} features, which CSV transcripts do not "
@@ -260,12 +256,18 @@ def _from_csv(
             f"The checkpoint was built for {spec['num_speakers']} speaker slots, the corpus "
             f"manifest records {len(names)}. Rebuild the corpus or use its own checkpoint."
         )
+    # Every check on the input before the slow steps (as `mrd features`).
+    wavs = _audio_paths(manifest, source, transcripts) if "audio" in spec["input_dims"] else None
+    text = _encode_text(manifest, spec, source, [u.text for u in utterances], progress)
+    features: dict[str, np.ndarray] = {"text": text}
+    if wavs is not None:
+        features["audio"] = _extract_audio(manifest, spec, source, wavs, progress)
     dialogues, rows, start = [], [], 0
     for key, utts in transcripts.dialogues.items():
         n = len(utts)
         dialogues.append(
             Dialogue(
-                id=key,
+                id=key_id(key),
                 speakers=np.array([speaker_slot_of(u.speakers, names) for u in utts]),
                 labels=np.zeros(n, dtype=np.int64),  # never read: predictions ignore labels
                 features={m: x[start : start + n] for m, x in features.items()},
@@ -275,7 +277,7 @@ def _from_csv(
         for u in utts:
             rows.append(
                 {
-                    "dialogue": key,
+                    "dialogue": key_id(key),
                     "utterance": u.uid,
                     "speaker": ", ".join(u.speakers),
                     "text": u.text,
@@ -327,10 +329,9 @@ def _encode_text(
     return average_roberta_layers([layers[:, k] for k in range(layers.shape[1])])
 
 
-def _extract_audio(manifest, spec, source: CsvInput, transcripts, progress) -> np.ndarray:
-    """openSMILE functionals of every utterance's wav, with the manifest's feature set."""
-    from mrd_cli.features import require
-    from mrd_cli.features.audio import check_audio_files, extract_audio
+def _audio_paths(manifest: dict[str, Any], source: CsvInput, transcripts: Any) -> list[Path]:
+    """The wav file of every utterance, checked to exist (unless ``--missing zeros``)."""
+    from mrd_cli.features.audio import check_audio_files
 
     recorded = manifest.get("audio") or {}
     if not recorded:
@@ -340,10 +341,10 @@ def _extract_audio(manifest, spec, source: CsvInput, transcripts, progress) -> n
         )
     pattern = source.audio_pattern if source.audio_pattern is not None else recorded["pattern"]
     paths = []
-    for u in transcripts.utterances():
-        if u.audio:
+    for key, u in ((k, u) for k, utts in transcripts.dialogues.items() for u in utts):
+        if u.audio:  # as `mrd features`: relative to --audio-dir, else to the CSV's folder
             p = Path(u.audio)
-            paths.append(p if p.is_absolute() else (source.audio_dir or Path(".")) / p)
+            paths.append(p if p.is_absolute() else (source.audio_dir or transcripts.folders[key]) / p)
             continue
         if source.audio_dir is None or not pattern:
             raise MRDError(
@@ -356,13 +357,28 @@ def _extract_audio(manifest, spec, source: CsvInput, transcripts, progress) -> n
             raise MRDError(f"--audio-pattern {pattern!r} names {exc}, not a CSV column.") from None
         paths.append(source.audio_dir / name.strip().lstrip("/"))
     check_audio_files(paths, source.missing)
+    return paths
+
+
+def _extract_audio(
+    manifest: dict[str, Any],
+    spec: dict[str, Any],
+    source: CsvInput,
+    paths: list[Path],
+    progress: Progress,
+) -> np.ndarray:
+    """openSMILE functionals of every utterance's wav, with the manifest's feature set."""
+    from mrd_cli.features import require
+    from mrd_cli.features.audio import extract_audio
+
     require("opensmile")
+    feature_set = manifest["audio"]["feature_set"]
     advance = progress("Audio features", len(paths))
-    audio, stats = extract_audio(paths, recorded["feature_set"], source.missing, advance)
+    audio, stats = extract_audio(paths, feature_set, source.missing, advance)
     if stats.dim != spec["input_dims"]["audio"]:
         raise MRDError(
             f"The checkpoint expects audio features of dimension {spec['input_dims']['audio']}, "
-            f"openSMILE {recorded['feature_set']} gives {stats.dim}."
+            f"openSMILE {feature_set} gives {stats.dim}."
         )
     return audio
 
@@ -376,6 +392,7 @@ def _from_features(
 ) -> tuple[list[Dialogue], list[dict[str, Any]], dict[str, Any]]:
     from mrd_cli.config import load_config
     from mrd_cli.data.formats import load_corpus
+    from mrd_cli.features.layouts import key_id
 
     cfg, yaml_dir = load_config(source.dataset)
     corpus = load_corpus(cfg.dataset, source.data_dir, yaml_dir)
@@ -410,7 +427,8 @@ def _from_features(
     for split in splits:
         for d in corpus.split(split):
             dialogues.append(d)
-            key = (original.get(d.id) or {}).get("dialogue", d.id)
+            raw = (original.get(d.id) or {}).get("dialogue", d.id)  # the CSV's id values
+            key = key_id(tuple(raw)) if isinstance(raw, list) else str(raw)
             for i, (s, y) in enumerate(zip(d.speakers.tolist(), d.labels.tolist(), strict=True)):
                 rows.append(
                     {

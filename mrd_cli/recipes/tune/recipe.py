@@ -109,22 +109,26 @@ def tune(
     # together would otherwise pretrain the same files and create the same tables): the
     # others wait for ``RUN/tune/.prepare``'s lock. The run-directory lock is held only
     # while the pair is prepared: the trials write nothing but their own directories, and
-    # check the pair before each run.
+    # check the pair before each run. Then the study holds the run directory shared until
+    # it ends (other `mrd tune` processes may join): `mrd pretrain` / `mrd partition` are
+    # refused meanwhile, so the pair its trials distil cannot be replaced under them.
     with run_lock.held(session.run.root / "tune" / ".prepare", "mrd tune", wait=True):
         # An unusable storage (a URL that does not parse, a missing driver, a server that
         # cannot be reached) is an error now, before pretraining and the partition run.
         open_storage(optuna, job)
         pretrained_value = None
-        if not own_pairs:
-            if not run_lock.acquire(session.run.root, "mrd tune"):
-                raise MRDError(
-                    f"The run directory {session.run.root} cannot be written. Pass --run-dir "
-                    "with a directory you can write to."
-                )
-            try:
+        if not run_lock.acquire(session.run.root, "mrd tune", allow_shared=True):
+            raise MRDError(
+                f"The run directory {session.run.root} cannot be written. Pass --run-dir "
+                "with a directory you can write to."
+            )
+        try:
+            if not own_pairs:
                 ensure_partitioned(session, on_event=on_event)
-            finally:
-                run_lock.release(session.run.root)
+            run_lock.acquire_shared(session.run.root, "mrd tune")
+        finally:
+            run_lock.release(session.run.root)
+        if not own_pairs:
             pretrained_value = pretrained_score(session, target)
         job = replace(job, meta=study_meta(session, space, seed_list, target, own_pairs))
         study = open_study(optuna, job)
@@ -146,6 +150,8 @@ def tune(
                 atomic_write_bytes(study_dir / rel, data)
             ran_here += out["ran"]
         ran_here.sort()
+    # (On an error the CLI's handle_errors drops it with every lock this process holds.)
+    run_lock.release_shared(session.run.root)
     return summarise(
         session, study, job, ran_here, study_dir, optuna, pretrained_value=pretrained_value
     )

@@ -8,6 +8,7 @@ pair (``study_meta``); ``counts`` tallies its trials by state, surplus trials le
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections import Counter
@@ -86,12 +87,33 @@ def masked(url: str) -> str:
     return mask_credentials(url)
 
 
+def create_sqlite_file(url: str) -> None:
+    """Create a missing SQLite study file the way every other mrd file is made (0666 less
+    the umask; SQLite's own default is 0644 whatever the umask), refusing a symlink at
+    its path. SQLite takes an empty file for a new database."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return
+    path = Path(url[len(prefix) :].split("?", 1)[0])
+    if path.exists() or path.is_symlink():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    except FileExistsError:
+        return  # another tune process made it meanwhile
+    except OSError:
+        return  # SQLite says what is wrong when it opens it
+    os.close(fd)
+
+
 def open_storage(optuna: Any, job: StudyJob) -> optuna.storages.RDBStorage:
     """The study's RDB storage with heartbeats (a trial whose process died is failed after
     the grace period and queued again), or a user error whose message masks the password
     (a library's message may quote the URL: masked too)."""
     url = job.url
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    create_sqlite_file(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
