@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mrd_cli.cli.common import (
@@ -336,7 +335,7 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
     for name, others in (m.get("label_spellings_merged") or {}).items():
         spellings = ", ".join(repr(o) for o in others)
         err_console.print(
-            f"[yellow]Labels merged:[/] {escape(spellings)} read as the class {escape(repr(name))} "
+            f"[yellow]Labels merged:[/] {shown(spellings)} read as the class {shown(repr(name))} "
             "(matching ignores case, surrounding white space and Unicode form).",
             highlight=False,
             soft_wrap=True,
@@ -345,7 +344,7 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
         err_console.print(
             f"[yellow]Warning:[/] {t['cache_dropped']} embedding cache entr"
             f"{'y was' if t['cache_dropped'] == 1 else 'ies were'} not used and encoded again: "
-            f"{escape('; '.join(t['cache_dropped_first'][:3]))}.",
+            f"{shown('; '.join(t['cache_dropped_first'][:3]))}.",
             highlight=False,
             soft_wrap=True,
         )

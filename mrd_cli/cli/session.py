@@ -62,11 +62,9 @@ def open_session(
     set_threads(session.cfg.threads)
     command = command_name(get_current_context(silent=True))
     if not quiet and command in TRAINING_COMMANDS:
-        from rich.markup import escape
-
         from mrd_cli.config import config_files
 
-        merged = " + ".join(escape(str(p)) for p in config_files(dataset, config))
+        merged = " + ".join(shown(p) for p in config_files(dataset, config))
         err_console.print(
             f"Config: mrd's defaults{' + ' + merged if merged else ''}.",
             highlight=False,
