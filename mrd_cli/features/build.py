@@ -62,20 +62,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(read_limited(path, MAX_CSV_BYTES, "CSV file")).hexdigest()
 
 
-def check_output_folder(out: Path) -> None:
-    """Refuse, before anything is read or encoded, an ``--out`` that is a file or lies
-    under one (found only when writing, it would cost the whole encoding)."""
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                where = "is" if folder == out else f"lies under {folder}, which is"
-                raise MRDError(
-                    f"--out {out} {where} a file, not a folder. Pass a folder (it is "
-                    "created if missing)."
-                )
-            break
-
-
 def _noop(_n: int) -> None:
     return None
 
@@ -95,7 +81,6 @@ def build_features(
             "'-'; not starting with '.'); pass --name."
         )
     out = Path(opts.out)
-    check_output_folder(out)
     check_outputs(out, name, opts.force)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
