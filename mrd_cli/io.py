@@ -18,8 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # Size budgets of the files mrd reads (checked before reading, see ``read_limited``).
 MAX_JSON_BYTES = 256 << 20  # results, partition, manifest and state files
 MAX_CSV_BYTES = 4 << 30  # one transcript file
@@ -92,6 +90,8 @@ def atomic_write_yaml(path: Path, obj: Any, header: str = "") -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # here, not at the top: the commands that only read files never load torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -5,6 +5,7 @@ instead of stalling the suite)."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -143,3 +144,34 @@ def plant(kind: str, at: Path) -> Path:
         at.mkdir(parents=True)
         return at
     raise ValueError(kind)
+
+
+# Tiny transcripts and `mrd features` runs, shared by the hostile-input tests.
+
+HEADER = ["dialogue_id", "utterance_id", "speaker", "text", "label", "split"]
+
+
+def write_csv(path: Path, rows: list[list], header: list[str] = HEADER) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def generic_csv(folder: Path, labels: dict[str, list[str]]) -> Path:
+    """One CSV with a split column: per split, one dialogue whose lines carry ``labels``."""
+    rows = []
+    for split, names in labels.items():
+        for u, name in enumerate(names):
+            rows.append([f"{split}-1", u, "Ann", f"line {u} of {split}", name, split])
+    write_csv(folder / "corpus.csv", rows)
+    return folder
+
+
+def features(*args: str, cache: Path, timeout: int = 300, subprocess: bool = False):
+    """`mrd features ARGS` in this process, or in a subprocess (where a hang may block in
+    the kernel: the subprocess is killed at the timeout)."""
+    run = run_cli if subprocess else invoke
+    return run("features", *args, "--cache-dir", str(cache), timeout=timeout)

@@ -307,12 +307,23 @@ def test_run_and_ablate_on_a_tiny_config(tmp_path, tiny_config):
 
 def test_threads_and_no_early_stop_reach_the_config(tmp_path, tiny_config):
     import torch
+    import typer
 
-    from mrd_cli.cli.common import training_overrides
+    from mrd_cli.cli.options import RunOptions, command
+    from mrd_cli.cli.session import config_overrides
     from mrd_cli.config import load_config
 
-    over = training_overrides({"distill": {"epochs": 3}}, 1, True)
-    cfg, _ = load_config("synthetic", None, over)
+    seen: list[RunOptions] = []
+
+    @command("session", "training")
+    def probe(opts: RunOptions) -> None:
+        seen.append(opts)
+
+    one = typer.Typer()
+    one.command()(probe)
+    res = runner.invoke(one, ["--threads", "1", "--no-early-stop", "distill.epochs=3"])
+    assert res.exit_code == 0, res.output
+    cfg, _ = load_config("synthetic", None, config_overrides(seen[0]))
     assert (cfg.threads, cfg.pretrain.patience, cfg.distill.patience) == (1, 0, 0)
     assert cfg.distill.epochs == 3
     before = torch.get_num_threads()

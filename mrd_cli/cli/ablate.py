@@ -7,69 +7,43 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    AddressOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    ExecutorKind,
-    ExecutorOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-    training_overrides,
-)
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.distill import WithoutOpt
-from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.pretrain import BackboneOpt, TextBackboneOpt
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.protocol_gap import ProtocolGapOpt, print_gap
-from mrd_cli.cli.render import timings_table
-from mrd_cli.cli.session import open_executor, open_session
-from mrd_cli.core.timing import StepTimer
-from mrd_cli.recipes.ablate import COMPONENTS
-from mrd_cli.recipes.ablate import ablate as ablate_recipe
+from mrd_cli.cli.options import (
+    BACKBONE_KEYS,
+    BackboneOpt,
+    RunOptions,
+    TextBackboneOpt,
+    command,
+    config_default,
+)
 
 
-@handle_errors
+@command(
+    "session",
+    "training",
+    "protocol_gap",
+    "executor",
+    "plots",
+    keys={"seeds": "ablate.seeds", "repretrain": "ablate.repretrain", **BACKBONE_KEYS},
+)
 def ablate(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     without: WithoutOpt = None,
     seeds: Annotated[
-        int | None, typer.Option("--seeds", help="Number of seeds (default: config, 5).", min=1)
+        int | None,
+        typer.Option("--seeds", min=1, help=f"Number of seeds ({config_default('ablate.seeds')})."),
     ] = None,
     repretrain: Annotated[
         bool | None,
         typer.Option(
             "--repretrain/--reuse-pretrained",
             help="Pretrain and partition anew for every seed, or reuse one pretrained pair "
-            "(default: config ablate.repretrain).",
+            f"({config_default('ablate.repretrain')}).",
         ),
     ] = None,
     backbone: BackboneOpt = None,
     text_backbone: TextBackboneOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    executor: ExecutorOpt = ExecutorKind.local,
-    address: AddressOpt = None,
-    plots: PlotsOpt = False,
-    json_out: JsonOpt = False,
-    protocol_gap: ProtocolGapOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Ablation table: MRD vs MRD without MIC / ILC / RCL over several seeds.
 
@@ -82,19 +56,19 @@ def ablate(
     cells (and the cross-fitted partition's fold models) run side by side, in worker
     processes or as Ray tasks; this command alone writes the run directory.
     """
-    overrides = {
-        "seed": seed,
-        "model": {"backbone": backbone, "text_backbone": text_backbone},
-        "ablate": {"seeds": seeds, "repretrain": repretrain},
-    }
-    check_plots_extra(plots)
+    from mrd_cli.cli.plot import check_plots_extra, draw_plots
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.protocol_gap import print_gap
+    from mrd_cli.cli.render import timings_table
+    from mrd_cli.cli.session import open_executor, open_session
+    from mrd_cli.core.timing import StepTimer
+    from mrd_cli.recipes.ablate import COMPONENTS
+    from mrd_cli.recipes.ablate import ablate as ablate_recipe
+
+    check_plots_extra(opts.plots)
     timer = StepTimer()
-    overrides = training_overrides(overrides, threads, no_early_stop)
     with timer.step("load"):
-        session = open_session(
-            dataset, config, data_dir, run_dir, device, overrides, quiet=json_out
-        )
-        session.protocol_gap = protocol_gap
+        session = open_session(opts)
     comps = [c.value for c in without] if without else list(COMPONENTS)
     variants = [(c,) for c in comps]
     a = session.cfg.ablate
@@ -108,16 +82,16 @@ def ablate(
         )
     )
     total = a.seeds * (len(variants) + 1)
-    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+    with open_executor(opts, session) as runner, epoch_bars() as bars:
         bars.add_cells("ablation cells", total)
         summary = ablate_recipe(
             session, variants, a.seeds, on_event=bars, timer=timer, executor=runner
         )
         bars.finish_cells()
     summary = summary.to_dict()
-    if plots:
-        summary["plots"] = draw_plots(session.run.root, json_out)
-    if json_out:
+    if opts.plots:
+        summary["plots"] = draw_plots(session.run.root, opts.json_out)
+    if opts.json_out:
         print_json(summary)
         return
     console = out_console()

@@ -10,14 +10,19 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
-from mrd_cli.cli.common import click_exceptions, command_name, on_sigterm
+from mrd_cli.cli.common import (
+    Command,
+    Group,
+    click_exceptions,
+    command_name,
+    on_sigterm,
+)
 from mrd_cli.cli.compare import compare
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
@@ -32,7 +37,7 @@ from mrd_cli.cli.selftrain import selftrain
 from mrd_cli.cli.tune import tune
 
 
-class OneLineErrors(TyperGroup):
+class OneLineErrors(Group):
     """The root group: click's own errors become one ``Error:`` line (exit 2 for usage)."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
@@ -104,20 +109,45 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("run")(run)
-app.command("pretrain")(pretrain)
-app.command("partition")(partition)
-app.command("distill")(distill)
-app.command("evaluate")(evaluate)
-app.command("predict")(predict)
-app.command("ablate")(ablate)
-app.command("compare")(compare)
-app.command("tune")(tune)
-app.command("plot")(plot)
-app.command("report")(report)
-app.command("selftrain")(selftrain)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from mrd_cli.core.version import __version__, git_commit
+
+        sys.stdout.write(f"mrd {__version__} (git commit {git_commit()})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Print mrd's version and git commit, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Mutual Refinement Distillation for multimodal emotion recognition in conversations."""
+
+
+app.command("run", cls=Command)(run)
+app.command("pretrain", cls=Command)(pretrain)
+app.command("partition", cls=Command)(partition)
+app.command("distill", cls=Command)(distill)
+app.command("evaluate", cls=Command)(evaluate)
+app.command("predict", cls=Command)(predict)
+app.command("ablate", cls=Command)(ablate)
+app.command("compare", cls=Command)(compare)
+app.command("tune", cls=Command)(tune)
+app.command("plot", cls=Command)(plot)
+app.command("report", cls=Command)(report)
+app.command("selftrain", cls=Command)(selftrain)
 app.add_typer(data_cmd.app, name="data")
-app.command("features")(features)
+app.command("features", cls=Command)(features)
 
 
 def main() -> None:

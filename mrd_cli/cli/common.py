@@ -1,4 +1,4 @@
-"""What every subcommand shares: option types, consoles, error handling, run set-up.
+"""What every subcommand shares: consoles, error handling, output (options: ``options.py``).
 
 People read Rich output on stderr (progress, messages) and stdout (tables); with ``--json``
 stdout carries exactly one JSON object and nothing else.
@@ -7,17 +7,18 @@ stdout carries exactly one JSON object and nothing else.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import threading
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from mrd_cli.core import lock
 from mrd_cli.errors import MRDError
@@ -37,116 +38,47 @@ if TYPE_CHECKING:
 # Progress bars, warnings and errors: never on stdout, so --json output stays clean.
 err_console = Console(stderr=True)
 
-DatasetOpt = Annotated[
-    str,
-    typer.Option(
-        "--dataset",
-        "-d",
-        help="Dataset: iemocap, meld, synthetic, or the path to a dataset YAML file.",
-    ),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML file whose keys override the dataset's config."),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Directory holding the dataset's feature files (default: data/<dataset>).",
-    ),
-]
-RunDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--run-dir", help="Run directory for checkpoints and results (default: runs/<dataset>)."
-    ),
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
-]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Random seed (default: from the config).")
-]
-EpochsOpt = Annotated[
-    int | None,
-    typer.Option("--epochs", help="Number of training epochs (default: from the config)."),
-]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--threads",
-        min=0,
-        help="CPU threads for torch (default: config 'threads', 1; 0 = one per core). One "
-        "thread is safest on a shared machine: a second gains 10-15% when the cores are free "
-        "and can cost several times that when another process holds one.",
-    ),
-]
-NoEarlyStopOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-early-stop",
-        help="Train every configured epoch (sets pretrain.patience and distill.patience to 0).",
-    ),
-]
+
+class _FlagsWithoutMetavar:
+    """Help that reads well: no ``<bool>`` type beside a flag (``--json``, ``--help``; a
+    flag takes no value) and no line broken where the docstring's source line ended."""
+
+    params: list[Any]
+
+    help: str | None
+
+    def _tidy_help(self) -> None:
+        """No ``<bool>`` beside flags; docstring paragraphs as one line each, so that the
+        help wraps them at the terminal's width instead of where the source broke them."""
+        if self.help:
+            paragraphs = inspect.cleandoc(self.help).split("\n\n")
+            self.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+        for param in self.params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
 
 
-class ExecutorKind(str, Enum):
-    local = "local"
-    processes = "processes"
-    ray = "ray"
+class Command(_FlagsWithoutMetavar, TyperCommand):
+    """Every subcommand's click class (``app.command(..., cls=Command)``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tidy_help()
 
 
-ExecutorOpt = Annotated[
-    ExecutorKind,
-    typer.Option(
-        "--executor",
-        help="Where the independent units (cells, a role's fold models) run: local (one after "
-        "another in this process), processes (side by side in worker processes on this "
-        "machine, one per executor.cpus_per_task cores) or ray (Ray tasks side by side, each "
-        "asking for executor.cpus_per_task / gpus_per_task of the config; needs the ray "
-        "extra). The results are the same whichever runs them.",
-    ),
-]
-AddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="With --executor ray: a Ray cluster's address (HOST:6379), or auto for the one "
-        "`ray start` made here. Default: start a Ray runtime on this machine for this command.",
-    ),
-]
-class LoggerKind(str, Enum):
-    tensorboard = "tensorboard"
-    mlflow = "mlflow"
+class Group(_FlagsWithoutMetavar, TyperGroup):
+    """A command group's click class (``mrd`` and ``mrd data``)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tidy_help()
 
-LogOpt = Annotated[
-    list[LoggerKind] | None,
-    typer.Option(
-        "--log",
-        help="Also log every epoch to TensorBoard (RUN/tensorboard/) or MLflow (a SQLite store "
-        "RUN/mlflow.db, or config tracking.mlflow_uri); repeatable; sets tracking.loggers. "
-        "Per-epoch metrics go to RUN/<step>/<role>.metrics.jsonl in any case. Needs the "
-        "tensorboard / mlflow extra.",
-    ),
-]
-
-
-def with_loggers(overrides: dict[str, Any], log: list[LoggerKind] | None) -> dict[str, Any]:
-    """``overrides`` with the loggers of ``--log`` (none given: the config's)."""
-    if log:
-        overrides = {**overrides, "tracking": {"loggers": sorted({x.value for x in log})}}
-    return overrides
-
-
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout only.")
-]
-DebugOpt = Annotated[
-    bool, typer.Option("--debug", help="Show the full traceback when something goes wrong.")
-]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -268,19 +200,6 @@ def command_name(ctx: Any) -> str:
         return "mrd"
     root = ctx.find_root().command_path
     return " ".join(["mrd", *ctx.command_path[len(root) :].split()])
-
-
-def training_overrides(
-    overrides: dict[str, Any] | None, threads: int | None, no_early_stop: bool
-) -> dict[str, Any]:
-    """``overrides`` with what ``--threads`` and ``--no-early-stop`` set (every training
-    command takes both)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (overrides or {}).items()}
-    out["threads"] = threads
-    if no_early_stop:
-        for section in ("pretrain", "distill"):
-            out.setdefault(section, {})["patience"] = 0
-    return out
 
 
 def print_json(obj: Any) -> None:

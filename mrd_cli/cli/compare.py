@@ -7,38 +7,22 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    AddressOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    EpochsOpt,
-    ExecutorKind,
-    ExecutorOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-    training_overrides,
-)
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.protocol_gap import ProtocolGapOpt, print_gap
-from mrd_cli.cli.session import open_executor, open_session
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
 from mrd_cli.errors import MRDError
-from mrd_cli.recipes.compare import compare as compare_recipe
+
+EpochsOpt = epochs_option("pretrain.epochs")
 
 
-@handle_errors
+@command(
+    "session",
+    "training",
+    "protocol_gap",
+    "executor",
+    keys={"seeds": "ablate.seeds", "epochs": "pretrain.epochs"},
+)
 def compare(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     backbones: Annotated[
         str,
         typer.Option(
@@ -58,21 +42,9 @@ def compare(
     ] = "multi",
     seeds: Annotated[
         int | None,
-        typer.Option("--seeds", help="Number of seeds (default: config ablate.seeds, 5).", min=1),
+        typer.Option("--seeds", min=1, help=f"Number of seeds ({config_default('ablate.seeds')})."),
     ] = None,
     epochs: EpochsOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    executor: ExecutorOpt = ExecutorKind.local,
-    address: AddressOpt = None,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    json_out: JsonOpt = False,
-    protocol_gap: ProtocolGapOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Compare M_multi's (or, with --role text, M_text's) backbones: test W-F1 over seeds.
 
@@ -90,25 +62,24 @@ def compare(
     names = [b.strip() for b in backbones.split(",") if b.strip()]
     if role not in ("multi", "text"):
         raise MRDError(f"--role must be multi or text, got '{role}'.")
-    overrides = training_overrides(
-        {"seed": seed, "pretrain": {"epochs": epochs}, "ablate": {"seeds": seeds}},
-        threads,
-        no_early_stop,
-    )
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
-    session.protocol_gap = protocol_gap
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.protocol_gap import print_gap
+    from mrd_cli.cli.session import open_executor, open_session
+    from mrd_cli.recipes.compare import compare as compare_recipe
+
+    session = open_session(opts)
     n = session.cfg.ablate.seeds
     err_console.print(
         f"Comparing backbones {shown(', '.join(names))} on {shown(session.corpus.name)}, {n} seeds, "
         f"{session.cfg.pretrain.epochs} pretraining epochs each, device {session.device}."
     )
     total = n * len(names)
-    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+    with open_executor(opts, session) as runner, epoch_bars() as bars:
         bars.add_cells("compare cells", total)
         result = compare_recipe(session, names, n, on_event=bars, executor=runner, role=role)
         bars.finish_cells()
     summary = result.to_dict()
-    if json_out:
+    if opts.json_out:
         print_json(summary)
         return
     out_console().print(comparison_table(summary))

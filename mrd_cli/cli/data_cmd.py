@@ -10,33 +10,21 @@ import json
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    JsonOpt,
-    err_console,
-    handle_errors,
-    print_json,
-    shown,
-)
-from mrd_cli.config import load_config
-from mrd_cli.core import lock as run_lock
-from mrd_cli.data.corpus import SPLITS, Corpus
-from mrd_cli.data.formats import FILE_NAMES, load_corpus
-from mrd_cli.data.synthetic import PRESETS, generate, write_generated
+from mrd_cli.cli.common import Command, Group, err_console, handle_errors, print_json, shown
+from mrd_cli.cli.options import DebugOpt, RunOptions, command
 from mrd_cli.errors import MRDError
-from mrd_cli.io import MAX_JSON_BYTES, read_limited
+
+if TYPE_CHECKING:
+    from mrd_cli.data.corpus import Corpus
 
 app = typer.Typer(
+    cls=Group,
     help="Make and inspect datasets: synthetic feature files in the community layouts, and "
     "split / class / dimension statistics of any dataset.",
     no_args_is_help=True,
@@ -60,7 +48,7 @@ def _size(path: Path) -> str:
     raise AssertionError("unreachable")
 
 
-@app.command("synth")
+@app.command("synth", cls=Command)
 @handle_errors
 def synth_cmd(
     out: Annotated[
@@ -84,8 +72,13 @@ def synth_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Write a synthetic corpus as community feature files (pickles) into --out."""
+    from mrd_cli.data.formats import FILE_NAMES
+    from mrd_cli.data.synthetic import PRESETS, generate, write_generated
+
     if not 0 <= seed < 2**32:
         raise MRDError(f"--seed must be in [0, 2**32), got {seed}.")
+    from mrd_cli.core import lock as run_lock
+
     p = PRESETS[preset.value]
     if out.exists() and not out.is_dir():
         raise MRDError(f"--out {out} is a file, not a directory. Pass a directory (created).")
@@ -128,6 +121,10 @@ def synth_cmd(
 
 def corpus_summary(corpus: Corpus) -> dict[str, Any]:
     """Counts per split and class, speakers, dimensions and provenance of a loaded corpus."""
+    import numpy as np
+
+    from mrd_cli.data.corpus import SPLITS
+
     splits: dict[str, Any] = {}
     for split in SPLITS:
         dialogues = corpus.split(split)
@@ -160,6 +157,8 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
 
 def modality_signal(corpus: Corpus) -> dict[str, bool]:
     """Per modality: does it vary across training utterances (False = a constant placeholder)?"""
+    import numpy as np
+
     out = {}
     for m in corpus.modalities:
         x = np.concatenate([d.features[m] for d in corpus.split("train")])
@@ -172,6 +171,8 @@ def _placeholders(corpus: Corpus) -> dict[str, str]:
     if not corpus.extra.get("features_file"):
         return {}
     path = Path(corpus.extra["features_file"]).parent / "features_manifest.json"
+    from mrd_cli.io import MAX_JSON_BYTES, read_limited
+
     try:
         doc = json.loads(read_limited(path, MAX_JSON_BYTES, "features manifest"))
         return dict(doc.get("placeholders") or {})
@@ -179,23 +180,22 @@ def _placeholders(corpus: Corpus) -> dict[str, str]:
         return {}
 
 
-@app.command("inspect")
-@handle_errors
-def inspect_cmd(
-    dataset: DatasetOpt = "synthetic",
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+@app.command("inspect", cls=Command)
+@command("data")
+def inspect_cmd(opts: RunOptions) -> None:
     """Load a dataset as training would and show its splits, classes and dimensions."""
-    cfg, yaml_dir = load_config(dataset, config)
+    from mrd_cli.cli.session import config_overrides
+    from mrd_cli.config import load_config
+    from mrd_cli.data.corpus import SPLITS
+    from mrd_cli.data.formats import load_corpus
+
+    cfg, yaml_dir = load_config(opts.dataset, opts.config, config_overrides(opts))
     with err_console.status(f"Loading dataset '{shown(cfg.dataset.name)}'..."):
-        corpus = load_corpus(cfg.dataset, data_dir, yaml_dir)
+        corpus = load_corpus(cfg.dataset, opts.data_dir, yaml_dir)
     summary = corpus_summary(corpus)
     for message in corpus.warnings():
         err_console.print(f"[yellow]Warning:[/] {shown(message)}", highlight=False, soft_wrap=True)
-    if json_out:
+    if opts.json_out:
         print_json(summary)
         return
 

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from mrd_cli.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    EpochsOpt,
-    JsonOpt,
-    LogOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    report_selected,
-    shown,
-    training_overrides,
-    with_loggers,
-)
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.protocol_gap import ProtocolGapOpt
-from mrd_cli.cli.session import open_session
-from mrd_cli.recipes.ablate import apply_without
-from mrd_cli.recipes.distill import distill as distill_recipe
+from mrd_cli.cli.common import err_console, report_selected, shown
+from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
 
 
 class Component(str, Enum):
@@ -54,48 +31,49 @@ WithoutOpt = Annotated[
         "= 0), rcl (no curriculum).",
     ),
 ]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its last finished epoch.")
+]
 
 
-@handle_errors
+def _switched_off(without: list[Component]) -> dict[str, Any]:
+    from mrd_cli.recipes.ablate import without_values
+
+    return without_values(c.value for c in without)
+
+
+EpochsOpt = epochs_option("distill.epochs")
+
+
+@command(
+    "session",
+    "log",
+    "training",
+    "protocol_gap",
+    keys={"epochs": "distill.epochs", "curriculum": "distill.curriculum", "without": _switched_off},
+)
 def distill(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     without: WithoutOpt = None,
     curriculum: Annotated[
         CurriculumChoice | None,
-        typer.Option("--curriculum", help="reverse (RCL), forward, or none (default: config)."),
+        typer.Option(
+            "--curriculum",
+            help=f"reverse (RCL), forward, or none ({config_default('distill.curriculum')}).",
+        ),
     ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
     epochs: EpochsOpt = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch.")
-    ] = False,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    log: LogOpt = None,
-    json_out: JsonOpt = False,
-    protocol_gap: ProtocolGapOpt = False,
-    debug: DebugOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Distil the pretrained models into each other (MRD: MIC + ILC + RCL).
 
     Each model's epoch is chosen on its own validation W-F1, with its pretrained weights as a candidate (epoch 0): a distillation epoch replaces them only if a bootstrap over validation dialogues is sure of the gain (distill.keep_start, distill.start_confidence). Writes RUN/distill/multi.pt and RUN/distill/text.pt.
     """
-    overrides = {
-        "seed": seed,
-        "distill": {
-            "epochs": epochs,
-            "curriculum": curriculum.value if curriculum else None,
-        },
-    }
-    overrides = training_overrides(overrides, threads, no_early_stop)
-    overrides = with_loggers(overrides, log)
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
-    session.protocol_gap = protocol_gap
-    session.cfg = apply_without(session.cfg, [c.value for c in without or []])
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.session import open_session
+    from mrd_cli.recipes.distill import distill as distill_recipe
+
+    session = open_session(opts)
     d = session.cfg.distill
     err_console.print(
         f"Distilling on {shown(session.corpus.name)} ({session.device}): alpha={d.alpha} beta={d.beta} "
@@ -104,4 +82,4 @@ def distill(
     with epoch_bars() as bars:
         bars.add("distill", "distill", d.epochs)
         result = distill_recipe(session, resume=resume, on_event=bars)
-    report_selected(result, json_out)
+    report_selected(result, opts.json_out)

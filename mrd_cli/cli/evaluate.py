@@ -4,31 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mrd_cli.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    JsonOpt,
-    RunDirOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-)
-from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.render import print_evaluation
-from mrd_cli.cli.session import open_session
-from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command
+from mrd_cli.cli.run import NoConfusionOpt
 from mrd_cli.errors import MRDError
-from mrd_cli.recipes.evaluate import evaluate as evaluate_recipe
-from mrd_cli.recipes.evaluate import metrics_path
+
+if TYPE_CHECKING:
+    from mrd_cli.core.rundir import RunDir
 
 
 class Split(str, Enum):
@@ -36,9 +22,9 @@ class Split(str, Enum):
     val = "val"
 
 
-@handle_errors
+@command("session", "plots")
 def evaluate(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     checkpoint: Annotated[
         list[Path] | None,
         typer.Option(
@@ -47,33 +33,28 @@ def evaluate(
         ),
     ] = None,
     split: Annotated[Split, typer.Option("--split", help="Split to evaluate on.")] = Split.test,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    no_confusion: Annotated[
-        bool, typer.Option("--no-confusion", help="Do not print the confusion matrices.")
-    ] = False,
-    plots: PlotsOpt = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
+    no_confusion: NoConfusionOpt = False,
 ) -> None:
     """Per-class F1, W-F1, accuracy, macro F1, confusion matrices and the ambiguity table.
 
     Results are also saved as RUN/metrics/<split>.json.
     """
-    check_plots_extra(plots)
-    session = open_session(
-        dataset, config, data_dir, run_dir, device, quiet=json_out, read_only_ok=True
-    )
+    from mrd_cli.cli.plot import check_plots_extra, draw_plots
+    from mrd_cli.cli.render import print_evaluation
+    from mrd_cli.cli.session import open_session
+    from mrd_cli.recipes.evaluate import evaluate as evaluate_recipe
+    from mrd_cli.recipes.evaluate import metrics_path
+
+    check_plots_extra(opts.plots)
+    session = open_session(opts, read_only_ok=True)
     found = _named(checkpoint, session.run) if checkpoint else None
     outcome = evaluate_recipe(session, found, split.value)
     result = outcome.to_dict()
-    if plots and outcome.saved_to:  # the figures are of the run directory's saved results
-        result["plots"] = draw_plots(session.run.root, json_out)
-    elif plots:
+    if opts.plots and outcome.saved_to:  # the figures are of the run directory's saved results
+        result["plots"] = draw_plots(session.run.root, opts.json_out)
+    elif opts.plots:
         err_console.print("[yellow]Warning:[/] no figures: these metrics were not saved.")
-    if json_out:
+    if opts.json_out:
         print_json(result)
         return
     print_evaluation(out_console(), result, confusion=not no_confusion)
@@ -117,6 +98,8 @@ def _named(paths: list[Path], run: RunDir) -> dict[str, Path]:
     """Name each given checkpoint: ``stage/role`` when it is the run directory's own file,
     else its path, so that no other run's model is labelled as this run's. The same name
     twice is refused rather than one of them dropped."""
+    from mrd_cli.core.rundir import ROLES
+
     own = {
         f"{stage}/{role}": path_of(role).resolve()
         for stage, path_of in run.stages()

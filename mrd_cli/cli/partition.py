@@ -3,46 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    AddressOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    ExecutorKind,
-    ExecutorOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-    training_overrides,
-)
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_executor, open_session
-from mrd_cli.recipes.partition import partition as partition_recipe
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command, config_default
 
 
-@handle_errors
+def _cross_fit(folds: int) -> dict[str, Any]:
+    return {"partition.method": "cross_fit", "partition.folds": folds}
+
+
+def _in_sample(on: bool) -> dict[str, Any]:
+    return {"partition.method": "in_sample"} if on else {}
+
+
+@command("session", "training", "executor", keys={"cross_fit": _cross_fit, "in_sample": _in_sample})
 def partition(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     cross_fit: Annotated[
         int | None,
         typer.Option(
             "--cross-fit",
-            help="Use out-of-fold predictions of K fold-model pairs (K >= 2) "
-            "(default: the config's partition.method, cross_fit with 5 folds on real data).",
+            min=2,
+            help="Use out-of-fold predictions of K fold-model pairs "
+            f"({config_default('partition.method')}; {config_default('partition.folds')}).",
         ),
     ] = None,
     in_sample: Annotated[
@@ -58,17 +45,6 @@ def partition(
     text_checkpoint: Annotated[
         Path | None, typer.Option("--text", help="Pretrained text checkpoint.")
     ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    executor: ExecutorOpt = ExecutorKind.local,
-    address: AddressOpt = None,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Partition training utterances by the two pretrained models (Eq. 9-13).
 
@@ -76,17 +52,11 @@ def partition(
     With --executor processes or ray the cross-fitted fold models of each role run as one
     unit (a worker process or a Ray task; the two roles side by side).
     """
-    if cross_fit is not None and in_sample:
-        from mrd_cli.errors import MRDError
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.session import open_executor, open_session
+    from mrd_cli.recipes.partition import partition as partition_recipe
 
-        raise MRDError("Use either --cross-fit K or --in-sample, not both.")
-    overrides: dict = {"seed": seed, "partition": {}}
-    if cross_fit is not None:
-        overrides["partition"] = {"method": "cross_fit", "folds": cross_fit}
-    elif in_sample:
-        overrides["partition"] = {"method": "in_sample"}
-    overrides = training_overrides(overrides, threads, no_early_stop)
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    session = open_session(opts)
     paths = {
         "multi": multi_checkpoint or session.run.pretrained("multi"),
         "text": text_checkpoint or session.run.pretrained("text"),
@@ -96,7 +66,7 @@ def partition(
         f"Partitioning {session.corpus.num_utterances('train')} training utterances "
         f"({'cross-fitted, ' + str(p.folds) + ' folds' if p.method == 'cross_fit' else 'in-sample'})."
     )
-    with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+    with open_executor(opts, session) as runner, epoch_bars() as bars:
         result = partition_recipe(
             session,
             checkpoints=paths,
@@ -104,7 +74,7 @@ def partition(
             executor=runner,
         )
     doc = result.document
-    if json_out:
+    if opts.json_out:
         print_json(result.to_dict())
         return
     out_console().print(partition_table(doc, session.corpus.label_names))

@@ -1,5 +1,5 @@
-"""`mrd plot`: figures of a run directory (PNG and SVG under RUN/plots/), and the
-``--plots`` option the training commands share."""
+"""`mrd plot`: figures of a run directory (PNG and SVG under RUN/plots/), and what the
+``--plots`` option of the training commands draws."""
 
 from __future__ import annotations
 
@@ -10,29 +10,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    DebugOpt,
-    JsonOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-)
-from mrd_cli.cli.session import lock_run_dir
-from mrd_cli.core.figures import FORMATS, require_matplotlib
-from mrd_cli.recipes.plot import plot as plot_recipe
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command
 
 RunArg = Annotated[
     Path, typer.Argument(help="The run directory (the --run-dir the results were made in).")
-]
-PlotsOpt = Annotated[
-    bool,
-    typer.Option(
-        "--plots",
-        help="Also draw the run directory's figures (as `mrd plot` does) into RUN/plots/; "
-        "needs the plots extra (matplotlib).",
-    ),
 ]
 
 
@@ -47,8 +29,9 @@ class Format(str, Enum):
     pdf = "pdf"
 
 
-@handle_errors
+@command()
 def plot(
+    opts: RunOptions,
     run: RunArg,
     split: Annotated[
         Split, typer.Option("--split", help="Split whose metrics give the confusion matrices.")
@@ -57,8 +40,6 @@ def plot(
         list[Format] | None,
         typer.Option("--format", help="File format (repeatable; default: png and svg)."),
     ] = None,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Figures of a run directory, as PNG and SVG files under RUN/plots/.
 
@@ -69,10 +50,14 @@ def plot(
     Reads the run directory only (nothing is trained). Needs matplotlib, the optional
     plots extra (see the README).
     """
+    from mrd_cli.cli.session import lock_run_dir
+    from mrd_cli.core.figures import FORMATS
+    from mrd_cli.recipes.plot import plot as plot_recipe
+
     chosen = tuple(f.value for f in formats) if formats else FORMATS
     lock_run_dir(run, "mrd plot")  # it writes RUN/plots/: not while another command writes
     result = plot_recipe(run, split.value, chosen).to_dict()
-    if json_out:
+    if opts.json_out:
         print_json(result)
         return
     out_console().print(plots_table(result))
@@ -93,12 +78,17 @@ def plots_table(result: dict[str, Any]) -> Table:
 def check_plots_extra(plots: bool) -> None:
     """Refuse ``--plots`` before any training when matplotlib is missing."""
     if plots:
+        from mrd_cli.core.figures import require_matplotlib
+
         require_matplotlib()
 
 
 def draw_plots(run: Path, json_out: bool) -> dict[str, Any]:
     """``mrd plot RUN`` at the end of another command: what was drawn (its JSON), and a
     line on stderr for people."""
+    from mrd_cli.cli.session import lock_run_dir
+    from mrd_cli.recipes.plot import plot as plot_recipe
+
     lock_run_dir(run, "mrd plot")  # held already by the command drawing them: counted
     result = plot_recipe(run).to_dict()
     if not json_out:

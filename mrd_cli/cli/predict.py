@@ -16,20 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    JsonOpt,
-    RunDirOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-)
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.errors import MRDError
 
 # Rows of the per-utterance table on screen; the output file holds every one.
@@ -59,8 +47,9 @@ class PredictSplit(str, Enum):
     test = "test"
 
 
-@handle_errors
+@command("paths")
 def predict(
+    opts: RunOptions,
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -69,7 +58,6 @@ def predict(
             show_default=False,
         ),
     ] = None,
-    dataset: DatasetOpt = "synthetic",
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -159,12 +147,6 @@ def predict(
             "predict never writes to it.",
         ),
     ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Predict the emotion of every utterance of new conversations with a trained model.
 
@@ -184,9 +166,7 @@ def predict(
     )
     if out is not None and out.is_dir():
         raise MRDError(f"--out {out} is a directory; name the file to write.")
-    session = open_session(
-        dataset, config, data_dir, run_dir, device, quiet=json_out, read_only_ok=True
-    )
+    session = open_session(opts, read_only_ok=True)
     path = checkpoint or find_checkpoint(session.run, role.value, stage.value if stage else None)
     if features:
         source: Any = FeatureInput(features, split.value)
@@ -221,7 +201,7 @@ def predict(
 
         atomic_write_text(out, to_json(result) if kind == "json" else to_csv(result))
         result.saved_to = str(out)
-    if json_out:
+    if opts.json_out:
         print_json(result.to_dict())
         return
     _show(result.to_dict())

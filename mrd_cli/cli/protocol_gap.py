@@ -1,32 +1,20 @@
-"""`--protocol-gap`: the diagnostic of what a test-selected protocol would report
-(``core/protocol_gap.py``), and its table under the honest results."""
+"""The table of the `--protocol-gap` diagnostic (what a test-selected protocol would report,
+``core/protocol_gap.py``) under the honest results; the option is in ``options.py``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, shown
-from mrd_cli.core.protocol_gap import gap_table
-
-ProtocolGapOpt = Annotated[
-    bool,
-    typer.Option(
-        "--protocol-gap",
-        help="DIAGNOSTIC: also score every model on the test split after each training "
-        "epoch, kept apart from everything that selects, and report beside each honest "
-        "figure (epoch chosen on validation) what keeping the best TEST epoch, as the public "
-        "M3Net/CMERC/MRD scripts do, would have reported. Checkpoints and honest figures are "
-        "the same with or without it.",
-    ),
-]
+from mrd_cli.cli.common import shown
 
 
 def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any) -> None:
     """The diagnostic's table, when any model carries it."""
+    from mrd_cli.core.protocol_gap import gap_table
+
     table = gap_table(metrics, *summaries)
     if table is None:
         return
@@ -41,6 +29,8 @@ def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any)
 def warn_missing_gap(result: dict[str, Any]) -> None:
     """Say which evaluated models carry no diagnostic (trained before, without the option:
     a reused pretrained pair, say) and how to get it."""
+    from mrd_cli.cli.common import err_console
+
     missing = [n for n, r in result["models"].items() if "test_selected_diagnostic" not in r]
     if missing:
         err_console.print(

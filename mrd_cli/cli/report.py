@@ -8,23 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    DebugOpt,
-    JsonOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-)
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.cli.plot import RunArg, Split
-from mrd_cli.cli.session import lock_run_dir
 from mrd_cli.errors import MRDError
-from mrd_cli.recipes.report import report as report_recipe
 
 
-@handle_errors
+@command()
 def report(
+    opts: RunOptions,
     run: RunArg,
     split: Annotated[
         Split,
@@ -39,8 +31,6 @@ def report(
             "server.",
         ),
     ] = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """The paper's tables of a run directory, in Markdown and LaTeX under RUN/report/.
 
@@ -51,6 +41,9 @@ def report(
     Reads the run directory only; writes RUN/report/<table>.md and .tex (booktabs), all
     tables in tables.md and tables.tex, and tables_standalone.tex, a document that compiles.
     """
+    from mrd_cli.cli.session import lock_run_dir
+    from mrd_cli.recipes.report import report as report_recipe
+
     lock_run_dir(run, "mrd report")  # it writes RUN/report/: not while another command writes
     if html:
         from mrd_cli.recipes.html_report import html_report
@@ -69,7 +62,7 @@ def report(
         result["html"] = str(page)
     else:
         result = report_recipe(run, split.value).to_dict()
-    if json_out:
+    if opts.json_out:
         print_json(result)
         return
     out_console().print(tables_table(result))

@@ -10,30 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    EpochsOpt,
-    JsonOpt,
-    LogOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
-    err_console,
-    handle_errors,
-    out_console,
-    print_json,
-    shown,
-    training_overrides,
-    with_loggers,
-)
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_session
-from mrd_cli.recipes.selftrain import TRANSDUCTIVE_NOTE
-from mrd_cli.recipes.selftrain import selftrain as selftrain_recipe
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
+from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
+
+EpochsOpt = epochs_option("selftrain.epochs")
 
 
 class Role(str, Enum):
@@ -41,9 +21,24 @@ class Role(str, Enum):
     text = "text"
 
 
-@handle_errors
+def _transductive(on: bool) -> dict[str, Any]:
+    return {"selftrain.transductive": True} if on else {}
+
+
+@command(
+    "session",
+    "log",
+    "seed",
+    "threads",
+    keys={
+        "labeled_fraction": "selftrain.labeled_fraction",
+        "transductive": _transductive,
+        "rounds": "selftrain.rounds",
+        "epochs": "selftrain.epochs",
+    },
+)
 def selftrain(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     role: Annotated[
         Role,
         typer.Option(
@@ -60,7 +55,8 @@ def selftrain(
             max=1.0,
             help="Keep the labels of this share of the training dialogues (whole dialogues, "
             "a draw seeded by --seed); the others form the unlabelled pool. Validation and "
-            "test are untouched. Default: config selftrain.labeled_fraction (1.0).",
+            "test are untouched "
+            f"({config_default('selftrain.labeled_fraction')}).",
         ),
     ] = None,
     transductive: Annotated[
@@ -77,15 +73,10 @@ def selftrain(
             "--rounds",
             min=0,
             help="Self-training rounds after the supervised round 0 "
-            "(default: config selftrain.rounds).",
+            f"({config_default('selftrain.rounds')}).",
         ),
     ] = None,
     epochs: EpochsOpt = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -94,10 +85,6 @@ def selftrain(
             "contrastive phase, continue the interrupted round from its last epoch.",
         ),
     ] = False,
-    threads: ThreadsOpt = None,
-    log: LogOpt = None,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Few labels: MER2024-SEMI's contrastive pretraining and self-training.
 
@@ -110,21 +97,12 @@ def selftrain(
     Writes RUN/selftrain/<role>.pt (a checkpoint `mrd evaluate` shows) and one checkpoint
     per round under RUN/selftrain/rounds/.
     """
-    overrides = training_overrides(
-        {
-            "seed": seed,
-            "selftrain": {
-                "labeled_fraction": labeled_fraction,
-                "transductive": True if transductive else None,
-                "rounds": rounds,
-                "epochs": epochs,
-            },
-        },
-        threads,
-        False,
-    )
-    overrides = with_loggers(overrides, log)
-    session = open_session(dataset, config, data_dir, run_dir, device, overrides, quiet=json_out)
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.session import open_session
+    from mrd_cli.recipes.selftrain import TRANSDUCTIVE_NOTE
+    from mrd_cli.recipes.selftrain import selftrain as selftrain_recipe
+
+    session = open_session(opts)
     st = session.cfg.selftrain
     err_console.print(
         f"Self-training {role.value} on [bold]{shown(session.corpus.name)}[/] with the labels of "
@@ -140,7 +118,7 @@ def selftrain(
             resume=resume,
             on_event=bars,
         )
-    if json_out:
+    if opts.json_out:
         from mrd_cli.core.card import card_path, read_card_fields
 
         doc = result.to_dict()

@@ -4,39 +4,22 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from mrd_cli.cli.common import (
-    AddressOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DebugOpt,
-    DeviceOpt,
-    ExecutorKind,
-    ExecutorOpt,
-    JsonOpt,
-    NoEarlyStopOpt,
-    RunDirOpt,
-    SeedOpt,
-    ThreadsOpt,
     err_console,
-    handle_errors,
     out_console,
     print_json,
     shown,
-    training_overrides,
     was_terminated,
 )
-from mrd_cli.cli.plot import PlotsOpt, check_plots_extra, draw_plots
-from mrd_cli.cli.progress import epoch_bars
-from mrd_cli.cli.session import open_executor, open_session
-from mrd_cli.core.events import Event
-from mrd_cli.recipes.tune import require_optuna
-from mrd_cli.recipes.tune import tune as tune_recipe
+from mrd_cli.cli.options import RunOptions, command
+
+if TYPE_CHECKING:
+    from mrd_cli.core.events import Event
 
 
 class Target(str, Enum):
@@ -45,9 +28,9 @@ class Target(str, Enum):
     both = "both"
 
 
-@handle_errors
+@command("session", "training", "executor", "plots")
 def tune(
-    dataset: DatasetOpt = "synthetic",
+    opts: RunOptions,
     trials: Annotated[
         int,
         typer.Option(
@@ -103,18 +86,6 @@ def tune(
         ),
     ] = 1,
     top: Annotated[int, typer.Option("--top", min=1, help="Trials shown in the table.")] = 10,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = None,
-    executor: ExecutorOpt = ExecutorKind.local,
-    address: AddressOpt = None,
-    threads: ThreadsOpt = None,
-    no_early_stop: NoEarlyStopOpt = False,
-    plots: PlotsOpt = False,
-    json_out: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Search the distillation config on validation W-F1 (Optuna: TPE, median pruning).
 
@@ -128,22 +99,19 @@ def tune(
     CPUs / executor.cpus_per_task) runs trials against the same storage: on a cluster, give a --storage every machine
     reaches (e.g. postgresql://...). The trials' directories are written by this command.
     """
+    from mrd_cli.cli.plot import check_plots_extra, draw_plots
+    from mrd_cli.cli.progress import epoch_bars
+    from mrd_cli.cli.session import open_executor, open_session
+    from mrd_cli.recipes.tune import require_optuna
+    from mrd_cli.recipes.tune import tune as tune_recipe
+
     optuna = require_optuna()
-    check_plots_extra(plots)
+    check_plots_extra(opts.plots)
     # Failed trials are reported in the table, not as optuna's log lines with tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Not locked for the whole command: several `mrd tune` processes share a run directory
     # (each trial writes only its own directory); the recipe locks it while it pretrains.
-    session = open_session(
-        dataset,
-        config,
-        data_dir,
-        run_dir,
-        device,
-        training_overrides({"seed": seed}, threads, no_early_stop),
-        quiet=json_out,
-        lock=False,
-    )
+    session = open_session(opts, lock=False)
     err_console.print(
         f"[bold]mrd tune[/] on {shown(session.corpus.name)}: {trials} trials x {seeds} seed(s), "
         f"target {target.value} (validation W-F1), device {session.device}, "
@@ -152,7 +120,7 @@ def tune(
     # Ctrl-C and SIGTERM (a scheduler preempting the job; ``cli/app.py`` raises it as
     # ``Terminated``) end the running trial the same way: failed and queued again at once.
     try:
-        with open_executor(executor, address, session) as runner, epoch_bars() as bars:
+        with open_executor(opts, session) as runner, epoch_bars() as bars:
             bars.add("trials", "trials", trials)
 
             def on_epoch(event: Event) -> None:
@@ -160,7 +128,7 @@ def tune(
                 if key.startswith("trial "):
                     if "distill" not in bars.tasks:
                         bars.add("distill", key, event.log.epochs)
-                    bars.progress.update(bars.tasks["distill"], description=key)
+                    bars.rename("distill", key)
                     key = "distill"
                 bars.update(key, event.log)
 
@@ -172,18 +140,16 @@ def tune(
                     )
                 value = row["value"] if row["value"] is not None else row["best_intermediate"]
                 score = "" if value is None else f" ({value:.2f})"
-                bars.progress.update(
-                    bars.tasks["trials"],
-                    completed=counts["finished"],
-                    info=f"trial {row['number']} {row['state']}{score}",
+                bars.advance(
+                    "trials", counts["finished"], f"trial {row['number']} {row['state']}{score}"
                 )
 
             def on_wait(event: Event) -> None:
                 counts = event.payload["counts"]
-                bars.progress.update(
-                    bars.tasks["trials"],
-                    completed=counts["finished"],
-                    info=f"waiting for {counts['running']} trial(s) running elsewhere",
+                bars.advance(
+                    "trials",
+                    counts["finished"],
+                    f"waiting for {counts['running']} trial(s) running elsewhere",
                 )
 
             bars.handle("epoch", on_epoch)
@@ -203,9 +169,9 @@ def tune(
                 on_event=bars,
                 executor=runner,
             )
-            bars.progress.update(bars.tasks["trials"], completed=trials, info="done")
+            bars.advance("trials", trials, "done")
     except KeyboardInterrupt as exc:
-        if debug:
+        if opts.debug:
             raise
         terminated = was_terminated(exc)
         what = "Terminated" if terminated else "Interrupted"
@@ -215,9 +181,9 @@ def tune(
         )
         raise typer.Exit(143 if terminated else 130) from None
     summary = result.to_dict()
-    if plots:
-        summary["plots"] = draw_plots(session.run.root, json_out)
-    if json_out:
+    if opts.plots:
+        summary["plots"] = draw_plots(session.run.root, opts.json_out)
+    if opts.json_out:
         print_json(summary)
         return
     console = out_console()
@@ -257,9 +223,11 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
     table.add_column("#", justify="right")
     table.add_column("state")
     table.add_column("val W-F1", justify="right")
-    table.add_column("epochs", justify="right")
+    table.add_column("epochs run", justify="right")
     for key in keys:
-        table.add_column(shown(key.removeprefix("distill.")), justify="right")
+        # A tuned key keeps its section when its short name would repeat a column's.
+        short = key.removeprefix("distill.")
+        table.add_column(key if short in ("epochs", "state") else short, justify="right")
     best = (summary["best"] or {}).get("number")
     for row in rows:
         value = row["value"]

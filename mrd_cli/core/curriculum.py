@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrd_cli.core.partition import GROUP_CODE, GROUPS, STAGE_GROUPS
+from mrd_cli.core.groups import GROUP_CODE, GROUPS, STAGE_GROUPS
 from mrd_cli.errors import MRDError
 
 ORDERS = {

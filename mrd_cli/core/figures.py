@@ -44,7 +44,8 @@ GROUP_LABEL = {
     "simple": "Simple (both right)",
 }
 # Background of the curriculum stages in the distillation panel (greys of distinct shade).
-STAGE_SHADE = {"difficult": "#C8C8C8", "general": "#E4E4E4", "simple": "#F7F7F7", "all": "#F0F0F0"}
+# "simple", the lightest, stays visibly grey on white paper and screens.
+STAGE_SHADE = {"difficult": "#A8A8A8", "general": "#C4C4C4", "simple": "#DEDEDE", "all": "#D2D2D2"}
 RC = {
     "font.size": 10,
     "axes.titlesize": 11,
@@ -164,8 +165,10 @@ def confusion_figure(matrix: list[list[int]], labels: list[str], title: str) -> 
 def training_figure(
     panels: list[dict[str, Any]],
     title: str,
+    role_labels: dict[str, str] | None = None,
 ) -> Any:
-    """Validation W-F1 per epoch, one panel per training stage.
+    """Validation W-F1 per epoch, one panel per training stage (the models named by
+    ``role_labels``, default ``ROLE_LABEL``).
 
     Each panel: ``title``, ``curves`` (role -> list of (epoch, W-F1)), ``selected`` (role ->
     the epoch chosen, marked with a star), optionally ``rejected`` (role -> the best
@@ -198,7 +201,7 @@ def training_figure(
                 marker=style["marker"],
                 linestyle=style["linestyle"],
                 markersize=4,
-                label=ROLE_LABEL[role],
+                label=(role_labels or ROLE_LABEL)[role],
                 zorder=3,
             )
             handles.setdefault(role, line)
@@ -307,10 +310,16 @@ def partition_figure(counts: dict[str, dict[str, int]], labels: list[str], title
 
 
 @_with_rc
-def ablation_figure(rows: list[dict[str, Any]], title: str, note: str = "") -> Any:
+def ablation_figure(
+    rows: list[dict[str, Any]],
+    title: str,
+    note: str = "",
+    role_labels: dict[str, str] | None = None,
+) -> Any:
     """Bars of mean W-F1 per variant and model with ± std error bars, each seed's value as
     a dot, and the significance marks of each difference above its bar (``marks``);
-    ``note`` (what the marks mean) is printed under the plot."""
+    ``note`` (what the marks mean) is printed under the plot; the models are named by
+    ``role_labels`` (default ``ROLE_LABEL``)."""
     import numpy as np
 
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -339,7 +348,7 @@ def ablation_figure(rows: list[dict[str, Any]], title: str, note: str = "") -> A
                 hatch=style["hatch"],
                 edgecolor="black",
                 linewidth=0.6,
-                label=ROLE_LABEL[role] if i == 0 else None,
+                label=(role_labels or ROLE_LABEL)[role] if i == 0 else None,
                 zorder=2,
             )
             values = w.get("values") or [w["mean"]]
@@ -374,12 +383,23 @@ def ablation_figure(rows: list[dict[str, Any]], title: str, note: str = "") -> A
     ax.set_xticks(x, [v[:1].upper() + v[1:] for v in variants], rotation=15, ha="right")
     ax.set_ylabel("test W-F1 (%)" + ("  (axis starts above 0)" if bottom > 0 else ""))
     if note:  # as the figure's x label, which the constrained layout makes room for
-        fig.supxlabel(textwrap.fill(note, 115), fontsize=8, x=0.01, ha="left")
+        fig.supxlabel(wrap_to_figure(note, fig, 8), fontsize=8, x=0.01, ha="left")
     ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
     ax.set_axisbelow(True)
     fig.legend(loc="outside right upper", frameon=False)
-    ax.set_title(title)
+    # The title wrapped to the width the legend leaves the plot, so that it never runs
+    # under the legend: lay the figure out once to know that width.
+    fig.draw_without_rendering()
+    width_pt = ax.get_position().width * fig.get_figwidth() * 72
+    ax.set_title(textwrap.fill(title, max(20, int(0.95 * width_pt / (0.6 * 11)))))
     return fig
+
+
+def wrap_to_figure(text: str, fig: Any, fontsize: float) -> str:
+    """``text`` wrapped to lines that fit the figure's width at ``fontsize`` points (an
+    average character being taken as 0.6 em wide, with a margin)."""
+    width_pt = fig.get_figwidth() * 72
+    return textwrap.fill(text, max(20, int(0.9 * width_pt / (0.6 * fontsize))))
 
 
 @_with_rc
@@ -388,6 +408,8 @@ def tuning_figure(
 ) -> Any:
     """The study's history: each finished trial's value by trial number (pruned trials at
     their best reported value), the best value so far, and the pretrained model's value."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = new_figure(6.4, 4.4)
     ax = axes[0]
     done = sorted(
@@ -426,6 +448,7 @@ def tuning_figure(
             label="pretrained model",
         )
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_ylabel(f"validation W-F1 of {target} (%)")
     ax.grid(axis="y", color="#CCCCCC", linewidth=0.6)
     fig.legend(loc="outside lower center", ncols=2, frameon=False)

@@ -17,14 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrd_cli.core.groups import GROUP_CODE, GROUPS
 from mrd_cli.data.tensors import SplitTensors
 from mrd_cli.errors import MRDError
-from mrd_cli.io import file_sha256
-
-GROUPS = ("mcti", "mitc", "general", "simple")
-GROUP_CODE = {g: i for i, g in enumerate(GROUPS)}
-# Curriculum-level groups: both difficult subgroups form one stage.
-STAGE_GROUPS = {"difficult": ("mcti", "mitc"), "general": ("general",), "simple": ("simple",)}
+from mrd_cli.io import MAX_JSON_BYTES, file_sha256, read_limited
 
 
 def partition_by_agreement(
@@ -116,7 +112,7 @@ def read_partition(
     if not path.is_file():
         raise MRDError(f"No partition at {path}. Run `mrd partition --dataset {dataset}` first.")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "partition file"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MRDError(
             f"{path} is corrupt. Run `mrd partition --dataset {dataset}` again."

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.stats import mean_std
 from mrd_cli.core.tables import PaperTable
-from mrd_cli.core.training import predict
-from mrd_cli.data.tensors import SplitTensors
-from mrd_cli.io import atomic_write_json, file_sha256
+from mrd_cli.errors import MRDError
+from mrd_cli.io import MAX_JSON_BYTES, atomic_write_json, file_sha256, read_limited
+
+if TYPE_CHECKING:  # torch and scikit-learn only where models are scored: `mrd report` reads
+    from mrd_cli.data.tensors import SplitTensors
 
 DIAGNOSTIC = "test-selected protocol (diagnostic, epoch chosen on TEST; not a result)"
 FORMAT = "mrd-test-by-epoch-1"
@@ -42,6 +43,9 @@ class TestWatch:
     def __call__(self, epoch: int, models: dict[str, Any]) -> None:
         """Score every model after 0-based ``epoch``: eval mode, no dropout, no random draw;
         the models' training mode is restored (``training.batch_logits``)."""
+        from mrd_cli.core.metrics import classification_report
+        from mrd_cli.core.training import predict
+
         for name, model in models.items():
             pred = predict(model, self.test)[self.test.mask].cpu().numpy()
             wf1 = classification_report(self.y_true, pred, self.label_names)["weighted_f1"]
@@ -80,8 +84,8 @@ def read_diagnostic(checkpoint: Path) -> dict[str, Any] | None:
     these very bytes (a checkpoint trained again leaves its old scores stale: ignored)."""
     path = diagnostic_path(checkpoint)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(read_limited(path, MAX_JSON_BYTES, "protocol-gap file"))
+    except (MRDError, OSError, ValueError):  # absent, damaged or not a regular file: none
         return None
     ok = (
         isinstance(doc, dict)

@@ -14,9 +14,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrd_cli.config import Config
+from mrd_cli.core.version import git_commit, mrd_version
 from mrd_cli.io import atomic_write_bytes, atomic_write_text
 
 ROLES = ("multi", "text")
+# On a corpus whose only modality is text, M_multi sees what M_text sees and differs from
+# it by its seed (``core/session.role_seed``): it is named for that, never "multimodal".
+TEXT_ONLY_MULTI = "text model, second seed"
+
+
+def role_labels(labels: dict[str, str], modalities: list[str] | None) -> dict[str, str]:
+    """``labels`` of the two roles (``{"multi": ..., "text": ...}``), with M_multi's named
+    ``TEXT_ONLY_MULTI`` when the modalities M_multi sees are text alone."""
+    if modalities is not None and list(modalities) == ["text"]:
+        return {**labels, "multi": TEXT_ONLY_MULTI}
+    return dict(labels)
+
+
+def run_modalities(root: Path) -> list[str] | None:
+    """The modalities of the run directory's saved config (``dataset.modalities``), None
+    when it has no readable config."""
+    from mrd_cli.config import load_yaml_text
+
+    try:
+        doc = load_yaml_text((Path(root) / "config.yaml").read_text())
+        modalities = doc["dataset"]["modalities"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    except Exception:  # a damaged YAML file names no modality either
+        return None
+    return [str(m) for m in modalities] if isinstance(modalities, list) else None
+
+
 # What distillation reads from a run directory: the pretrained pair and its partition.
 DISTILL_INPUTS = ("pretrain/multi.pt", "pretrain/text.pt", "partition.json")
 
@@ -91,7 +120,10 @@ class RunDir:
         )
 
     def save_config(self, cfg: Config) -> None:
-        atomic_write_text(self.config, cfg.to_yaml())
+        """``RUN/config.yaml``: the effective config, headed by a comment naming the code
+        that wrote it (a comment, so the file still works as a ``--config``)."""
+        header = f"# written by mrd {mrd_version()}, git commit {git_commit()}\n"
+        atomic_write_text(self.config, header + cfg.to_yaml())
 
     def distill_inputs(self) -> dict[str, bytes]:
         """The files of ``DISTILL_INPUTS`` as bytes, by their path in the run directory:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ from mrd_cli.models.registry import backbone_modalities, build_backbone
 
 @dataclass
 class Session:
-    """Everything a step needs: the effective config, the data, where files go, the device."""
+    """Everything a step needs: the effective config, the data, where files go, the device.
+
+    ``writable``: whether results may be saved in the run directory (False when the CLI
+    found it read-only and the command only reads). ``tensor_cache``: the splits' device
+    tensors, built once (``tensors``) and shared by the sessions of one corpus and device
+    (``derive``, and the recipes' units that run in this process).
+    """
 
     cfg: Config
     corpus: Corpus
@@ -38,6 +44,8 @@ class Session:
     # Score every model on the test split after each training epoch, as a diagnostic kept
     # apart from everything that selects (``core/protocol_gap.py``); not part of the config.
     protocol_gap: bool = False
+    writable: bool = True
+    tensor_cache: dict[str, SplitTensors] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(
@@ -72,19 +80,21 @@ class Session:
 
     def tensors(self, split: str) -> SplitTensors:
         """A split on the device (cached: built once per session)."""
-        cache = self.__dict__.setdefault("_tensors", {})
-        if split not in cache:
-            cache[split] = split_tensors(self.corpus, split, self.device)
-        return cache[split]
+        if split not in self.tensor_cache:
+            self.tensor_cache[split] = split_tensors(self.corpus, split, self.device)
+        return self.tensor_cache[split]
 
     def derive(self, cfg: Config, run: RunDir) -> Session:
         """The same data and device with another config or run directory, sharing the
         device tensors already built (same corpus, so the same tensors)."""
-        other = Session(
-            cfg=cfg, corpus=self.corpus, run=run, device=self.device, protocol_gap=self.protocol_gap
+        return Session(
+            cfg=cfg,
+            corpus=self.corpus,
+            run=run,
+            device=self.device,
+            protocol_gap=self.protocol_gap,
+            tensor_cache=self.tensor_cache,
         )
-        other.__dict__["_tensors"] = self.__dict__.setdefault("_tensors", {})
-        return other
 
     def build_model(self, role: str, backbone: str | None = None) -> Backbone:
         """A fresh model of ``role`` (multi or text) for this corpus and model config:

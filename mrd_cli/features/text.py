@@ -119,12 +119,14 @@ class EmbeddingCache:
             data = read_limited(self.path, MAX_CACHE_BYTES, "embedding cache")
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 keys, values = z["keys"], z["values"]
-                recorded = str(z["model_hash"]) if "model_hash" in z.files else ""
+                recorded = str(z["model_hash"]) if "model_hash" in z.files else None
         except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
             reason = str(exc) if isinstance(exc, MRDError) else type(exc).__name__
             self._drop_file(f"unreadable ({reason})")
             return
-        if recorded != self.model_hash:
+        # A file of an earlier mrd records no hash: its keys hash the encoder's already
+        # (``key``), so no entry of another encoder can match; its entries are checked below.
+        if recorded is not None and recorded != self.model_hash:
             self._drop_file("made by another encoder (its recorded model hash differs)")
             return
         if keys.ndim != 1 or values.ndim != 3 or len(keys) != len(values):

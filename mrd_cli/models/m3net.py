@@ -151,11 +151,7 @@ class M3Net(Backbone):
         """The two-layer bidirectional text GRU over each dialogue's real utterances [N, D]."""
         gru = self.text_gru
         if x.device.type != "cpu":
-            padded = scatter(x, where.longest_first, batch, length)
-            packed = pack_padded_sequence(padded, where.sorted_lengths, batch_first=True)
-            out, _ = gru(packed)
-            ctx, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
-            return gather(ctx, where.longest_first)
+            return self._packed_context(x, where, batch, length)
         lay = StepLayout.of(lengths[None], x.device)
         for layer in range(gru.num_layers):
             if layer:
@@ -168,6 +164,14 @@ class M3Net(Backbone):
             gi = torch.addmm(torch.cat(w[2:4]), x, torch.cat(w[0:2]).t()).view(len(x), 2, -1)
             x = bidirectional_gru(gi, lay, torch.stack(w[4:6]), torch.stack(w[6:8]))
         return x
+
+    def _packed_context(self, x: Tensor, where: UtteranceLayout, batch: int, length: int) -> Tensor:
+        """``_context`` off the CPU: ``nn.GRU`` on a packed sequence (cuDNN on a GPU)."""
+        padded = scatter(x, where.longest_first, batch, length)
+        packed = pack_padded_sequence(padded, where.sorted_lengths, batch_first=True)
+        out, _ = self.text_gru(packed)
+        ctx, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+        return gather(ctx, where.longest_first)
 
 
 M3NET_DEFAULTS = {

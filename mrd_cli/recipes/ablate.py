@@ -28,14 +28,21 @@ from mrd_cli.core.events import OnEvent, emit
 from mrd_cli.core.executor import Executor, LocalExecutor
 from mrd_cli.core.metrics import classification_report
 from mrd_cli.core.protocol_gap import gap_entry, gap_stats, has_gap
-from mrd_cli.core.rundir import ROLES, RunDir, unpack
-from mrd_cli.core.session import Session, signature
+from mrd_cli.core.rundir import ROLES, RunDir, role_labels, unpack
+from mrd_cli.core.session import Session, role_modalities, signature
 from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.timing import StepTimer, maybe
 from mrd_cli.core.training import predict
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
+from mrd_cli.io import (
+    MAX_JSON_BYTES,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    read_limited,
+)
 from mrd_cli.recipes.distill import distill
 from mrd_cli.recipes.partition import ensure_partitioned
 
@@ -77,20 +84,32 @@ class AblationResult:
         }
 
 
+# What switching a component off sets (dotted config keys; `mrd distill --without` too).
+COMPONENT_OFF: dict[str, dict[str, Any]] = {
+    "mic": {"distill.alpha": 0.0, "distill.beta": 0.0},
+    "ilc": {"distill.gamma": 0.0, "distill.delta": 0.0},
+    "rcl": {"distill.curriculum": "none"},
+}
+
+
+def without_values(without: Iterable[str]) -> dict[str, Any]:
+    """The dotted config values that switch the components ``without`` off (``COMPONENT_OFF``)."""
+    values: dict[str, Any] = {}
+    for comp in without:
+        off = COMPONENT_OFF.get(comp.lower())
+        if off is None:
+            raise MRDError(f"Unknown component '{comp}' for --without; use mic, ilc or rcl.")
+        values.update(off)
+    return values
+
+
 def apply_without(cfg: Config, without: Iterable[str]) -> Config:
     """A copy of ``cfg`` with components switched off: mic -> alpha = beta = 0;
-    ilc -> gamma = delta = 0; rcl -> curriculum none."""
+    ilc -> gamma = delta = 0; rcl -> curriculum none (``COMPONENT_OFF``)."""
     cfg = copy.deepcopy(cfg)
-    for comp in without:
-        comp = comp.lower()
-        if comp == "mic":
-            cfg.distill.alpha = cfg.distill.beta = 0.0
-        elif comp == "ilc":
-            cfg.distill.gamma = cfg.distill.delta = 0.0
-        elif comp == "rcl":
-            cfg.distill.curriculum = "none"
-        else:
-            raise MRDError(f"Unknown component '{comp}' for --without; use mic, ilc or rcl.")
+    for dotted, value in without_values(without).items():
+        section, key = dotted.split(".")
+        setattr(getattr(cfg, section), key, value)
     return cfg
 
 
@@ -129,7 +148,7 @@ def train_cell(
         base = unpack(Path(tmp) / "base", bases[unit.base])
         session = Session(unit.cfg, corpus, base, resolve_device(unit.device), unit.protocol_gap)
         if tensors is not None:
-            session.__dict__["_tensors"] = tensors
+            session.tensor_cache = tensors
         out_dir = Path(tmp) / "cell"
         start = time.perf_counter()
         distill(session, on_event=on_event, out_dir=out_dir)
@@ -250,7 +269,7 @@ def ablate(
     # The cells left to train, each a unit of the executor (in this process, or Ray tasks
     # running side by side); this process alone writes what they return, as each finishes.
     if executor.in_process:
-        shared = session.__dict__.setdefault("_tensors", {})
+        shared = session.tensor_cache
         fn = functools.partial(train_cell, on_event=on_event, tensors=shared)
     else:
         fn = train_cell
@@ -281,16 +300,14 @@ def ablate(
         summary = summarise(session, all_variants, seed_list, cells, base_metrics)
     atomic_write_json(session.run.ablation / "results.json", summary)
     atomic_write_text(session.run.ablation / "results.csv", to_csv(summary))
-    return AblationResult(
-        **summary, computed=computed, timings=timer.to_dict() if timer else None
-    )
+    return AblationResult(**summary, computed=computed, timings=timer.to_dict() if timer else None)
 
 
 def _read_cell(path, sig: str, labels: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        cell = json.loads(path.read_text())
+        cell = json.loads(read_limited(path, MAX_JSON_BYTES, "ablation cell"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     # A cell file is a cache: one that is damaged (or edited) is recomputed, not trusted.
@@ -386,7 +403,11 @@ def summarise(
 
     rows = []
     pretrained = {role: [base_metrics[s][role] for s in seeds] for role in ROLES}
-    for role, label in (("multi", "Pretrained (multimodal)"), ("text", "Pretrained (text model)")):
+    # Row names; on a text-only corpus M_multi's rows say it is a second text model.
+    modalities = role_modalities(session.cfg, "multi")
+    names = role_labels({"multi": "multimodal", "text": "text model"}, modalities)
+    for role in ROLES:
+        label = f"Pretrained ({names[role]})"
         rows.append(
             {"name": label, "variant": "pretrained", "role": role, **stats_of(pretrained[role])}
         )
@@ -394,7 +415,9 @@ def summarise(
     for without in variants:
         for role in ROLES:
             per_seed = [cells[(without, s)][role] for s in seeds]
-            name = variant_name(without) + (" (text model)" if role == "text" else "")
+            name = variant_name(without) + (
+                f" ({names[role]})" if role == "text" or names["multi"] != "multimodal" else ""
+            )
             row = {
                 "name": name,
                 "variant": variant_name(without),

@@ -36,7 +36,7 @@ from mrd_cli.core.stats import mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import EpochLog, predict
 from mrd_cli.data.corpus import Corpus
 from mrd_cli.errors import MRDError
-from mrd_cli.io import atomic_write_bytes, atomic_write_json
+from mrd_cli.io import MAX_JSON_BYTES, atomic_write_bytes, atomic_write_json, read_limited
 from mrd_cli.models.registry import DEFAULT_BACKBONE, backbone_modalities, check_backbone
 from mrd_cli.recipes.pretrain import pretrain
 
@@ -147,9 +147,7 @@ def compare(
     # The cells left to train, each a unit of the executor; this process alone writes what
     # they return (the cell, its checkpoint and config), as each finishes.
     fn = (
-        functools.partial(
-            train_cell, on_event=on_event, tensors=session.__dict__.setdefault("_tensors", {})
-        )
+        functools.partial(train_cell, on_event=on_event, tensors=session.tensor_cache)
         if executor.in_process
         else train_cell
     )
@@ -169,9 +167,7 @@ def compare(
         )
         cells[(unit.backbone, unit.seed)] = out["result"]
         computed.append((unit.backbone, unit.seed))
-        emit(
-            on_event, "cell", payload={"name": unit.backbone, "seed": unit.seed, "reused": False}
-        )
+        emit(on_event, "cell", payload={"name": unit.backbone, "seed": unit.seed, "reused": False})
     order = [(name, seed) for name in runnable for seed in seed_list]
     computed.sort(key=order.index)  # the study's order, whichever finished first
     summary = summarise(session, runnable, seed_list, cells, reference, not_run, role)
@@ -231,7 +227,7 @@ def train_cell(
             unit.cfg, corpus, RunDir(Path(tmp)), resolve_device(unit.device), unit.protocol_gap
         )
         if tensors is not None:
-            sub.__dict__["_tensors"] = tensors
+            sub.tensor_cache = tensors
         result = run_cell(sub, on_event, unit.role)
         return {
             "result": result,
@@ -273,7 +269,7 @@ def _read_cell(path: Path, sig: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        cell = json.loads(path.read_text())
+        cell = json.loads(read_limited(path, MAX_JSON_BYTES, "comparison cell"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return cell if cell.get("signature") == sig else None

@@ -141,7 +141,7 @@ def evaluate(
     }
     result.provenance_problems = chain_problems(session.run, loaded)
     own = all(_inside(path, session.run.root) for path in checkpoints.values())
-    if save and own and session.__dict__.get("writable", True):
+    if save and own and session.writable:
         target = metrics_path(session, split)
         result.saved_to = str(target)
         try:

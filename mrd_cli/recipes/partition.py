@@ -131,9 +131,7 @@ def cross_fitted_predictions(
             folds,
             device,
             # A worker never writes the run directory (``core.executor``): no state there.
-            str(session.run.training_state("folds", f"{role}.fold{k + 1}"))
-            if in_process
-            else None,
+            str(session.run.training_state("folds", f"{role}.fold{k + 1}")) if in_process else None,
         )
         for role in ROLES
         for k in range(folds)
@@ -142,7 +140,7 @@ def cross_fitted_predictions(
         fn = functools.partial(
             fold_predictions,
             on_event=on_event,
-            tensors=session.__dict__.setdefault("_tensors", {}),
+            tensors=session.tensor_cache,
         )
     else:
         fn = fold_predictions
@@ -198,7 +196,7 @@ def fold_predictions(
     set_threads(unit.cfg.threads)
     session = Session(unit.cfg, corpus, RunDir(Path(".")), resolve_device(unit.device))
     if tensors is not None:
-        session.__dict__["_tensors"] = tensors
+        session.tensor_cache = tensors
     cfg, k = session.cfg, unit.fold
     train, val = session.tensors("train"), session.tensors("val")
     assignment = fold_assignment(train.num_dialogues, unit.folds, cfg.seed)
@@ -217,9 +215,7 @@ def fold_predictions(
         # A state of this fold model (interrupted, or finished before another fold was):
         # continue from it; any other file there is overwritten.
         resume=state is not None and state_matches(state, sig),
-        on_epoch=epoch_events(
-            on_event, unit.key, role=unit.role, fold=k + 1, folds=unit.folds
-        ),
+        on_epoch=epoch_events(on_event, unit.key, role=unit.role, fold=k + 1, folds=unit.folds),
         identity=fold_id,
     )
     return predict(model, train.subset(np.flatnonzero(assignment == k))).cpu().numpy()

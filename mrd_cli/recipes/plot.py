@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mrd_cli.core import figures
-from mrd_cli.core.checkpoint import load_checkpoint
+from mrd_cli.core.checkpoint_meta import read_checkpoint_metadata
 from mrd_cli.core.results_files import MAX_DRAWN_CLASSES, read_results
-from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.rundir import ROLES, RunDir, role_labels, run_modalities
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.errors import MRDError
 
@@ -108,7 +108,7 @@ def _figures(run: RunDir, split: str) -> Iterator[tuple[str, Callable[[], Any] |
     if ablation is None:
         yield "ablation", "no ablation/results.json; run `mrd ablate`"
     else:
-        yield "ablation", partial(_ablation, ablation)
+        yield "ablation", partial(_ablation, ablation, _role_labels(run))
     studies = sorted((run.root / "tune").glob("*/results.json"))
     if not studies:
         yield "tuning", "no tune/<study>/results.json; run `mrd tune`"
@@ -139,7 +139,12 @@ def _partition(doc: dict[str, Any]) -> Any:
     return figures.partition_figure(doc["counts"], labels, title)
 
 
-def _ablation(summary: dict[str, Any]) -> Any:
+def _role_labels(run: RunDir) -> dict[str, str]:
+    """The legend's names of the two models (M_multi's by what it sees: ``role_labels``)."""
+    return role_labels(figures.ROLE_LABEL, run_modalities(run.root))
+
+
+def _ablation(summary: dict[str, Any], labels: dict[str, str] | None = None) -> Any:
     rows = [
         {**row, "marks": significance_marks(row.get("p_paired_t"), row.get("bootstrap_ci95"))}
         for row in summary["rows"]
@@ -150,7 +155,7 @@ def _ablation(summary: dict[str, Any]) -> Any:
         "Marks: each variant against MRD, MRD against the pretrained model (same model, "
         f"same seeds). {SIGNIFICANCE_LEGEND}."
     )
-    return figures.ablation_figure(rows, title, note)
+    return figures.ablation_figure(rows, title, note, labels)
 
 
 def _tuning(study: dict[str, Any]) -> Any:
@@ -172,7 +177,7 @@ def training_curves(run: RunDir) -> Any:
         for role in ROLES:
             if not path_of(role).is_file():
                 continue
-            ckpt = load_checkpoint(path_of(role), f"mrd {stage}")
+            ckpt = read_checkpoint_metadata(path_of(role))
             history = ckpt.get("history")
             if not history:
                 old.append(f"{stage}/{role}")
@@ -200,4 +205,6 @@ def training_curves(run: RunDir) -> Any:
                 "history; rerun `mrd run --force` to remake them"
             )
         return "no checkpoints; run `mrd run`"
-    return figures.training_figure(panels, f"Validation W-F1 per epoch ({run.root.name})")
+    return figures.training_figure(
+        panels, f"Validation W-F1 per epoch ({run.root.name})", _role_labels(run)
+    )

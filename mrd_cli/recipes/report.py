@@ -17,13 +17,14 @@ Writes ``RUN/report/<table>.md`` and ``.tex`` for each table found, ``tables.md`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.core.partition import GROUPS
+from mrd_cli.core.groups import GROUPS
 from mrd_cli.core.protocol_gap import gap_table
 from mrd_cli.core.results_files import read_results
-from mrd_cli.core.rundir import ROLES, RunDir
+from mrd_cli.core.rundir import ROLES, RunDir, role_labels, run_modalities
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.core.tables import PaperTable, latex_document, to_latex, to_markdown
 from mrd_cli.errors import MRDError
@@ -111,11 +112,22 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
     partition = read_results(run.partition, "partition")
     ablation = read_results(run.ablation / "results.json", "ablation")
     evaluate_hint = f"no {run.metrics / f'{split}.json'}; run `mrd evaluate --split {split}`"
+    names = role_labels(ROLE_NAMES, run_modalities(run.root))
     candidates = [
-        ("ambiguity", metrics, ambiguity_table, evaluate_hint),
-        ("partition", partition, partition_table, "no partition.json; run `mrd partition`"),
-        ("f1", metrics, f1_table, evaluate_hint),
-        ("ablation", ablation, ablation_table, "no ablation/results.json; run `mrd ablate`"),
+        ("ambiguity", metrics, partial(ambiguity_table, names=names), evaluate_hint),
+        (
+            "partition",
+            partition,
+            partial(partition_table, names=names),
+            "no partition.json; run `mrd partition`",
+        ),
+        ("f1", metrics, partial(f1_table, names=names), evaluate_hint),
+        (
+            "ablation",
+            ablation,
+            partial(ablation_table, names=names),
+            "no ablation/results.json; run `mrd ablate`",
+        ),
     ]
     for name, doc, build, missing in candidates:
         if doc is None:
@@ -131,13 +143,15 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
         else:
             tables.append(table)
     try:  # the protocol-gap diagnostic, wherever a model was trained with --protocol-gap
-        gap = gap_table(metrics, ablation, read_results(run.root / "compare" / "results.json", "comparison"))
+        gap = gap_table(
+            metrics, ablation, read_results(run.root / "compare" / "results.json", "comparison")
+        )
     except (KeyError, TypeError, ValueError) as exc:
         gap, skipped["protocol_gap"] = None, f"malformed results ({type(exc).__name__}: {exc})"
     if gap is not None:  # optional: no entry in ``skipped`` without it
         tables.append(gap)
     if "ambiguity" in skipped and metrics is not None and not metrics.get("ambiguity"):
-        skipped["ambiguity"] = "the metrics have no multimodal/text pair to compare"
+        skipped["ambiguity"] = "the metrics have no M_multi/M_text pair to compare"
     return tables, skipped
 
 
@@ -153,7 +167,16 @@ def _signed(x: float) -> str:
 # The tables
 
 
-def ambiguity_table(metrics: dict[str, Any]) -> PaperTable | None:
+def _multi_phrase(names: dict[str, str]) -> str:
+    """M_multi in a sentence: "the multimodal model", or what it is on a text-only corpus."""
+    if names["multi"] == ROLE_NAMES["multi"]:
+        return "the multimodal model"
+    return f"M_multi ({names['multi']})"
+
+
+def ambiguity_table(
+    metrics: dict[str, Any], names: dict[str, str] = ROLE_NAMES
+) -> PaperTable | None:
     """Tables 1-2: per true class, utterances of the split the multimodal model gets right
     and the text model wrong (MCTI), and the reverse (MITC), for the pretrained pair (the
     paper's pilot study) and the distilled pair, with the class's size."""
@@ -185,8 +208,8 @@ def ambiguity_table(metrics: dict[str, Any]) -> PaperTable | None:
         name="ambiguity",
         caption=(
             f"Ambiguity on the {metrics['split']} split of {metrics['dataset']} ({stages} "
-            "models): per class, the utterances the multimodal model classifies correctly and "
-            "the text model incorrectly (MCTI), and the reverse (MITC)."
+            f"models): per class, the utterances {_multi_phrase(names)} classifies correctly "
+            "and the text model incorrectly (MCTI), and the reverse (MITC)."
         ),
         columns=columns,
         rows=rows,
@@ -204,7 +227,7 @@ def _support(metrics: dict[str, Any]) -> dict[str, int] | None:
     return {lab: int(sum(row)) for lab, row in zip(metrics["labels"], matrix)}
 
 
-def partition_table(doc: dict[str, Any]) -> PaperTable | None:
+def partition_table(doc: dict[str, Any], names: dict[str, str] = ROLE_NAMES) -> PaperTable | None:
     """The partition of the training utterances (Eq. 9-13) per class: the counterpart of
     Tables 1-2 on the data distillation trains on."""
     counts = doc["counts"]
@@ -224,8 +247,9 @@ def partition_table(doc: dict[str, Any]) -> PaperTable | None:
         name="partition",
         caption=(
             "Partition of the training utterances by the two pretrained models' "
-            f"{method}: Difficult_1 (MCTI) multimodal right and text wrong, Difficult_2 "
-            "(MITC) the reverse, General both wrong, Simple both right."
+            f"{method}: Difficult_1 (MCTI) {_multi_phrase(names).removeprefix('the ')} right "
+            "and the text model wrong, Difficult_2 (MITC) the reverse, General both wrong, "
+            "Simple both right."
         ),
         columns=["Emotion", *(GROUP_HEADERS[g] for g in GROUPS), "Total"],
         rows=rows,
@@ -234,7 +258,7 @@ def partition_table(doc: dict[str, Any]) -> PaperTable | None:
     )
 
 
-def f1_table(metrics: dict[str, Any]) -> PaperTable | None:
+def f1_table(metrics: dict[str, Any], names: dict[str, str] = ROLE_NAMES) -> PaperTable | None:
     """Table 4: per-class F1 and W-F1 of each pretrained and distilled model, and the
     distilled model's change (left out when the run's provenance chain is broken)."""
     labels = metrics["labels"]
@@ -250,7 +274,7 @@ def f1_table(metrics: dict[str, Any]) -> PaperTable | None:
         for stage, entry in (("Pretrained", pre), ("MRD", dis)):
             if entry is not None:
                 cells = [_pct(entry["per_class_f1"][lab]) for lab in labels]
-                rows.append([f"{stage} ({ROLE_NAMES[role]})", *cells, _pct(entry["weighted_f1"])])
+                rows.append([f"{stage} ({names[role]})", *cells, _pct(entry["weighted_f1"])])
         if pre is not None and dis is not None and consistent:
             cells = [_signed(dis["per_class_f1"][lab] - pre["per_class_f1"][lab]) for lab in labels]
             rows.append(["Δ", *cells, _signed(dis["weighted_f1"] - pre["weighted_f1"])])
@@ -271,7 +295,9 @@ def f1_table(metrics: dict[str, Any]) -> PaperTable | None:
     )
 
 
-def ablation_table(summary: dict[str, Any]) -> PaperTable | None:
+def ablation_table(
+    summary: dict[str, Any], names: dict[str, str] = ROLE_NAMES
+) -> PaperTable | None:
     """Table 5: per-class F1 and W-F1 as mean ± std over seeds, each row's W-F1 difference
     (MRD from the pretrained model, a variant from MRD) with its significance marks."""
     labels = summary["labels"]
@@ -295,7 +321,7 @@ def ablation_table(summary: dict[str, Any]) -> PaperTable | None:
         name = "Pretrained" if row["variant"] == "pretrained" else row["variant"]
         rows.append(
             [
-                f"{name} ({ROLE_NAMES[row['role']]})",
+                f"{name} ({names[row['role']]})",
                 *cells,
                 f"{w['mean']:.2f} ± {w['std']:.2f}",
                 delta,

@@ -48,7 +48,7 @@ from mrd_cli.core.tracking import recorder
 from mrd_cli.core.training import EpochLog, Trainer, TrainingStep, predict_logits, train_epoch
 from mrd_cli.data.tensors import Batch, SplitTensors
 from mrd_cli.errors import MRDError, MRDRunError
-from mrd_cli.io import atomic_torch_save, atomic_write_json
+from mrd_cli.io import MAX_JSON_BYTES, atomic_torch_save, atomic_write_json, read_limited
 from mrd_cli.models.dialogue import run_model
 from mrd_cli.models.semi import SemiModel
 
@@ -470,7 +470,7 @@ def _read_state(path: Path, sig: str) -> dict[str, Any]:
     if not path.is_file():
         return {"signature": sig, "rounds": []}
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(read_limited(path, MAX_JSON_BYTES, "self-training state"))
     except (OSError, ValueError) as exc:
         raise MRDError(
             f"The saved self-training state {path} is unreadable ({type(exc).__name__}); delete "
