@@ -77,6 +77,15 @@ def open_session(
     session.protocol_gap = opts.protocol_gap
     set_threads(session.cfg.threads)
     command = command_name(get_current_context(silent=True))
+    if lock:
+        # The lock first: a refused command prints its one Error: line and nothing else.
+        writable = run_lock.acquire(session.run.root, command)
+        if not writable and not read_only_ok:
+            raise MRDError(
+                f"The run directory {session.run.root} cannot be written. Pass --run-dir with "
+                "a directory you can write to."
+            )
+        session.writable = writable
     if not quiet and command in TRAINING_COMMANDS:
         from mrd_cli.config import config_files
 
@@ -88,15 +97,6 @@ def open_session(
         )
     for message in session.corpus.warnings():
         err_console.print(f"[yellow]Warning:[/] {shown(message)}", highlight=False, soft_wrap=True)
-    if not lock:
-        return session
-    writable = run_lock.acquire(session.run.root, command)
-    if not writable and not read_only_ok:
-        raise MRDError(
-            f"The run directory {session.run.root} cannot be written. Pass --run-dir with a "
-            "directory you can write to."
-        )
-    session.writable = writable
     return session
 
 
