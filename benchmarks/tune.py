@@ -63,7 +63,6 @@ def _study(session: Session, name: str, storage: str, prune: bool, **kw: Any) ->
     }
 
 
-@app.command()
 def _steps_and_trials(console: Console) -> Callable[[Event], None]:
     """The events this benchmark prints: the pipeline's steps and each finished trial."""
 
@@ -80,6 +79,7 @@ def _steps_and_trials(console: Console) -> Callable[[Event], None]:
     return show
 
 
+@app.command()
 def main(
     dataset: Annotated[str, typer.Argument(help="Dataset YAML path (or a built-in name).")],
     trials: Annotated[int, typer.Option(min=1, help="Trials per study.")] = 20,

@@ -25,6 +25,7 @@ LAYERS = {
     "mrd_cli.io": 1,
     "mrd_cli.errors": 1,
     "mrd_cli.config": 1,
+    "mrd_cli.safetext": 1,
     "mrd_cli.labels": 1,
 }
 

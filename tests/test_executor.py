@@ -226,7 +226,7 @@ def test_process_ablation_killed_midway_reuses_the_finished_cells_and_ends_its_w
     workers = _killed_midway_reuses_the_finished_cells(tmp_path, "processes")
     # The workers that were computing the other cells ended with the command.
     assert workers, "the command ran no worker process"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: a busy machine
     while any(Path(f"/proc/{pid}").exists() for pid in workers):
         assert time.monotonic() < deadline, "a worker process outlived the command"
         time.sleep(0.1)
@@ -269,8 +269,10 @@ def _killed_midway_reuses_the_finished_cells(tmp_path, kind: str) -> set[int]:
         if kind == "processes" and Path("/proc").is_dir():
             children |= _children(driver.pid)
         time.sleep(0.05)
+    # 143 even when SIGTERM lands inside one of Ray's waits, which turn the handler's
+    # Terminated into a plain KeyboardInterrupt (cli/common.py: was_terminated).
     driver.send_signal(signal.SIGTERM)
-    _, err = driver.communicate(timeout=120)
+    _, err = driver.communicate(timeout=300)
     assert driver.returncode == 143, err.decode()[-2000:]
     finished = {p.name: p.stat().st_mtime_ns for p in cells_dir.glob("*.json")}
     assert 1 <= len(finished) < 4

@@ -344,13 +344,18 @@ def test_plots_option_draws_after_run_ablate_and_tune(tmp_path: Path) -> None:
     assert set(json.loads(res.stdout)["tables"]) == {"ambiguity", "partition", "f1", "ablation"}
 
 
-def test_a_malformed_results_file_is_skipped_with_the_reason(tmp_path: Path) -> None:
+def test_a_malformed_results_file_is_one_error_naming_the_place(tmp_path: Path) -> None:
+    # Results files are checked like any input (core/results_files.py): a damaged one is
+    # an error naming the file, the place and the command that rewrites it.
     pytest.importorskip("matplotlib")
     (tmp_path / "partition.json").write_text('{"counts": {"mcti": 3}}')
     res = runner.invoke(app, ["plot", str(tmp_path)])
     assert res.exit_code == 2
-    assert "partition_groups: its results file is malformed" in " ".join(res.output.split())
+    assert "counts.mcti is a int, not an object. Rerun `mrd partition`" in " ".join(
+        res.output.split()
+    )
+    (tmp_path / "partition.json").unlink()
     (tmp_path / "ablation").mkdir()
     (tmp_path / "ablation" / "results.json").write_text('{"rows": 1}')
-    with pytest.raises(MRDError, match="ablation: its results file is malformed"):
+    with pytest.raises(MRDError, match="results.json is damaged: labels is missing"):
         report(tmp_path)

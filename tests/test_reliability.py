@@ -322,7 +322,11 @@ def test_run_keeps_pretrained_checkpoints_made_with_other_settings(
 
 
 def _live_pid() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Alive until killed (it waits for an end of input that never comes), however long the
+    # commands take on a busy machine: a timed sleep could end mid-test.
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
 
 
 def test_locked_run_directory_is_refused_naming_the_holder(
@@ -705,8 +709,18 @@ def _wait_for(cond, timeout: float = 60.0) -> bool:
 def test_sigterm_during_data_synth_leaves_no_temporary_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _spawn("data", "synth", "--preset", "iemocap", "--out", str(out), cwd=tmp_path)
-    assert _wait_for(lambda: out.is_dir() and any(out.glob(".*.tmp")), 120), "no write seen"
+    # The state the test needs, whatever the machine's speed: the command frozen (SIGSTOP)
+    # while a temporary file of its is there, so the signal surely lands mid-write.
+    deadline = time.monotonic() + 300
+    while True:
+        assert _wait_for(lambda: out.is_dir() and any(out.glob(".*.tmp")), 300), "no write seen"
+        proc.send_signal(signal.SIGSTOP)
+        if any(out.glob(".*.tmp")):
+            break
+        proc.send_signal(signal.SIGCONT)  # that write ended meanwhile: wait for the next
+        assert time.monotonic() < deadline and proc.poll() is None, "no write caught"
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Terminated." in err and "Traceback" not in err
@@ -718,7 +732,10 @@ def test_second_process_is_refused_and_sigterm_stops_the_first_cleanly(
     tmp_path: Path, tiny_config: Path
 ) -> None:
     run = tmp_path / "run"
-    cfg = _yaml(tmp_path / "long.yaml", yaml.safe_dump({**TINY, "pretrain": {"epochs": 500}}))
+    # Far more epochs than any machine trains during the test, early stopping off: the
+    # first command still runs when the second is refused and when SIGTERM reaches it.
+    long = {**TINY, "pretrain": {"epochs": 5000, "patience": 0}}
+    cfg = _yaml(tmp_path / "long.yaml", yaml.safe_dump(long))
     first = _spawn(
         "pretrain", "--config", str(cfg), "--run-dir", str(run), "--device", "cpu", cwd=tmp_path
     )

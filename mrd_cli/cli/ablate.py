@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.distill import WithoutOpt
 from mrd_cli.cli.options import (
     BACKBONE_KEYS,
@@ -73,7 +73,7 @@ def ablate(
     variants = [(c,) for c in comps]
     a = session.cfg.ablate
     err_console.print(
-        f"Ablation on {session.corpus.name}: MRD and without {', '.join(c.upper() for c in comps)}, "
+        f"Ablation on {shown(session.corpus.name)}: MRD and without {', '.join(c.upper() for c in comps)}, "
         f"{a.seeds} seeds; "
         + (
             "each seed pretrains and partitions anew."
@@ -98,14 +98,14 @@ def ablate(
     console.print(ablation_table(summary))
     print_gap(console, None, summary)
     console.print(timings_table(summary["timings"], "mrd ablate: wall time per step"))
-    err_console.print(f"Saved to {session.run.ablation / 'results.json'} and results.csv")
+    err_console.print(f"Saved to {shown(session.run.ablation / 'results.json')} and results.csv")
 
 
 def ablation_table(summary: dict[str, Any]) -> Table:
     labels = summary["labels"]
     n = len(summary["seeds"])
     table = Table(
-        title=f"Ablation on {summary['dataset']} (test split, percent, mean ± std over {n} seeds; "
+        title=f"Ablation on {shown(summary['dataset'])} (test split, percent, mean ± std over {n} seeds; "
         f"{'re-pretrained per seed' if summary['repretrain'] else 'one pretrained pair'}; "
         + (
             "pretrained weights kept where no distillation epoch beat them on validation"
@@ -117,7 +117,7 @@ def ablation_table(summary: dict[str, Any]) -> Table:
     )
     table.add_column("model")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("W-F1", justify="right")
     table.add_column("Δ W-F1 (vs)", justify="right")
     table.add_column("p (paired t)", justify="right")
@@ -145,5 +145,5 @@ def ablation_table(summary: dict[str, Any]) -> Table:
         style = (
             "bold" if row["name"] == "MRD" else ("dim" if row["variant"] == "pretrained" else None)
         )
-        table.add_row(row["name"], *cells, style=style)
+        table.add_row(shown(row["name"]), *cells, style=style)
     return table

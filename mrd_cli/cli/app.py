@@ -16,7 +16,13 @@ import typer
 
 from mrd_cli.cli import data_cmd
 from mrd_cli.cli.ablate import ablate
-from mrd_cli.cli.common import Command, Group, Terminated, click_exceptions, command_name
+from mrd_cli.cli.common import (
+    Command,
+    Group,
+    click_exceptions,
+    command_name,
+    on_sigterm,
+)
 from mrd_cli.cli.compare import compare
 from mrd_cli.cli.distill import distill
 from mrd_cli.cli.evaluate import evaluate
@@ -144,10 +150,6 @@ app.add_typer(data_cmd.app, name="data")
 app.command("features", cls=Command)(features)
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, on_sigterm)
     app()

@@ -10,6 +10,7 @@ import functools
 import inspect
 import json
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +22,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from mrd_cli.core import lock
 from mrd_cli.errors import MRDError
+from mrd_cli.safetext import safe_text
 
 # Recent Typer releases carry their own copy of click (``typer._click``); older ones use click.
 try:
@@ -81,6 +83,14 @@ class Group(_FlagsWithoutMetavar, TyperGroup):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def shown(value: object, *, newlines: bool = False) -> str:
+    """``value`` as Rich markup that prints as itself: every path, name, label, message or
+    other text from a user or a file goes through this before it reaches a console or a
+    table (``[bold]`` in a run directory's name stays ``[bold]``, ``[/x]`` is no error,
+    escape sequences are shown, not obeyed, URL passwords are masked)."""
+    return escape(safe_text(value, newlines=newlines))
+
+
 def handle_errors(func: F) -> F:
     """Turn project errors into one message on stderr and an exit code, without a traceback.
 
@@ -93,15 +103,16 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug", False))
+        SIGTERM_SEEN.clear()
         try:
             return _run_releasing_locks(func, args, kwargs)
         except MRDError as exc:
             if debug:
                 raise
-            # Escaped: a message may quote values in brackets ("got [inf, 0, 0]") that Rich
-            # would otherwise take for markup and drop.
+            # Through ``shown``: a message may quote values in brackets ("got [inf, 0, 0]")
+            # that Rich would otherwise take for markup, paths with escape sequences, URLs.
             err_console.print(
-                f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+                f"[bold red]Error:[/] {shown(exc, newlines=True)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
@@ -109,10 +120,10 @@ def handle_errors(func: F) -> F:
             # writes leave the previous files in place.
             if debug:
                 raise
-            where = f" {escape(str(exc.filename))}" if exc.filename else ""
+            where = f" {shown(exc.filename)}" if exc.filename else ""
             err_console.print(
                 f"[bold red]Error:[/] could not read or write{where}: "
-                f"{escape(exc.strerror or str(exc))}. "
+                f"{shown(exc.strerror or exc)}. "
                 "Check the path, its permissions and the free disk space; files written "
                 "before were kept.",
                 highlight=False,
@@ -122,13 +133,14 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             if debug:
                 raise
-            what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+            terminated = was_terminated(exc)
+            what = "Terminated" if terminated else "Interrupted"
             command = command_name(get_current_context(silent=True))
             err_console.print(
                 f"[yellow]{what}.[/] Finished files were kept. {resume_advice(command)}",
                 soft_wrap=True,
             )
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            raise typer.Exit(143 if terminated else 130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -156,6 +168,23 @@ def resume_advice(command: str) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread by the handler ``cli/app.py`` installs, so that it
     unwinds like Ctrl-C: temporary files removed, locks released, the same advice."""
+
+
+# Set by the SIGTERM handler (``on_sigterm``): the exit code is 143 even when what reaches
+# ``handle_errors`` is no longer the ``Terminated`` the handler raised.
+SIGTERM_SEEN = threading.Event()
+
+
+def was_terminated(exc: BaseException) -> bool:
+    """Whether an interruption came from SIGTERM. A library that catches the handler's
+    ``Terminated`` may raise a plain KeyboardInterrupt in its place (Ray's waits do)."""
+    return isinstance(exc, Terminated) or SIGTERM_SEEN.is_set()
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    """The CLI's SIGTERM handler: unwind like Ctrl-C, remembered as a termination."""
+    SIGTERM_SEEN.set()
+    raise Terminated()
 
 
 def _run_releasing_locks(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -203,12 +232,15 @@ def report_selected(result: TrainedModels, json_out: bool) -> None:
         decision = s.get("decision")
         if decision is not None:  # distillation: changed or kept, and why
             mark = "[green]✓[/]" if decision["changed"] else "[yellow]=[/]"
-            err_console.print(f"{mark} {stage} {role}: {decision['reason']} -> {s['checkpoint']}")
+            err_console.print(
+                f"{mark} {stage} {role}: {shown(decision['reason'])} -> "
+                f"{shown(s['checkpoint'])}"
+            )
             continue
         gain = ""
         if s.get("start_val_weighted_f1") is not None:
             gain = f", pretrained {s['start_val_weighted_f1']:.2f}"
         err_console.print(
             f"[green]✓[/] {stage} {role}: epoch {s['epoch']} chosen on validation "
-            f"(val W-F1 {s['val_weighted_f1']:.2f}{gain}) -> {s['checkpoint']}"
+            f"(val W-F1 {s['val_weighted_f1']:.2f}{gain}) -> {shown(s['checkpoint'])}"
         )

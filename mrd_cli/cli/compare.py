@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
 from mrd_cli.errors import MRDError
 
@@ -70,7 +70,7 @@ def compare(
     session = open_session(opts)
     n = session.cfg.ablate.seeds
     err_console.print(
-        f"Comparing backbones {', '.join(names)} on {session.corpus.name}, {n} seeds, "
+        f"Comparing backbones {shown(', '.join(names))} on {shown(session.corpus.name)}, {n} seeds, "
         f"{session.cfg.pretrain.epochs} pretraining epochs each, device {session.device}."
     )
     total = n * len(names)
@@ -85,22 +85,22 @@ def compare(
     out_console().print(comparison_table(summary))
     print_gap(out_console(), None, summary)
     for name, why in summary["not_run"].items():
-        err_console.print(f"[yellow]Not run:[/] {name}: {why}")
-    err_console.print(f"Saved to {session.run.root / 'compare' / 'results.json'}")
+        err_console.print(f"[yellow]Not run:[/] {shown(name)}: {shown(why)}")
+    err_console.print(f"Saved to {shown(session.run.root / 'compare' / 'results.json')}")
 
 
 def comparison_table(summary: dict[str, Any]) -> Table:
     n = len(summary["seeds"])
     table = Table(
-        title=f"Backbones of M_{summary.get('role', 'multi')} on {summary['dataset']} (test W-F1, "
-        f"percent, mean ± std over "
+        title=f"Backbones of M_{shown(summary.get('role', 'multi'))} on "
+        f"{shown(summary['dataset'])} (test W-F1, percent, mean ± std over "
         f"{n} seeds; epochs chosen on validation; majority class "
         f"{summary['majority_weighted_f1']:.2f})",
         title_justify="left",
     )
     table.add_column("backbone")
     table.add_column("W-F1", justify="right")
-    table.add_column(f"Δ vs {summary['reference']}", justify="right")
+    table.add_column(f"Δ vs {shown(summary['reference'])}", justify="right")
     table.add_column("p (paired t)", justify="right")
     table.add_column("bootstrap 95% CI (p)", justify="right")
     table.add_column("loss terms, first -> last epoch")
@@ -123,7 +123,9 @@ def comparison_table(summary: dict[str, Any]) -> Table:
                 f"{k} {first[k]:.3g}->{last[k]:.3g}" for k in first if k not in ("total", "reg")
             )
         )
-        table.add_row(row["backbone"], *cells)
+        table.add_row(shown(row["backbone"]), *cells)
     for name in summary["not_run"]:
-        table.add_row(name, "not run", "", "", "", "needs audio and visual features", style="dim")
+        table.add_row(
+            shown(name), "not run", "", "", "", "needs audio and visual features", style="dim"
+        )
     return table

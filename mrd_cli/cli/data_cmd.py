@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mrd_cli.cli.common import Command, Group, err_console, handle_errors, print_json
+from mrd_cli.cli.common import Command, Group, err_console, handle_errors, print_json, shown
 from mrd_cli.cli.options import DebugOpt, RunOptions, command
 from mrd_cli.errors import MRDError
 
@@ -96,15 +96,15 @@ def synth_cmd(
     with err_console.status(f"Generating the '{p.name}' preset (seed {seed})..."):
         layout, features, roberta = generate(p.name, seed)
     generated = time.perf_counter()
-    with err_console.status(f"Writing the {layout} feature files to {out}..."):
+    with err_console.status(f"Writing the {layout} feature files to {shown(out)}..."):
         paths = write_generated(out, p.name, seed, layout, features, roberta)
     written = time.perf_counter()
 
-    table = Table(title=f"Synthetic '{p.name}' data (seed {seed}, {layout} layout) in {out}")
+    table = Table(title=f"Synthetic '{p.name}' data (seed {seed}, {layout} layout) in {shown(out)}")
     table.add_column("file")
     table.add_column("size", justify="right")
     for path in paths:
-        table.add_row(path.name, _size(path))
+        table.add_row(shown(path.name), _size(path))
     console.print(table)
     split_text = ", ".join(f"{s} {nd} dialogues / {nu} utterances" for s, nd, nu in p.splits)
     console.print(f"{split_text}.", highlight=False, soft_wrap=True)
@@ -113,7 +113,7 @@ def synth_cmd(
         highlight=False,
     )
     console.print(
-        f"Use it with: mrd <command> --dataset {layout} --data-dir {out}",
+        f"Use it with: mrd <command> --dataset {layout} --data-dir {shown(out)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -190,24 +190,26 @@ def inspect_cmd(opts: RunOptions) -> None:
     from mrd_cli.data.formats import load_corpus
 
     cfg, yaml_dir = load_config(opts.dataset, opts.config, config_overrides(opts))
-    with err_console.status(f"Loading dataset '{cfg.dataset.name}'..."):
+    with err_console.status(f"Loading dataset '{shown(cfg.dataset.name)}'..."):
         corpus = load_corpus(cfg.dataset, opts.data_dir, yaml_dir)
     summary = corpus_summary(corpus)
     for message in corpus.warnings():
-        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]Warning:[/] {shown(message)}", highlight=False, soft_wrap=True)
     if opts.json_out:
         print_json(summary)
         return
 
-    about = Table(title=f"Dataset '{corpus.name}'", show_header=False)
+    about = Table(title=f"Dataset '{shown(corpus.name)}'", show_header=False)
     about.add_column("key", style="bold")
     about.add_column("value")
     extra = dict(summary["extra"])
     speakers = extra.pop("speakers", "")
     for key, value in extra.items():
-        about.add_row(key.replace("_", " "), str(value))
-    about.add_row("speakers", f"{corpus.num_speakers}" + (f" ({speakers})" if speakers else ""))
-    about.add_row("validation split", corpus.val_source)
+        about.add_row(shown(key.replace("_", " ")), shown(value))
+    about.add_row(
+        "speakers", f"{corpus.num_speakers}" + (f" ({shown(speakers)})" if speakers else "")
+    )
+    about.add_row("validation split", shown(corpus.val_source))
     about.add_row("data fingerprint", summary["fingerprint"])
     console.print(about)
 
@@ -229,7 +231,7 @@ def inspect_cmd(opts: RunOptions) -> None:
     for split in SPLITS:
         classes.add_column(split, justify="right")
     for name in corpus.label_names:
-        row = [name]
+        row = [shown(name)]
         for split in SPLITS:
             s = summary["splits"][split]
             n = s["class_counts"][name]
@@ -243,11 +245,15 @@ def inspect_cmd(opts: RunOptions) -> None:
     dims.add_column("signal")
     for modality, dim in corpus.input_dims.items():
         varies = summary["signal"][modality]
-        dims.add_row(modality, str(dim), "varies" if varies else "[red]constant: no signal[/]")
+        dims.add_row(
+            shown(modality), str(dim), "varies" if varies else "[red]constant: no signal[/]"
+        )
     console.print(dims)
     for modality, what in summary["placeholders"].items():
         used = " (declared, so it is used!)" if modality in corpus.modalities else ""
-        console.print(f"{modality} in the files is a placeholder{used}: {what}.", soft_wrap=True)
+        console.print(
+            f"{shown(modality)} in the files is a placeholder{used}: {shown(what)}.", soft_wrap=True
+        )
     if corpus.modalities == ["text"]:
         console.print(
             "Text only: M_multi sees the same input as M_text here (no audio or visual).",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mrd_cli.cli.common import err_console, report_selected
+from mrd_cli.cli.common import err_console, report_selected, shown
 from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
 
 
@@ -76,7 +76,7 @@ def distill(
     session = open_session(opts)
     d = session.cfg.distill
     err_console.print(
-        f"Distilling on {session.corpus.name} ({session.device}): alpha={d.alpha} beta={d.beta} "
+        f"Distilling on {shown(session.corpus.name)} ({session.device}): alpha={d.alpha} beta={d.beta} "
         f"gamma={d.gamma} delta={d.delta} T={d.temperature} curriculum={d.curriculum}."
     )
     with epoch_bars() as bars:

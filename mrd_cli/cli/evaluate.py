@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.cli.run import NoConfusionOpt
 from mrd_cli.errors import MRDError
@@ -63,7 +62,7 @@ def evaluate(
         budget = report.get("selftrain") or {}
         if budget.get("transductive"):
             err_console.print(
-                f"[yellow]Warning:[/] {escape(name)} is TRANSDUCTIVE: `mrd selftrain "
+                f"[yellow]Warning:[/] {shown(name)} is TRANSDUCTIVE: `mrd selftrain "
                 "--transductive` trained it on pseudo-labels of the test features, so its "
                 "test scores are not comparable with inductive ones.",
                 highlight=False,
@@ -71,13 +70,13 @@ def evaluate(
             )
         elif budget:
             err_console.print(
-                f"{escape(name)}: `mrd selftrain` model, labels of "
+                f"{shown(name)}: `mrd selftrain` model, labels of "
                 f"{100 * budget.get('labeled_fraction', 1.0):.0f}% of the training dialogues.",
                 highlight=False,
             )
     for problem in result["provenance"]["problems"]:
         err_console.print(
-            f"[yellow]Warning:[/] {escape(problem)}; Δ columns left out. Rerun the steps "
+            f"[yellow]Warning:[/] {shown(problem)}; Δ columns left out. Rerun the steps "
             "after it (`mrd run` redoes what is out of date).",
             highlight=False,
             soft_wrap=True,

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.errors import MRDError
 
@@ -298,16 +297,16 @@ def _default_name(opts: Any) -> str:
 
 def _summary(paths: list[Path], m: dict[str, Any]) -> None:
     console = out_console()
-    table = Table(title=f"Features of '{m['name']}' ({m['csv_layout']} CSVs -> MELD layout)")
+    table = Table(title=f"Features of '{shown(m['name'])}' ({m['csv_layout']} CSVs -> MELD layout)")
     for col in ("split", "dialogues", "utterances"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split, c in m["counts"].items():
-        table.add_row(split, str(c["dialogues"]), str(c["utterances"]))
+        table.add_row(shown(split), str(c["dialogues"]), str(c["utterances"]))
     console.print(table)
     t = m["text"]
     s = m["seconds"]
     console.print(
-        f"Text: {t['model']} ({t['dim']}-d x 4 layers); {t['unique_texts']} distinct "
+        f"Text: {shown(t['model'])} ({t['dim']}-d x 4 layers); {t['unique_texts']} distinct "
         f"utterances, {t['from_cache']} from the cache, {t['encoded']} encoded in "
         f"{s['text']:.1f} s (model load {s['text_model_load']:.1f} s).",
         highlight=False,
@@ -330,7 +329,7 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
     for name, others in (m.get("label_spellings_merged") or {}).items():
         spellings = ", ".join(repr(o) for o in others)
         err_console.print(
-            f"[yellow]Labels merged:[/] {escape(spellings)} read as the class {escape(repr(name))} "
+            f"[yellow]Labels merged:[/] {shown(spellings)} read as the class {shown(repr(name))} "
             "(matching ignores case, surrounding white space and Unicode form).",
             highlight=False,
             soft_wrap=True,
@@ -339,23 +338,23 @@ def _summary(paths: list[Path], m: dict[str, Any]) -> None:
         err_console.print(
             f"[yellow]Warning:[/] {t['cache_dropped']} embedding cache entr"
             f"{'y was' if t['cache_dropped'] == 1 else 'ies were'} not used and encoded again: "
-            f"{escape('; '.join(t['cache_dropped_first'][:3]))}.",
+            f"{shown('; '.join(t['cache_dropped_first'][:3]))}.",
             highlight=False,
             soft_wrap=True,
         )
     for modality, why in m["placeholders"].items():
-        console.print(f"[yellow]{modality}: placeholder[/] ({why}).", soft_wrap=True)
+        console.print(f"[yellow]{shown(modality)}: placeholder[/] ({shown(why)}).", soft_wrap=True)
     console.print(
-        f"Speakers: {m['speakers']['slots']} one-hot slots: {', '.join(m['speakers']['names'])}.",
+        f"Speakers: {m['speakers']['slots']} one-hot slots: {shown(', '.join(m['speakers']['names']))}.",
         highlight=False,
         soft_wrap=True,
     )
     for p in paths:
-        console.print(f"[green]✓[/] {p}", highlight=False, soft_wrap=True)
+        console.print(f"[green]✓[/] {shown(p)}", highlight=False, soft_wrap=True)
     yaml_path = next(p for p in paths if p.suffix == ".yaml")
     console.print(
-        f"Total {s['total']:.1f} s. Next: mrd data inspect --dataset {yaml_path}; "
-        f"mrd run --dataset {yaml_path}",
+        f"Total {s['total']:.1f} s. Next: mrd data inspect --dataset {shown(yaml_path)}; "
+        f"mrd run --dataset {shown(yaml_path)}",
         highlight=False,
         soft_wrap=True,
     )

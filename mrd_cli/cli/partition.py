@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command, config_default
 
 
@@ -78,7 +78,7 @@ def partition(
         print_json(result.to_dict())
         return
     out_console().print(partition_table(doc, session.corpus.label_names))
-    err_console.print(f"Saved to {session.run.partition}")
+    err_console.print(f"Saved to {shown(session.run.partition)}")
 
 
 def partition_table(doc: dict, labels: list[str]) -> Table:
@@ -88,7 +88,7 @@ def partition_table(doc: dict, labels: list[str]) -> Table:
     table.add_column("group")
     table.add_column("text / multi")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("total", justify="right")
     table.add_column("share", justify="right")
     described = {

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command
 
 RunArg = Annotated[
@@ -62,17 +61,17 @@ def plot(
         print_json(result)
         return
     out_console().print(plots_table(result))
-    err_console.print(f"Saved to {escape(str(Path(run) / 'plots'))}")
+    err_console.print(f"Saved to {shown(str(Path(run) / 'plots'))}")
 
 
 def plots_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Figures of {result['run_dir']}", title_justify="left")
+    table = Table(title=f"Figures of {shown(result['run_dir'])}", title_justify="left")
     table.add_column("figure")
     table.add_column("files")
     for name, files in result["figures"].items():
-        table.add_row(name, ", ".join(Path(f).name for f in files))
+        table.add_row(shown(name), shown(", ".join(Path(f).name for f in files)))
     for name, why in result["skipped"].items():
-        table.add_row(name, f"[dim]skipped: {escape(why)}[/]")
+        table.add_row(shown(name), f"[dim]skipped: {shown(why)}[/]")
     return table
 
 
@@ -94,6 +93,6 @@ def draw_plots(run: Path, json_out: bool) -> dict[str, Any]:
     result = plot_recipe(run).to_dict()
     if not json_out:
         err_console.print(
-            f"Figures ({len(result['figures'])}) saved to {escape(str(Path(run) / 'plots'))}"
+            f"Figures ({len(result['figures'])}) saved to {shown(str(Path(run) / 'plots'))}"
         )
     return result

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.errors import MRDError
 
@@ -244,7 +243,8 @@ def _show(doc: dict[str, Any]) -> None:
     console = out_console()
     rows = doc["utterances"]
     table = Table(
-        title=f"{escape(doc['checkpoint'])} ({doc['stage']} {doc['role']}, {doc['backbone']}) "
+        title=f"{shown(doc['checkpoint'])} ({doc['stage']} {doc['role']}, "
+        f"{shown(doc['backbone'])}) "
         f"— {len(rows)} utterances",
         title_justify="left",
     )
@@ -254,18 +254,18 @@ def _show(doc: dict[str, Any]) -> None:
         p = u["probabilities"][u["predicted"]]
         mark = "" if not u["label"] else (" ✓" if u["label"] == u["predicted"] else " ✗")
         table.add_row(
-            escape(str(u["dialogue"])),
-            escape(str(u["utterance"])),
-            escape(u["speaker"]),
-            escape(u["text"][:60]),
-            escape(u["label"]),
-            escape(u["predicted"]) + mark,
+            shown(u["dialogue"]),
+            shown(u["utterance"]),
+            shown(u["speaker"]),
+            shown(u["text"][:60]),
+            shown(u["label"]),
+            shown(u["predicted"]) + mark,
             f"{p:.2f}",
         )
     console.print(table)
     if len(rows) > SHOWN:
         where = doc["saved_to"] or "--out FILE"
-        console.print(f"… {len(rows) - SHOWN} more utterances in {escape(where)}.")
+        console.print(f"… {len(rows) - SHOWN} more utterances in {shown(where)}.")
     if doc["report"]:
         name = f"{doc['stage']}/{doc['role']}"
         console.print(
@@ -281,4 +281,4 @@ def _show(doc: dict[str, Any]) -> None:
             )
         )
     if doc["saved_to"]:
-        err_console.print(f"Saved to {escape(doc['saved_to'])}", highlight=False)
+        err_console.print(f"Saved to {shown(doc['saved_to'])}", highlight=False)

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mrd_cli.cli.common import err_console
+from mrd_cli.cli.common import err_console, shown
 
 if TYPE_CHECKING:
     from mrd_cli.core.events import Event
@@ -128,11 +127,11 @@ class EpochBars:
         elif event.kind == "epoch" and event.log is not None:
             self.update(event.task, event.log)
         elif event.kind == "step":
-            console.print(f"[bold]step:[/] {escape(event.text)}", soft_wrap=True)
+            console.print(f"[bold]step:[/] {shown(event.text)}", soft_wrap=True)
         elif event.kind == "note":
-            console.print(f"  {escape(event.text)}", soft_wrap=True)
+            console.print(f"  {shown(event.text)}", soft_wrap=True)
         elif event.kind == "warning":
-            console.print(f"[yellow]Warning:[/] {escape(event.text)}", soft_wrap=True)
+            console.print(f"[yellow]Warning:[/] {shown(event.text)}", soft_wrap=True)
         elif event.kind == "items":
             if event.task not in self.tasks:
                 self.add(event.task, event.task, event.payload["total"])
@@ -179,7 +178,7 @@ class EpochBars:
             return
         desc = max((len(d) for d in self.descriptions.values()), default=0)
         info = fit_terms(terms, self.console.width - desc - 1 - _fixed_width(self.console))
-        info = escape(info)  # "[multi]" is text, not Rich markup
+        info = shown(info)  # "[multi]" is text, not Rich markup
         self.progress.update(self.tasks[key], completed=log.epoch, total=log.epochs, info=info)
 
     def advance(self, key: str, completed: int, info: str) -> None:

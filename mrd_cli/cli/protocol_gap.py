@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mrd_cli.cli.common import shown
+
 
 def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any) -> None:
     """The diagnostic's table, when any model carries it."""
@@ -16,11 +18,11 @@ def print_gap(console: Console, metrics: dict[str, Any] | None, *summaries: Any)
     table = gap_table(metrics, *summaries)
     if table is None:
         return
-    rich = Table(title=table.caption, title_justify="left", style="yellow")
+    rich = Table(title=shown(table.caption), title_justify="left", style="yellow")
     for col, align in zip(table.columns, table.align):
-        rich.add_column(col, justify={"l": "left", "r": "right", "c": "center"}[align])
+        rich.add_column(shown(col), justify={"l": "left", "r": "right", "c": "center"}[align])
     for row in table.rows:
-        rich.add_row(*row)
+        rich.add_row(*map(shown, row))
     console.print(rich)
 
 

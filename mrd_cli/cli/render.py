@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mrd_cli.cli.common import shown
 from mrd_cli.cli.protocol_gap import print_gap
 from mrd_cli.core.metrics import row_normalised
 
@@ -30,13 +31,13 @@ def metrics_table(result: dict[str, Any], title: str | None = None) -> Table:
     ]
     table = Table(
         title=title
-        or f"{result['dataset']} — {result['split']} split "
+        or f"{shown(result['dataset'])} — {shown(result['split'])} split "
         f"({result.get('num_utterances', '?')} utterances), percent",
         title_justify="left",
     )
     table.add_column("class / metric")
     for n in names:
-        table.add_column(n, justify="right")
+        table.add_column(shown(n), justify="right")
     for d, _ in deltas:
         table.add_column(f"Δ {d.split('/')[1]}", justify="right")
 
@@ -44,7 +45,7 @@ def metrics_table(result: dict[str, Any], title: str | None = None) -> Table:
         cells = [f"{models[n]['per_class_f1'][cls]:.2f}" for n in names]
         for d, p in deltas:
             cells.append(_signed(models[d]["per_class_f1"][cls], models[p]["per_class_f1"][cls]))
-        table.add_row(f"F1 {cls}", *cells)
+        table.add_row(f"F1 {shown(cls)}", *cells)
     table.add_section()
     for label, key in (("W-F1", "weighted_f1"), ("Accuracy", "accuracy"), ("Macro F1", "macro_f1")):
         cells = [f"{models[n][key]:.2f}" for n in names]
@@ -90,12 +91,12 @@ def confusion_table(name: str, matrix: list[list[int]], labels: list[str]) -> Ta
     """Counts and row-normalised percent in each cell; off-diagonal cells shaded by share."""
     pct = row_normalised(matrix)
     table = Table(
-        title=f"Confusion matrix — {name} (rows: true, columns: predicted; count / row %)",
+        title=f"Confusion matrix — {shown(name)} (rows: true, columns: predicted; count / row %)",
         title_justify="left",
     )
     table.add_column("true \\ pred")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("total", justify="right")
     for i, lab in enumerate(labels):
         cells = []
@@ -112,7 +113,7 @@ def confusion_table(name: str, matrix: list[list[int]], labels: list[str]) -> Ta
             else:
                 style = "dim"
             cells.append(Text(f"{matrix[i][j]} / {share:.1f}%", style=style))
-        table.add_row(lab, *cells, str(sum(matrix[i])))
+        table.add_row(shown(lab), *cells, str(sum(matrix[i])))
     return table
 
 
@@ -122,9 +123,10 @@ def ambiguity_rich(result: dict[str, Any]) -> Table | None:
         return None
     who = result.get("ambiguity_models", {})
     table = Table(
-        title=f"Ambiguity ({result['split']})",
+        title=f"Ambiguity ({shown(result['split'])})",
         caption=(
-            f"MCTI: {who.get('multi', 'multi')} right, {who.get('text', 'text')} wrong\n"
+            f"MCTI: {shown(who.get('multi', 'multi'))} right, "
+            f"{shown(who.get('text', 'text'))} wrong\n"
             "MITC: the reverse"
         ),
         title_justify="left",
@@ -135,7 +137,7 @@ def ambiguity_rich(result: dict[str, Any]) -> Table | None:
     table.add_column("MCTI", justify="right")
     table.add_column("MITC", justify="right")
     for lab in result["labels"]:
-        table.add_row(lab, str(amb["mcti"][lab]), str(amb["mitc"][lab]))
+        table.add_row(shown(lab), str(amb["mcti"][lab]), str(amb["mitc"][lab]))
     table.add_section()
     table.add_row(
         "total", str(sum(amb["mcti"].values())), str(sum(amb["mitc"].values())), style="bold"
@@ -174,6 +176,6 @@ def timings_table(timings: dict[str, float], title: str) -> Table:
         if step == "total":
             continue
         share = f"{100 * seconds / total:.0f}%" if total else ""
-        table.add_row(step, f"{seconds:.1f} s", share)
+        table.add_row(shown(step), f"{seconds:.1f} s", share)
     table.add_row("total", f"{total:.1f} s", "", style="bold")
     return table

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command
 from mrd_cli.cli.plot import RunArg, Split
 from mrd_cli.errors import MRDError
@@ -67,19 +66,19 @@ def report(
         print_json(result)
         return
     out_console().print(tables_table(result))
-    err_console.print(f"Saved to {escape(str(Path(run) / 'report'))}")
+    err_console.print(f"Saved to {shown(str(Path(run) / 'report'))}")
     if result.get("html"):
-        err_console.print(f"HTML report: {escape(result['html'])}")
+        err_console.print(f"HTML report: {shown(result['html'])}")
 
 
 def tables_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Tables of {result['run_dir']}", title_justify="left")
+    table = Table(title=f"Tables of {shown(result['run_dir'])}", title_justify="left")
     table.add_column("table")
     table.add_column("files")
     for name, files in result["tables"].items():
-        table.add_row(name, ", ".join(Path(f).name for f in files.values()))
+        table.add_row(shown(name), shown(", ".join(Path(f).name for f in files.values())))
     for name, why in result["skipped"].items():
-        table.add_row(name, f"[dim]skipped: {escape(why)}[/]")
+        table.add_row(shown(name), f"[dim]skipped: {shown(why)}[/]")
     combined = ", ".join(Path(f).name for f in result["combined"].values())
-    table.caption = f"All tables: {combined}"
+    table.caption = f"All tables: {shown(combined)}"
     return table

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import BACKBONE_KEYS, BackboneOpt, RunOptions, TextBackboneOpt, command
 
 NoConfusionOpt = Annotated[
@@ -50,9 +50,9 @@ def run(
     with timer.step("load"):
         session = open_session(opts)
     err_console.print(
-        f"[bold]mrd run[/] on {session.corpus.name}: {session.corpus.num_utterances('train')} train / "
+        f"[bold]mrd run[/] on {shown(session.corpus.name)}: {session.corpus.num_utterances('train')} train / "
         f"{session.corpus.num_utterances('val')} val / {session.corpus.num_utterances('test')} test "
-        f"utterances, device {session.device}, run directory {session.run.root}"
+        f"utterances, device {session.device}, run directory {shown(session.run.root)}"
     )
     with open_executor(opts, session) as runner, epoch_bars() as bars:
         ensure_partitioned(
@@ -82,4 +82,4 @@ def run(
     console = out_console()
     print_evaluation(console, result, confusion=not no_confusion)
     console.print(timings_table(result["timings"], "mrd run: wall time per step"))
-    err_console.print(f"Saved to {path}")
+    err_console.print(f"Saved to {shown(path)}")

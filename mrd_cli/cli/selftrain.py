@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import err_console, out_console, print_json
+from mrd_cli.cli.common import err_console, out_console, print_json, shown
 from mrd_cli.cli.options import RunOptions, command, config_default, epochs_option
 
 EpochsOpt = epochs_option("selftrain.epochs")
@@ -105,7 +105,7 @@ def selftrain(
     session = open_session(opts)
     st = session.cfg.selftrain
     err_console.print(
-        f"Self-training {role.value} on [bold]{session.corpus.name}[/] with the labels of "
+        f"Self-training {role.value} on [bold]{shown(session.corpus.name)}[/] with the labels of "
         f"{100 * st.labeled_fraction:.0f}% of the training dialogues, {st.rounds} round(s), "
         f"on {session.device}, seed {session.cfg.seed}."
     )
@@ -128,7 +128,7 @@ def selftrain(
     out_console().print(rounds_table(result.to_dict(), session.corpus.label_names))
     err_console.print(
         f"[green]✓[/] selftrain {role.value}: round {result.selected_round} "
-        f"(selftrain.select: {st.select}) -> {result.checkpoint}"
+        f"(selftrain.select: {st.select}) -> {shown(result.checkpoint)}"
     )
 
 
@@ -144,7 +144,7 @@ def rounds_table(result: dict[str, Any], labels: list[str]) -> Table:
     for col in ("round", "supervised utt.", "epoch", "val W-F1", "accepted"):
         table.add_column(col, justify="right")
     for lab in labels:
-        table.add_column(lab, justify="right")
+        table.add_column(shown(lab), justify="right")
     table.add_column("diag. acc. %", justify="right")
     for r in result["rounds"]:
         acc = r.get("accepted") or {}

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mrd_cli.cli.common import command_name, err_console, get_current_context
+from mrd_cli.cli.common import command_name, err_console, get_current_context, shown
 from mrd_cli.cli.options import RunOptions
 from mrd_cli.errors import MRDError
 
@@ -77,28 +77,26 @@ def open_session(
     session.protocol_gap = opts.protocol_gap
     set_threads(session.cfg.threads)
     command = command_name(get_current_context(silent=True))
+    if lock:
+        # The lock first: a refused command prints its one Error: line and nothing else.
+        writable = run_lock.acquire(session.run.root, command)
+        if not writable and not read_only_ok:
+            raise MRDError(
+                f"The run directory {session.run.root} cannot be written. Pass --run-dir with "
+                "a directory you can write to."
+            )
+        session.writable = writable
     if not quiet and command in TRAINING_COMMANDS:
-        from rich.markup import escape
-
         from mrd_cli.config import config_files
 
-        merged = " + ".join(escape(str(p)) for p in config_files(opts.dataset, opts.config))
+        merged = " + ".join(shown(p) for p in config_files(opts.dataset, opts.config))
         err_console.print(
             f"Config: mrd's defaults{' + ' + merged if merged else ''}.",
             highlight=False,
             soft_wrap=True,
         )
     for message in session.corpus.warnings():
-        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
-    if not lock:
-        return session
-    writable = run_lock.acquire(session.run.root, command)
-    if not writable and not read_only_ok:
-        raise MRDError(
-            f"The run directory {session.run.root} cannot be written. Pass --run-dir with a "
-            "directory you can write to."
-        )
-    session.writable = writable
+        err_console.print(f"[yellow]Warning:[/] {shown(message)}", highlight=False, soft_wrap=True)
     return session
 
 
@@ -121,7 +119,7 @@ def open_executor(opts: RunOptions, session: Session) -> Iterator[Executor]:
     name = opts.executor.value
     if name == "ray":
         where = opts.address or "a Ray runtime on this machine"
-        err_console.print(f"Executor: Ray ({where}).")
+        err_console.print(f"Executor: Ray ({shown(where)}).")
     executor = make_executor(name, session.cfg.executor, opts.address)
     if name == "processes":
         err_console.print(f"Executor: up to {executor.slots()} worker processes on this machine.")

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from mrd_cli.cli.common import Terminated, err_console, out_console, print_json
+from mrd_cli.cli.common import (
+    err_console,
+    out_console,
+    print_json,
+    shown,
+    was_terminated,
+)
 from mrd_cli.cli.options import RunOptions, command
 
 if TYPE_CHECKING:
@@ -107,9 +113,9 @@ def tune(
     # (each trial writes only its own directory); the recipe locks it while it pretrains.
     session = open_session(opts, lock=False)
     err_console.print(
-        f"[bold]mrd tune[/] on {session.corpus.name}: {trials} trials x {seeds} seed(s), "
+        f"[bold]mrd tune[/] on {shown(session.corpus.name)}: {trials} trials x {seeds} seed(s), "
         f"target {target.value} (validation W-F1), device {session.device}, "
-        f"run directory {session.run.root}"
+        f"run directory {shown(session.run.root)}"
     )
     # Ctrl-C and SIGTERM (a scheduler preempting the job; ``cli/app.py`` raises it as
     # ``Terminated``) end the running trial the same way: failed and queued again at once.
@@ -129,11 +135,13 @@ def tune(
             def on_trial(event: Event) -> None:
                 row, counts = event.payload["row"], event.payload["counts"]
                 if row["state"] == "fail" and row["error"]:
-                    err_console.print(f"[yellow]Trial {row['number']} failed:[/] {row['error']}")
+                    err_console.print(
+                        f"[yellow]Trial {row['number']} failed:[/] {shown(row['error'])}"
+                    )
                 value = row["value"] if row["value"] is not None else row["best_intermediate"]
-                shown = "" if value is None else f" ({value:.2f})"
+                score = "" if value is None else f" ({value:.2f})"
                 bars.advance(
-                    "trials", counts["finished"], f"trial {row['number']} {row['state']}{shown}"
+                    "trials", counts["finished"], f"trial {row['number']} {row['state']}{score}"
                 )
 
             def on_wait(event: Event) -> None:
@@ -165,12 +173,13 @@ def tune(
     except KeyboardInterrupt as exc:
         if opts.debug:
             raise
-        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        terminated = was_terminated(exc)
+        what = "Terminated" if terminated else "Interrupted"
         err_console.print(
             f"[yellow]{what}.[/] Finished trials are kept in the study; the interrupted "
             "trial is queued again. Rerun the same command to continue."
         )
-        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+        raise typer.Exit(143 if terminated else 130) from None
     summary = result.to_dict()
     if opts.plots:
         summary["plots"] = draw_plots(session.run.root, opts.json_out)
@@ -182,8 +191,8 @@ def tune(
     console.print(importance_table(summary))
     if result.best_config:
         err_console.print(
-            f"Best config (trial {summary['best']['number']}) -> {result.best_config}\n"
-            f"Score it once on test: mrd distill --config {result.best_config} ... "
+            f"Best config (trial {summary['best']['number']}) -> {shown(result.best_config)}\n"
+            f"Score it once on test: mrd distill --config {shown(result.best_config)} ... "
             "then mrd evaluate."
         )
 
@@ -201,7 +210,7 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
         keys += [k for k in row["params"] if k not in keys]
     c = summary["counts"]
     table = Table(
-        title=f"Study '{summary['study']}' on {summary['dataset']}: top {len(rows)} of "
+        title=f"Study '{shown(summary['study'])}' on {shown(summary['dataset'])}: top {len(rows)} of "
         f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed trials "
         f"(validation W-F1 of {summary['target']}, mean over seeds {summary['seeds']})",
         title_justify="left",
@@ -222,7 +231,7 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
     best = (summary["best"] or {}).get("number")
     for row in rows:
         value = row["value"]
-        shown = (
+        score = (
             f"{value:.2f}"
             if value is not None
             else (
@@ -233,9 +242,9 @@ def trials_table(summary: dict[str, Any], top: int) -> Table:
         table.add_row(
             str(row["number"]),
             row["state"],
-            shown,
+            score,
             epochs,
-            *[_fmt(row["params"].get(k, "")) for k in keys],
+            *[shown(_fmt(row["params"].get(k, ""))) for k in keys],
             style="bold" if row["number"] == best else None,
         )
     return table
@@ -246,10 +255,10 @@ def importance_table(summary: dict[str, Any]) -> Table:
     table.add_column("parameter")
     table.add_column("importance", justify="right")
     if summary["importances"] is None:
-        table.add_row(f"n/a: {summary['importance_note']}", "")
+        table.add_row(f"n/a: {shown(summary['importance_note'])}", "")
         return table
     for key, value in summary["importances"].items():
-        table.add_row(key, f"{value:.3f}")
+        table.add_row(shown(key), f"{value:.3f}")
     if summary["importance_note"]:
-        table.caption = f"Note: {summary['importance_note']}"
+        table.caption = f"Note: {shown(summary['importance_note'])}"
     return table

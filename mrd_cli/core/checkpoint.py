@@ -8,6 +8,7 @@ other data instead of combining it silently.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,11 @@ def load_checkpoint(path: Path, made_by: str = "mrd pretrain") -> dict[str, Any]
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise MRDError(f"Checkpoint {path} lacks {', '.join(missing)}; run `{made_by}` again.")
-    if not _spec_is_valid(ckpt["model_spec"]) or not isinstance(ckpt["state_dict"], dict):
+    problem = spec_problem(ckpt["model_spec"])
+    if problem or not isinstance(ckpt["state_dict"], dict):
         raise MRDError(
-            f"Checkpoint {path} has a malformed model spec or weights; run `{made_by}` again."
+            f"Checkpoint {path} has a malformed model spec ({problem or 'its weights are not a mapping'}); "
+            f"run `{made_by}` again."
         )
     problem = _metadata_problem(ckpt)
     if problem:
@@ -139,20 +142,83 @@ def _metadata_problem(ckpt: dict[str, Any]) -> str | None:
     return f"its field '{bad[0]}' is malformed" if bad else None
 
 
-def _spec_is_valid(spec: Any) -> bool:
-    """The model spec rebuilds a ``ModelSpec`` whose input dimensions are a mapping."""
+# Bounds of a model spec read from a file, checked before anything is built: wide enough
+# for every model the config can ask for in practice, tight enough that a crafted file
+# cannot make building spin (a billion layers) or allocate without end; the weights' own
+# shapes are then compared on the meta device, still before any memory is taken.
+SPEC_INT_BOUNDS = {
+    "num_speakers": (1, 1_000_000),
+    "num_classes": (1, 100_000),
+    "hidden": (2, 1_000_000),
+    "layers": (1, 1024),
+    "heads": (1, 4096),
+}
+MAX_INPUT_DIM = 10_000_000
+_MAX_OPTION_INT = 1_000_000
+_MAX_OPTION_DEPTH = 4
+
+
+def spec_problem(spec: Any) -> str | None:
+    """What is wrong with a checkpoint's model spec (None when every field is in bounds)."""
     if not isinstance(spec, dict):
-        return False
+        return "it is not a mapping"
     try:
         built = ModelSpec(**spec)
-    except TypeError:
-        return False
-    return (
-        isinstance(built.input_dims, dict)
-        and isinstance(built.modalities, list)
-        and isinstance(built.options, dict)
-        and built.backbone in BACKBONES
-    )
+    except TypeError as exc:
+        return f"it does not describe a model ({exc})"
+    if built.backbone not in BACKBONES:
+        return f"its backbone {built.backbone!r} is unknown"
+    for key, (low, high) in SPEC_INT_BOUNDS.items():
+        value = getattr(built, key)
+        if not _is_int(value) or not low <= value <= high:
+            return f"its {key} {value!r} is not an integer in [{low}, {high}]"
+    if not (isinstance(built.dropout, (int, float)) and 0 <= built.dropout < 1):
+        return f"its dropout {built.dropout!r} is not a number in [0, 1)"
+    if not isinstance(built.encoder, str):
+        return "its encoder is not a name"
+    dims = built.input_dims
+    if not isinstance(dims, dict) or not dims:
+        return "its input_dims are not a mapping of modality to dimension"
+    for m, d in dims.items():
+        if not isinstance(m, str) or not _is_int(d) or not 1 <= d <= MAX_INPUT_DIM:
+            return f"its input dimension {m!r}: {d!r} is not an integer in [1, {MAX_INPUT_DIM}]"
+    mods = built.modalities
+    if not isinstance(mods, list) or not mods or len(set(map(str, mods))) != len(mods):
+        return "its modalities are not a list of distinct names"
+    if any(not isinstance(m, str) or m not in dims for m in mods):
+        return "a modality of it has no input dimension"
+    if not isinstance(built.options, dict):
+        return "its options are not a mapping"
+    return _option_problem(built.options, "options", 0)
+
+
+def _option_problem(value: Any, where: str, depth: int) -> str | None:
+    """Backbone options: plain values, finite numbers, small integers, shallow nesting."""
+    if depth > _MAX_OPTION_DEPTH:
+        return f"its {where} are nested too deeply"
+    if isinstance(value, dict):
+        if len(value) > 1000:
+            return f"its {where} hold too many entries"
+        for k, v in value.items():
+            problem = _option_problem(v, f"{where}.{k}", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        if len(value) > 1000:
+            return f"its {where} hold too many entries"
+        for v in value:
+            problem = _option_problem(v, where, depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if _is_int(value):
+        return None if abs(value) <= _MAX_OPTION_INT else f"its {where} {value} is too large"
+    if isinstance(value, float):
+        return None if math.isfinite(value) and abs(value) <= 1e9 else f"its {where} is {value}"
+    return f"its {where} is a {type(value).__name__}"
 
 
 def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
@@ -189,13 +255,30 @@ def check_matches_corpus(ckpt: dict[str, Any], corpus: Corpus) -> None:
         )
 
 
+def _check_shapes(spec: ModelSpec, weights: dict[str, Any]) -> None:
+    """The network ``spec`` builds, built on the meta device (no memory), must have exactly
+    the weights' names and shapes: a spec claiming a far larger model than its weights is
+    refused before the real one is allocated."""
+    with torch.device("meta"):
+        probe = build_backbone(spec)
+    wanted = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if wanted != have:
+        diff = sorted(set(wanted) ^ set(have)) or [k for k in wanted if wanted[k] != have[k]]
+        raise ValueError(
+            f"its weights differ from the network its spec describes (first: '{diff[0]}')"
+        )
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> Backbone:
     """Rebuild the network of a checkpoint (its spec names the backbone) on ``device``, in
     eval mode."""
+    spec = ModelSpec(**ckpt["model_spec"])
     try:
-        model = build_backbone(ModelSpec(**ckpt["model_spec"]))
+        _check_shapes(spec, ckpt["state_dict"])
+        model = build_backbone(spec)
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+    except (RuntimeError, TypeError, ValueError, KeyError, NotImplementedError) as exc:
         raise MRDError(
             f"Checkpoint {ckpt.get('path')} does not fit its own model spec: {exc}"
         ) from None

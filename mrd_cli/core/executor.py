@@ -13,15 +13,16 @@ on the next run whichever executor made it. Ray is an optional extra, imported o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
 
 from mrd_cli.config import ExecutorConfig
+from mrd_cli.core.worker_pool import LostWorker, map_in_workers
 from mrd_cli.errors import MRDError, MRDRunError
 
 EXECUTORS = ("local", "processes", "ray")
@@ -75,37 +76,14 @@ class LocalExecutor:
         pass
 
 
-# What the units of the current ``ProcessExecutor.map`` share, set once in each worker.
-_SHARED: tuple[Any, ...] = ()
-
-
-def _init_worker(shared: tuple[Any, ...]) -> None:
-    global _SHARED
-    _SHARED = shared
-    # Ctrl-C reaches every process of the terminal's group: the parent alone handles it
-    # (and terminates the workers), so a worker does not print a traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _run_unit(job: tuple[Callable[..., Any], int, Any]) -> tuple[int, str, Any]:
-    """``fn(unit, *shared)`` in a worker; an exception comes back as data (its class may
-    not survive pickling), to be raised again by the parent."""
-    fn, index, unit = job
-    try:
-        return index, "ok", fn(unit, *_SHARED)
-    except MRDError as exc:
-        return index, "mrd", (type(exc).__name__, str(exc))
-    except Exception as exc:  # noqa: BLE001 - reported by the parent, with its type
-        return index, "error", f"{type(exc).__name__}: {exc}"
-
-
 class ProcessExecutor:
     """Units side by side in worker processes on this machine, one unit per
     ``executor.cpus_per_task`` cores (``ExecutorConfig``) of ``cores`` (default: all of
     this machine's).
 
     A lighter alternative to Ray for one machine: the workers are started ("spawn") for
-    each ``map`` and receive the shared objects once each. Separate processes, unlike more
+    each ``map`` and receive the shared objects once each (``core/worker_pool.py``: a
+    worker lost mid-unit is an error at once, and the workers end with this process). Separate processes, unlike more
     torch threads in one process, do not slow each other down by more than their share
     of the cores when the machine is busy. Each unit sets its own thread count
     (``threads``); the results equal those of the local executor."""
@@ -129,24 +107,30 @@ class ProcessExecutor:
     ) -> Iterator[tuple[int, Any]]:
         if not units:
             return
-        ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(min(self.workers, len(units)), _init_worker, (shared,))
+        # ``closing``: the workers are ended as soon as this loop ends, error or not (an
+        # exception's traceback would otherwise keep the generator, and them, alive).
         try:
-            jobs = [(fn, i, unit) for i, unit in enumerate(units)]
-            for index, status, out in pool.imap_unordered(_run_unit, jobs):
-                if status == "mrd":
-                    name, message = out
-                    cls = next((c for c in _mrd_errors() if c.__name__ == name), MRDRunError)
-                    raise cls(message)
-                if status == "error":
-                    raise MRDRunError(f"A worker process failed: {out}")
-                yield index, out
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
+            with closing(map_in_workers(fn, units, shared, self.workers)) as results:
+                for index, status, out in results:
+                    if status == "mrd":
+                        name, message = out
+                        cls = next((c for c in _mrd_errors() if c.__name__ == name), MRDRunError)
+                        raise cls(message)
+                    if status == "error":
+                        raise MRDRunError(f"A worker process failed: {out}")
+                    yield index, out
+        except LostWorker as lost:
+            if lost.index is None:
+                when = "while it was being set up"
+            else:
+                when = f"while it ran unit {lost.index + 1} of {len(units)}"
+            raise MRDRunError(
+                f"A worker process (pid {lost.pid}) {lost.how} {when}; the other "
+                "workers were stopped. The "
+                "kernel's out-of-memory killer ends a process this way: give each unit more "
+                "memory (fewer side by side: a larger executor.cpus_per_task) or use "
+                "--executor local. Finished units were kept; rerun the command to go on."
+            ) from None
 
     def close(self) -> None:
         pass

@@ -298,6 +298,39 @@ def _speakers(raw: str, where: str) -> tuple[str, ...]:
     return (raw,)
 
 
+class _CheckedReader(csv.DictReader):
+    """``csv.DictReader`` whose ``csv.Error`` (a field longer than the csv module's limit,
+    a NUL byte) is a user error naming the file and the line, not a traceback."""
+
+    def __init__(self, text: str, path: Path):
+        super().__init__(io.StringIO(text, newline=""))
+        self.path = path
+
+    def _refuse(self, exc: csv.Error) -> MRDError:
+        return MRDError(
+            f"{self.path} line {self.line_num} cannot be read as CSV: {exc}. A field that "
+            "long or that strange usually means another delimiter or an unclosed quote: "
+            "check the file (or features.encoding)."
+        )
+
+    def __next__(self) -> dict[str, str]:
+        try:
+            return super().__next__()
+        except csv.Error as exc:
+            raise self._refuse(exc) from None
+
+    @property
+    def fieldnames(self) -> Any:
+        try:
+            return csv.DictReader.fieldnames.fget(self)  # type: ignore[attr-defined]
+        except csv.Error as exc:
+            raise self._refuse(exc) from None
+
+    @fieldnames.setter
+    def fieldnames(self, value: Any) -> None:
+        csv.DictReader.fieldnames.fset(self, value)  # type: ignore[attr-defined]
+
+
 def read_conversations(spec: SourceSpec, name: str) -> Conversations:
     """Read and check every CSV file of ``spec``; nothing is encoded yet."""
     layout = layout_of(spec.layout)
@@ -317,7 +350,7 @@ def read_conversations(spec: SourceSpec, name: str) -> Conversations:
     for split, paths in files.items():
         for path in paths:
             text = _decode(path, spec.encoding)
-            reader = csv.DictReader(io.StringIO(text, newline=""))
+            reader = _CheckedReader(text, path)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
             wanted = {c for role, cols in columns.items() for c in cols}

@@ -207,11 +207,17 @@ def _pickle(obj: Any) -> bytes:
 
 
 def check_outputs(out: Path, name: str, force: bool) -> None:
-    """Refuse an --out that is not a directory, and (unless ``force``) files there that
+    """Refuse an --out that is not a directory (or lies under a file), and (unless ``force``) files there that
     this dataset's `mrd features` did not write: any of its target files without a
     manifest, or a manifest of another dataset (its files would be mixed with ours)."""
-    if out.exists() and not out.is_dir():
-        raise MRDError(f"--out {out} is a file, not a directory. Pass a directory (created).")
+    for folder in (out, *out.parents):  # --out, or a folder above it, may be a file
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "is" if folder == out else f"lies under {folder}, which is"
+                raise MRDError(
+                    f"--out {out} {where} a file, not a directory. Pass a directory (created)."
+                )
+            break
     if force or not out.is_dir():
         return
     targets = [out / f for f in file_names(name)]

@@ -23,10 +23,10 @@ from typing import Any
 
 from mrd_cli.core import figures
 from mrd_cli.core.checkpoint_meta import read_checkpoint_metadata
+from mrd_cli.core.results_files import MAX_DRAWN_CLASSES, read_results
 from mrd_cli.core.rundir import ROLES, RunDir, role_labels, run_modalities
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.errors import MRDError
-from mrd_cli.recipes.report import read_json
 
 STAGE_TITLES = {"pretrain": "pretraining", "distill": "distillation (MRD)"}
 
@@ -91,7 +91,7 @@ def plot(
 def _figures(run: RunDir, split: str) -> Iterator[tuple[str, Callable[[], Any] | str]]:
     """(name, a function drawing the figure, or why there is none) for each figure; a
     drawing function may still return a reason instead of a figure."""
-    metrics = read_json(run.metrics / f"{split}.json")
+    metrics = read_results(run.metrics / f"{split}.json", "metrics")
     if metrics is None:
         yield "confusion", f"no metrics/{split}.json; run `mrd evaluate --split {split}`"
     else:
@@ -99,12 +99,12 @@ def _figures(run: RunDir, split: str) -> Iterator[tuple[str, Callable[[], Any] |
             name = "confusion_" + model.replace("/", "_")
             yield name, partial(_confusion, metrics, model, entry)
     yield "training_curves", partial(training_curves, run)
-    partition = read_json(run.partition)
+    partition = read_results(run.partition, "partition")
     if partition is None:
         yield "partition_groups", "no partition.json; run `mrd partition`"
     else:
         yield "partition_groups", partial(_partition, partition)
-    ablation = read_json(run.ablation / "results.json")
+    ablation = read_results(run.ablation / "results.json", "ablation")
     if ablation is None:
         yield "ablation", "no ablation/results.json; run `mrd ablate`"
     else:
@@ -113,10 +113,17 @@ def _figures(run: RunDir, split: str) -> Iterator[tuple[str, Callable[[], Any] |
     if not studies:
         yield "tuning", "no tune/<study>/results.json; run `mrd tune`"
     for path in studies:
-        yield f"tuning_{path.parent.name}", partial(_tuning, read_json(path))
+        yield f"tuning_{path.parent.name}", partial(_tuning, read_results(path, "study"))
 
 
 def _confusion(metrics: dict[str, Any], model: str, entry: dict[str, Any]) -> Any:
+    if "confusion_matrix" not in entry:
+        return "the metrics hold no confusion matrix for it"
+    if len(metrics["labels"]) > MAX_DRAWN_CLASSES:
+        return (
+            f"{len(metrics['labels'])} classes are too many to draw legibly (at most "
+            f"{MAX_DRAWN_CLASSES}); the counts are in the metrics file"
+        )
     title = f"Confusion matrix of {model} on the {metrics['split']} split of {metrics['dataset']}"
     return figures.confusion_figure(entry["confusion_matrix"], metrics["labels"], title)
 

@@ -16,7 +16,6 @@ Writes ``RUN/report/<table>.md`` and ``.tex`` for each table found, ``tables.md`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from mrd_cli.core.groups import GROUPS
 from mrd_cli.core.protocol_gap import gap_table
+from mrd_cli.core.results_files import read_results
 from mrd_cli.core.rundir import ROLES, RunDir, role_labels, run_modalities
 from mrd_cli.core.stats import SIGNIFICANCE_LEGEND, significance_marks
 from mrd_cli.core.tables import PaperTable, latex_document, to_latex, to_markdown
@@ -108,9 +108,9 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
     """The tables the run directory's results give, and why each other one is missing."""
     tables: list[PaperTable] = []
     skipped: dict[str, str] = {}
-    metrics = read_json(run.metrics / f"{split}.json")
-    partition = read_json(run.partition)
-    ablation = read_json(run.ablation / "results.json")
+    metrics = read_results(run.metrics / f"{split}.json", "metrics")
+    partition = read_results(run.partition, "partition")
+    ablation = read_results(run.ablation / "results.json", "ablation")
     evaluate_hint = f"no {run.metrics / f'{split}.json'}; run `mrd evaluate --split {split}`"
     names = role_labels(ROLE_NAMES, run_modalities(run.root))
     candidates = [
@@ -143,7 +143,9 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
         else:
             tables.append(table)
     try:  # the protocol-gap diagnostic, wherever a model was trained with --protocol-gap
-        gap = gap_table(metrics, ablation, read_json(run.root / "compare" / "results.json"))
+        gap = gap_table(
+            metrics, ablation, read_results(run.root / "compare" / "results.json", "comparison")
+        )
     except (KeyError, TypeError, ValueError) as exc:
         gap, skipped["protocol_gap"] = None, f"malformed results ({type(exc).__name__}: {exc})"
     if gap is not None:  # optional: no entry in ``skipped`` without it
@@ -151,19 +153,6 @@ def build_tables(run: RunDir, split: str = "test") -> tuple[list[PaperTable], di
     if "ambiguity" in skipped and metrics is not None and not metrics.get("ambiguity"):
         skipped["ambiguity"] = "the metrics have no M_multi/M_text pair to compare"
     return tables, skipped
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A results file's content; None when absent. A damaged file is a user error."""
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MRDError(f"{path} is not valid JSON; rerun the command that writes it.") from None
-    if not isinstance(doc, dict):
-        raise MRDError(f"{path} is not an mrd results file; rerun the command that writes it.")
-    return doc
 
 
 def _pct(x: float) -> str:

@@ -24,6 +24,7 @@ from mrd_cli.recipes.tune.study import (
     StudyJob,
     default_storage,
     default_study_name,
+    open_storage,
     open_study,
     require_optuna,
     study_directory,
@@ -112,6 +113,9 @@ def tune(
     # it ends (other `mrd tune` processes may join): `mrd pretrain` / `mrd partition` are
     # refused meanwhile, so the pair its trials distil cannot be replaced under them.
     with run_lock.held(session.run.root / "tune" / ".prepare", "mrd tune", wait=True):
+        # An unusable storage (a URL that does not parse, a missing driver, a server that
+        # cannot be reached) is an error now, before pretraining and the partition run.
+        open_storage(optuna, job)
         pretrained_value = None
         if not run_lock.acquire(session.run.root, "mrd tune", allow_shared=True):
             raise MRDError(

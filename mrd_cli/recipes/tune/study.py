@@ -22,6 +22,7 @@ from mrd_cli.core.session import Session, signature
 from mrd_cli.errors import MRDError
 from mrd_cli.io import file_sha256
 from mrd_cli.recipes.tune.space import Param
+from mrd_cli.safetext import mask_credentials
 
 if TYPE_CHECKING:  # optuna is an optional extra, imported only when a study runs
     import optuna
@@ -81,13 +82,9 @@ def default_study_name(session: Session, target: str) -> str:
 
 
 def masked(url: str) -> str:
-    """A storage URL without its password (safe to print and to write into results)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+    """A storage URL without its password (safe to print and to write into results),
+    whether it parses or not (``safetext.mask_credentials``)."""
+    return mask_credentials(url)
 
 
 def create_sqlite_file(url: str) -> None:
@@ -110,18 +107,17 @@ def create_sqlite_file(url: str) -> None:
     os.close(fd)
 
 
-def open_study(optuna: Any, job: StudyJob) -> optuna.Study:
-    """The study ``job`` names, created if new (``load_if_exists``): its RDB storage with
-    heartbeats (a trial whose process died is failed after the grace period and queued
-    again), the per-trial TPE sampler and the pruner; refused when the stored study was
-    made with other settings (``job.meta``)."""
-    url, name = job.url, job.name
+def open_storage(optuna: Any, job: StudyJob) -> optuna.storages.RDBStorage:
+    """The study's RDB storage with heartbeats (a trial whose process died is failed after
+    the grace period and queued again), or a user error whose message masks the password
+    (a library's message may quote the URL: masked too)."""
+    url = job.url
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     create_sqlite_file(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            store = optuna.storages.RDBStorage(
+            return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=job.heartbeat_interval,
@@ -133,8 +129,18 @@ def open_study(optuna: Any, job: StudyJob) -> optuna.Study:
     except Exception as exc:  # bad URL, missing driver, unreachable server
         first = (str(exc).strip().splitlines() or [""])[0]
         raise MRDError(
-            f"Cannot open the study storage {masked(url)}: {type(exc).__name__}: {first}"
+            f"Cannot open the study storage {masked(url)}: {type(exc).__name__}: "
+            f"{mask_credentials(first)}. Check --storage (an SQLAlchemy URL such as "
+            "sqlite:///path/study.db or postgresql://user:password@host/db)."
         ) from None
+
+
+def open_study(optuna: Any, job: StudyJob) -> optuna.Study:
+    """The study ``job`` names, created if new (``load_if_exists``): its storage
+    (``open_storage``), the per-trial TPE sampler and the pruner; refused when the stored study was
+    made with other settings (``job.meta``)."""
+    url, name = job.url, job.name
+    store = open_storage(optuna, job)
     pruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=job.prune_startup, n_warmup_steps=job.prune_warmup
