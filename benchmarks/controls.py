@@ -20,6 +20,11 @@ a paired t-test over seeds and a paired bootstrap 95% interval over test utteran
     python benchmarks/controls.py --dataset synthetic --seeds 3 --out DIR
     python benchmarks/controls.py --config extra.yaml --variants mrd,permuted --out DIR
     python benchmarks/controls.py --summarise DIR                 # the tables of a finished DIR
+
+``--scratch`` (candidate cause (a) of docs/controls.md, this script only): the text model
+starts distillation from a fresh initialisation instead of its pretrained weights, as the
+student of generalised distillation does; the pretrained text model (trained on the hard
+labels alone) stays the baseline every row is compared with.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 import yaml
 
 from mrd_cli.core.rundir import ROLES
-from mrd_cli.core.session import Session
+from mrd_cli.core.session import Session, role_seed
 from mrd_cli.core.stats import gain_probability, mean_std, paired_bootstrap_wf1, paired_t_test
 from mrd_cli.core.training import predict
 from mrd_cli.recipes.ablate import apply_without
@@ -88,6 +94,7 @@ def run_seed(
     variants: list[str],
     tag: str = "default",
     distill_overrides: dict[str, Any] | None = None,
+    scratch: bool = False,
 ) -> dict:
     session = Session.open(
         dataset, config=config, run_dir=out / f"seed{seed}", device="cpu", overrides={"seed": seed}
@@ -105,6 +112,8 @@ def run_seed(
     for name in variants:
         cell_dir = out / f"seed{seed}" / tag / name
         sub = session.derive(variant_cfg(session.cfg, name, distill_overrides or {}), session.run)
+        if scratch:
+            text_from_scratch(sub)
         result = distill(sub, out_dir=cell_dir)
         cells[name] = {}
         for role in ROLES:
@@ -131,6 +140,25 @@ def run_seed(
         "y_test": session.tensors("test").labels[session.tensors("test").mask].tolist(),
         "cells": cells,
     }
+
+
+def text_from_scratch(sub: Session) -> None:
+    """Make ``distill(sub)`` start the text model from a fresh initialisation (seeded as
+    pretraining seeds it, input statistics from the training split) instead of loading its
+    pretrained weights; the multimodal model still loads its own."""
+    load = sub.load_model
+
+    def load_model(path, made_by):
+        model, ckpt = load(path, made_by)
+        if ckpt.get("role") != "text" or ckpt.get("stage") != "pretrain":
+            return model, ckpt
+        torch.manual_seed(role_seed(sub.cfg, "text", sub.cfg.seed))
+        fresh = sub.build_model("text").to(sub.device)
+        sel = sub.tensors("train").select(fresh.modalities)
+        fresh.set_input_stats(sel.features, sel.mask)
+        return fresh, ckpt
+
+    sub.load_model = load_model
 
 
 def _flat(s: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +270,9 @@ def main(
         list[str] | None,
         typer.Option("--distill", help="KEY=VALUE of the distill section, for every variant."),
     ] = None,
+    scratch: Annotated[
+        bool, typer.Option(help="Start the text model from a fresh initialisation (cause a).")
+    ] = False,
     summarise_only: Annotated[
         bool, typer.Option("--summarise", help="Only print the tables of OUT.")
     ] = False,
@@ -262,8 +293,9 @@ def main(
         for seed in range(seeds):
             if seed in done:
                 continue
-            record = run_seed(dataset, config, seed, out, names, tag, overrides)
+            record = run_seed(dataset, config, seed, out, names, tag, overrides, scratch)
             record["distill_overrides"] = overrides
+            record["scratch"] = scratch
             with results.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             print(f"seed {seed} done", flush=True)

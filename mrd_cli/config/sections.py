@@ -316,6 +316,17 @@ class DistillConfig:
     # across the batch's active utterances, so the targets keep their distribution but lose
     # their link to the utterance. "uniform": a constant (uniform) target for every utterance.
     teacher_control: Literal["none", "permuted", "uniform"] = "none"
+    # Weight of each model's classification loss L_cls in L_total (Eq. 15) during
+    # distillation. 1: the paper's Eq. 15. Below 1 the (possibly noisy) labels pull less
+    # against the partner, as in generalised distillation's (1 - lambda) CE + lambda KD.
+    # An experiment knob of the controls (docs/controls.md).
+    cls_weight: float = setting(1.0, WEIGHT)
+    # What each model distils from in L_dm / L_dt (Eq. 3-4). "partner": the partner's logits
+    # of the same training pass (train mode, with dropout; the paper's MIC). "partner_eval":
+    # the partner's current weights in eval mode (no dropout). "frozen": the partner's
+    # pre-distillation weights in eval mode, fixed for the whole run (a fixed teacher, as in
+    # generalised distillation). An experiment switch of the controls (docs/controls.md).
+    teacher: Literal["partner", "partner_eval", "frozen"] = "partner"
 
 
 @dataclass

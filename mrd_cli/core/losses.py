@@ -102,7 +102,8 @@ def mutual_distillation_loss(
     """MIC, Eq. 5: L_distill = alpha * L_dm + beta * L_dt.
 
     ``teachers`` (for the multimodal model, for the text model) replaces the partners'
-    logits as targets: only the negative control (``control_teacher``) passes it.
+    logits as targets: the negative control (``control_teacher``) and ``distill.teacher``
+    other than "partner" pass it.
     Returns ``{"kd_m": L_dm, "kd_t": L_dt, "distill": L_distill}``.
     """
     for_multi, for_text = teachers if teachers is not None else (text_logits, multi_logits)
@@ -174,13 +175,15 @@ def mrd_total_loss(
     t2_scaling: bool,
     l_reg: Tensor,
     teachers: tuple[Tensor, Tensor] | None = None,
+    cls_weight: float = 1.0,
 ) -> dict[str, Tensor]:
-    """Eq. 15: L_total = L_cls(multi) + L_cls(text) + L_distill + L_ref + L_reg.
+    """Eq. 15: L_total = w * (L_cls(multi) + L_cls(text)) + L_distill + L_ref + L_reg.
 
     ``cls_loss(logits, labels, active)`` is the configured L_cls; ``l_reg`` the L2 term of
     both models. Every term is averaged over the ``active`` utterances of the curriculum
-    stage. ``teachers``: see ``mutual_distillation_loss`` (negative controls only).
-    Returns every term by name, ``total`` included.
+    stage. ``teachers``: see ``mutual_distillation_loss`` (the partners' own logits when
+    None). ``cls_weight`` w is 1 in the paper (``distill.cls_weight``). Returns every term by
+    name (``cls_*`` unweighted), ``total`` included.
     """
     terms: dict[str, Tensor] = {
         "cls_m": cls_loss(multi_logits, labels, active),
@@ -195,7 +198,10 @@ def mrd_total_loss(
         ilc_loss(multi_logits, multi_frozen, text_logits, text_frozen, active, gamma, delta)
     )
     terms["reg"] = l_reg
-    terms["total"] = terms["cls_m"] + terms["cls_t"] + terms["distill"] + terms["ref"] + l_reg
+    cls = terms["cls_m"] + terms["cls_t"]
+    if cls_weight != 1.0:
+        cls = cls_weight * cls
+    terms["total"] = cls + terms["distill"] + terms["ref"] + l_reg
     return terms
 
 

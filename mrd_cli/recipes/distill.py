@@ -259,6 +259,12 @@ class DistillStep(TrainingStep):
             # The frozen copies never change, so their eval-mode logits are computed once.
             self.frozen_multi = predict_logits(multi, train)
             self.frozen_text = predict_logits(text, train)
+        # ``teacher: frozen``: the partners' pre-distillation eval-mode logits, fixed.
+        self.fixed_teacher = (
+            {role: predict_logits(model, train) for role, model in self.models.items()}
+            if cfg.teacher == "frozen"
+            else None
+        )
         self.cls_loss = make_classification_loss(cfg.loss, cfg.focal_gamma, train, num_classes)
         self.params = list(multi.parameters()) + list(text.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
@@ -300,11 +306,12 @@ class DistillStep(TrainingStep):
                 frozen[role] = same_dropout_logits(self.frozen[role], b.batch)
             logits[role] = run_model(model, b.batch)
         teachers = None
-        if cfg.teacher_control != "none":
+        if cfg.teacher != "partner" or cfg.teacher_control != "none":
+            source = self.teacher_logits(b, logits)
             mode, rng = cfg.teacher_control, self.control_rng
             teachers = (
-                control_teacher(logits["text"], b.active, mode, rng),
-                control_teacher(logits["multi"], b.active, mode, rng),
+                control_teacher(source["text"], b.active, mode, rng),
+                control_teacher(source["multi"], b.active, mode, rng),
             )
         return mrd_total_loss(
             logits["multi"],
@@ -322,7 +329,25 @@ class DistillStep(TrainingStep):
             t2_scaling=cfg.t2_scaling,
             l_reg=l2_penalty(self.params, cfg.l2),
             teachers=teachers,
+            cls_weight=cfg.cls_weight,
         )
+
+    def teacher_logits(self, b: DistillBatch, logits: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each model's logits as its partner's teacher (``distill.teacher``): those of the
+        training pass ("partner"), of its current weights in eval mode ("partner_eval") or
+        of its pre-distillation weights in eval mode ("frozen")."""
+        if self.cfg.teacher == "partner":
+            return logits
+        if self.fixed_teacher is not None:
+            length = b.batch.mask.shape[1]
+            return {r: t[b.batch.index, :length] for r, t in self.fixed_teacher.items()}
+        out = {}
+        with torch.no_grad():
+            for role, model in self.models.items():
+                model.eval()  # no dropout, so no draw from the random state
+                out[role] = run_model(model, b.batch)
+                model.train()
+        return out
 
 
 def frozen_copy(model: DialogueModel) -> DialogueModel:
