@@ -8,6 +8,7 @@ whether the URL parses or not; an unusable ``--storage`` is refused before any t
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 
@@ -204,3 +205,18 @@ def test_csv_field_over_the_csv_modules_limit_is_one_error_naming_the_file(tmp_p
     err = " ".join(_one_error(res, 2).split())
     assert "emorynlp_train_final.csv line" in err and "field larger than field limit" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_transcript_field_over_the_csv_limit_is_a_user_error_for_predict_too(tmp_path):
+    """`mrd predict` reads its transcripts with the same checked reader as `mrd features`."""
+    from mrd_cli.errors import MRDError
+    from mrd_cli.features.layouts import SourceSpec
+    from mrd_cli.features.transcripts import read_transcripts
+
+    path = tmp_path / "talk.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dialogue_id", "utterance_id", "speaker", "text", "label"])
+        writer.writerow(["1", "0", "A", "x" * (csv.field_size_limit() + 10), "calm"])
+    with pytest.raises(MRDError, match=r"talk\.csv line \d+ cannot be read as CSV"):
+        read_transcripts(SourceSpec(layout="generic"), [path], ["calm", "upset"])

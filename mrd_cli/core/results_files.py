@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mrd_cli.core.partition import GROUPS
+from mrd_cli.core.groups import GROUPS
 from mrd_cli.core.rundir import ROLES
 from mrd_cli.errors import MRDError
 

@@ -10,18 +10,15 @@ label, duplicate utterance id), naming the file and line.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrd_cli.errors import MRDError
+from mrd_cli.features.csvtext import CheckedReader, decode_csv, speakers_of
 from mrd_cli.features.layouts import (
     DialogueKey,
     SourceSpec,
     Utterance,
-    _decode,
-    _speakers,
     effective_columns,
     layout_of,
     show_key,
@@ -83,7 +80,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
     folders: dict[DialogueKey, Path] = {}
     seen: dict[tuple[DialogueKey, int], str] = {}
     for path in paths:
-        reader = csv.DictReader(io.StringIO(_decode(path, spec.encoding), newline=""))
+        reader = CheckedReader(decode_csv(path, spec.encoding), path)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
         absent = [c for r in NEEDED for c in columns[r] if c not in header]
@@ -143,7 +140,7 @@ def read_transcripts(spec: SourceSpec, inputs: list[Path], label_names: list[str
                 Utterance(
                     uid=raw_order,
                     order=order,
-                    speakers=_speakers(row[have["speaker"][0]], where),
+                    speakers=speakers_of(row[have["speaker"][0]], where),
                     text=text,
                     label=label,
                     sentiment=-1,
