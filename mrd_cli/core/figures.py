@@ -205,54 +205,35 @@ def training_figure(
                 zorder=3,
             )
             handles.setdefault(role, line)
-            chosen = panel.get("selected", {}).get(role)
-            if chosen is not None and chosen in xs:
+            # The epoch kept (a star) and a best epoch the start guard refused (a cross).
+            for key, marker, size, legend_size, label in (
+                ("selected", "*", 14, 11, "epoch chosen on validation"),
+                ("rejected", "X", 11, 9, "best epoch, rejected by the start guard"),
+            ):
+                epoch = panel.get(key, {}).get(role)
+                if epoch is None or epoch not in xs:
+                    continue
                 ax.plot(
-                    [chosen],
-                    [ys[xs.index(chosen)]],
-                    marker="*",
-                    markersize=14,
+                    [epoch],
+                    [ys[xs.index(epoch)]],
+                    marker=marker,
+                    markersize=size,
                     color=style["color"],
                     markeredgecolor="black",
                     linestyle="none",
                     zorder=4,
                 )
                 handles.setdefault(
-                    "chosen",
+                    key,
                     Line2D(
                         [],
                         [],
-                        marker="*",
+                        marker=marker,
                         color="#999999",
                         markeredgecolor="black",
-                        markersize=11,
+                        markersize=legend_size,
                         linestyle="none",
-                        label="epoch chosen on validation",
-                    ),
-                )
-            refused = panel.get("rejected", {}).get(role)
-            if refused is not None and refused in xs:
-                ax.plot(
-                    [refused],
-                    [ys[xs.index(refused)]],
-                    marker="X",
-                    markersize=11,
-                    color=style["color"],
-                    markeredgecolor="black",
-                    linestyle="none",
-                    zorder=4,
-                )
-                handles.setdefault(
-                    "rejected",
-                    Line2D(
-                        [],
-                        [],
-                        marker="X",
-                        color="#999999",
-                        markeredgecolor="black",
-                        markersize=9,
-                        linestyle="none",
-                        label="best epoch, rejected by the start guard",
+                        label=label,
                     ),
                 )
         ax.set_title(panel["title"])
@@ -265,7 +246,7 @@ def training_figure(
         last = max((e for pts in panel["curves"].values() for e, _ in pts), default=1)
         ax.set_xlim(first - 0.5, last + 0.5)
     # One legend for all panels, below them: it never hides a curve.
-    order = [k for k in ("multi", "text", "chosen", "rejected") if k in handles]
+    order = [k for k in ("multi", "text", "selected", "rejected") if k in handles]
     order += [k for k in handles if k.startswith("stage: ")]
     fig.legend(
         handles=[handles[k] for k in order],
